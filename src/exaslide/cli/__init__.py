@@ -1,0 +1,1 @@
+"""The ``exaslide`` command line: one module per command, thin layers over the library."""

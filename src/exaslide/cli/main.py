@@ -1,0 +1,61 @@
+"""Entry point: the ``exaslide`` command group, logging set-up and error handling.
+
+Every error exaslide raises on purpose (and file-system errors) is printed as one line,
+``exaslide: error: <file>: <problem>``, with exit code 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from exaslide import __version__
+from exaslide.errors import ExaslideError
+
+EXPECTED_ERRORS = (ExaslideError, OSError)
+
+
+class ExaslideGroup(click.Group):
+    """A click group that turns expected errors into one-line messages."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EXPECTED_ERRORS as exc:
+            if ctx.meta.get("exaslide.debug"):
+                raise
+            message = str(exc)
+            if isinstance(exc, OSError) and exc.filename:
+                message = f"{exc.filename}: {exc.strerror}"
+            click.echo(f"exaslide: error: {message}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=ExaslideGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="exaslide")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.option("-v", "--verbose", is_flag=True, help="Show informational logs.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
+    """exaslide: whole-slide images to tumour masks, patches and models."""
+    ctx.meta["exaslide.debug"] = debug
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+
+def _register() -> None:
+    from exaslide.cli import demo, info, mask, synth
+
+    for module in (info, mask, synth, demo):
+        cli.add_command(module.command)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="exaslide")

@@ -1,0 +1,44 @@
+"""The exception hierarchy: one root, ``ExaslideError``, and one subclass per domain.
+
+Messages say what was expected, what was found and what to do; library code chains the
+underlying cause with ``raise ... from exc``. The CLI prints ``str(error)`` on one line and
+exits with code 2.
+"""
+
+from __future__ import annotations
+
+
+class ExaslideError(Exception):
+    """Root of every error exaslide raises on purpose."""
+
+
+class SlideError(ExaslideError):
+    """A slide could not be opened or read."""
+
+
+class SlideOpenError(SlideError):
+    """No backend could open the file (missing, unsupported format, corrupt header)."""
+
+
+class SlideReadError(SlideError):
+    """The slide opened but a region could not be read (corrupt tile, out of bounds)."""
+
+
+class LevelError(SlideError):
+    """A requested level, downsample or resolution does not exist in the slide."""
+
+
+class AnnotationError(ExaslideError):
+    """An annotation file could not be parsed or holds invalid content."""
+
+
+class HostileXMLError(AnnotationError):
+    """An XML file uses entities, DTDs or external references (billion laughs, XXE)."""
+
+
+class MaskError(ExaslideError):
+    """A mask could not be computed with the given parameters."""
+
+
+class ManifestError(ExaslideError):
+    """A cohort manifest is malformed."""

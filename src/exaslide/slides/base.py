@@ -1,0 +1,333 @@
+"""The abstract :class:`Slide`: one interface over every backend.
+
+Coordinate conventions (shared by every backend):
+
+- ``location`` is always ``(x, y)`` in level-0 pixels, x to the right, y down, as in OpenSlide.
+- ``size`` is ``(width, height)`` of the returned image, in pixels of the requested level (or
+  of the requested resolution when ``mpp=`` is given).
+- Level ``L`` pixel ``(i, j)`` covers level-0 pixels ``[j*d, (j+1)*d) x [i*d, (i+1)*d)`` where
+  ``d`` is the level's downsample. A level-0 location maps to level pixel ``round(x / d)``.
+- Pixels outside the slide are white (255, 255, 255). A region entirely outside the slide is
+  an error, since it is almost always a coordinate bug.
+- Every read returns an ``(H, W, 3)`` ``uint8`` RGB array.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from exaslide.errors import LevelError, SlideReadError
+
+logger = logging.getLogger(__name__)
+
+#: Largest region, in pixels, that one ``read_region`` call may return (about 800 MB of RGB).
+MAX_READ_PIXELS = 1 << 28
+#: Source pixels decoded per chunk when a read is resampled (``mpp=`` reads, thumbnails).
+RESAMPLE_CHUNK_PIXELS = 1 << 24
+#: Relative tolerance when matching a requested resolution or downsample to a level.
+DEFAULT_RTOL = 0.05
+
+
+class LazyImages(Mapping[str, np.ndarray]):
+    """A read-only mapping whose values are loaded on first access (associated images)."""
+
+    def __init__(self, names: list[str], loader: Callable[[str], np.ndarray]):
+        self._names = list(names)
+        self._loader = loader
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._names:
+            raise KeyError(name)
+        return self._loader(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+class Slide(ABC):
+    """A whole-slide image opened by one backend; use it as a context manager.
+
+    Subclasses implement the metadata properties and :meth:`_read_pixels`; everything else
+    (level choice, physical resolutions, padding, resampling, thumbnails) lives here so that
+    all backends behave the same way.
+    """
+
+    #: Backend name, e.g. ``"openslide"``.
+    backend: str = ""
+
+    def __init__(self, path: str):
+        self.path = str(path)
+
+    # ----------------------------------------------------------------- backend interface
+    @property
+    @abstractmethod
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        """``(width, height)`` of every level, level 0 first."""
+
+    @property
+    @abstractmethod
+    def mpp(self) -> tuple[float, float] | None:
+        """Microns per pixel ``(x, y)`` at level 0, or ``None`` when the file does not say."""
+
+    @property
+    @abstractmethod
+    def objective_power(self) -> float | None:
+        """Scanning objective magnification (e.g. 20 or 40), or ``None``."""
+
+    @property
+    @abstractmethod
+    def vendor(self) -> str:
+        """Format / scanner vendor, e.g. ``"aperio"`` or ``"generic-tiff"``."""
+
+    @property
+    @abstractmethod
+    def properties(self) -> Mapping[str, str]:
+        """All metadata key-value pairs the backend exposes."""
+
+    @property
+    @abstractmethod
+    def associated_images(self) -> Mapping[str, np.ndarray]:
+        """Label, macro, thumbnail... images by name, as RGB arrays (loaded lazily)."""
+
+    @abstractmethod
+    def _read_pixels(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """Read a region that lies entirely inside ``level``, in that level's pixels."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release file handles. Idempotent."""
+
+    # ------------------------------------------------------------------ derived metadata
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """``(width, height)`` of level 0."""
+        return self.level_dimensions[0]
+
+    @property
+    def level_count(self) -> int:
+        """Number of pyramid levels."""
+        return len(self.level_dimensions)
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]:
+        """Downsample of every level relative to level 0 (mean of the x and y ratios)."""
+        w0, h0 = self.dimensions
+        return tuple((w0 / w + h0 / h) / 2.0 for w, h in self.level_dimensions)
+
+    def level_mpp(self, level: int) -> tuple[float, float] | None:
+        """Microns per pixel at ``level``, or ``None`` when the slide has no resolution."""
+        self.check_level(level)
+        if self.mpp is None:
+            return None
+        d = self.level_downsamples[level]
+        return (self.mpp[0] * d, self.mpp[1] * d)
+
+    def info(self) -> dict[str, Any]:
+        """A JSON-ready summary of the slide (what ``exaslide info --json`` prints)."""
+        return {
+            "path": self.path,
+            "backend": self.backend,
+            "vendor": self.vendor,
+            "dimensions": list(self.dimensions),
+            "level_count": self.level_count,
+            "level_dimensions": [list(d) for d in self.level_dimensions],
+            "level_downsamples": [round(d, 6) for d in self.level_downsamples],
+            "mpp": list(self.mpp) if self.mpp else None,
+            "objective_power": self.objective_power,
+            "associated_images": sorted(self.associated_images),
+        }
+
+    def describe_levels(self) -> str:
+        """One line per level: size, downsample and resolution (used in error messages)."""
+        lines = []
+        for i, (w, h) in enumerate(self.level_dimensions):
+            mpp = self.level_mpp(i)
+            res = f", {mpp[0]:.4g} um/px" if mpp else ""
+            lines.append(f"level {i}: {w}x{h}, downsample {self.level_downsamples[i]:.4g}{res}")
+        return "; ".join(lines)
+
+    # ------------------------------------------------------------------ level selection
+    def best_level(
+        self,
+        downsample: float | None = None,
+        *,
+        mpp: float | None = None,
+        rtol: float = DEFAULT_RTOL,
+    ) -> int:
+        """The coarsest level that is at least as fine as the request.
+
+        Give exactly one of ``downsample`` (relative to level 0) or ``mpp`` (microns per
+        pixel). A level matches when its downsample is at most the requested one times
+        ``1 + rtol``.
+
+        Raises:
+            LevelError: the request is finer than level 0 (beyond ``rtol``), is not
+                positive, or asks for ``mpp`` on a slide without resolution metadata. The
+                message lists the levels the slide has.
+        """
+        if (downsample is None) == (mpp is None):
+            raise LevelError("give exactly one of downsample= or mpp=")
+        if mpp is not None:
+            if self.mpp is None:
+                raise LevelError(
+                    f"{self.path}: cannot select a level by mpp={mpp}: the slide has no "
+                    f"resolution metadata; select a level instead ({self.describe_levels()})"
+                )
+            downsample = mpp / self.mpp[0]
+            wanted = f"{mpp} um/px"
+        else:
+            wanted = f"downsample {downsample}"
+        if not downsample or downsample <= 0 or not math.isfinite(downsample):
+            raise LevelError(f"{self.path}: {wanted} is not a positive number")
+        if downsample < 1.0 / (1.0 + rtol):
+            raise LevelError(
+                f"{self.path}: {wanted} is finer than the finest level of the slide "
+                f"({self.describe_levels()})"
+            )
+        best = 0
+        for i, d in enumerate(self.level_downsamples):
+            if d <= downsample * (1.0 + rtol):
+                best = i if d >= self.level_downsamples[best] else best
+        return best
+
+    def check_level(self, level: int) -> None:
+        """Raise :class:`LevelError` (listing the levels) unless ``level`` exists."""
+        if not isinstance(level, int | np.integer) or not 0 <= level < self.level_count:
+            raise LevelError(
+                f"{self.path}: level {level!r} does not exist ({self.describe_levels()})"
+            )
+
+    # ------------------------------------------------------------------------- reading
+    def read_region(
+        self,
+        location: tuple[float, float],
+        size: tuple[int, int],
+        level: int | None = None,
+        *,
+        mpp: float | None = None,
+    ) -> np.ndarray:
+        """Read a region as an ``(height, width, 3)`` uint8 RGB array.
+
+        Args:
+            location: top-left corner ``(x, y)`` in level-0 pixels.
+            size: ``(width, height)`` of the output, in pixels of ``level`` or of ``mpp``.
+            level: pyramid level to read (default 0 when ``mpp`` is not given).
+            mpp: read at this resolution instead: the best level is chosen with
+                :meth:`best_level` and resampled (area interpolation) to exactly ``mpp``.
+
+        Raises:
+            SlideReadError: the region is empty, too large, entirely outside the slide, or
+                the file's data cannot be decoded.
+            LevelError: the level or resolution does not exist.
+        """
+        width, height = (int(v) for v in size)
+        if width <= 0 or height <= 0:
+            raise SlideReadError(f"{self.path}: region size must be positive, got {size}")
+        if width * height > MAX_READ_PIXELS:
+            raise SlideReadError(
+                f"{self.path}: a {width}x{height} region is too large for one read "
+                f"(max {MAX_READ_PIXELS} pixels); read a coarser level or in tiles"
+            )
+        if level is not None and mpp is not None:
+            raise LevelError("give level= or mpp=, not both")
+        x, y = float(location[0]), float(location[1])
+        if mpp is None:
+            level = 0 if level is None else level
+            self.check_level(level)
+            d = self.level_downsamples[level]
+            return self._read_padded(level, round(x / d), round(y / d), width, height)
+        level = self.best_level(mpp=mpp)
+        d = self.level_downsamples[level]
+        scale = mpp / (self.mpp[0] * d)  # level pixels per output pixel
+        return self._read_resampled(level, x / d, y / d, width * scale, height * scale,
+                                    (width, height))
+
+    def thumbnail(self, max_size: int | tuple[int, int] = 1024) -> np.ndarray:
+        """The whole slide scaled to fit in ``max_size`` (keeping the aspect ratio)."""
+        if isinstance(max_size, int | np.integer):
+            max_size = (int(max_size), int(max_size))
+        w0, h0 = self.dimensions
+        scale = max(w0 / max_size[0], h0 / max_size[1], 1.0)
+        out = (max(1, round(w0 / scale)), max(1, round(h0 / scale)))
+        level = self.best_level(downsample=scale)
+        lw, lh = self.level_dimensions[level]
+        return self._read_resampled(level, 0.0, 0.0, float(lw), float(lh), out)
+
+    def read_level(self, level: int) -> np.ndarray:
+        """A whole level as one RGB array (bounded by :data:`MAX_READ_PIXELS`)."""
+        self.check_level(level)
+        w, h = self.level_dimensions[level]
+        return self.read_region((0, 0), (w, h), level=level)
+
+    def _read_padded(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """Read level pixels, white outside the level, error when nothing overlaps."""
+        lw, lh = self.level_dimensions[level]
+        x0, y0 = max(x, 0), max(y, 0)
+        x1, y1 = min(x + width, lw), min(y + height, lh)
+        if x0 >= x1 or y0 >= y1:
+            raise SlideReadError(
+                f"{self.path}: region at ({x}, {y}) size {width}x{height} of level {level} "
+                f"lies outside the slide (level {level} is {lw}x{lh})"
+            )
+        try:
+            inner = self._read_pixels(level, x0, y0, x1 - x0, y1 - y0)
+        except SlideReadError:
+            raise
+        except Exception as exc:  # backend-specific decoder errors
+            raise SlideReadError(
+                f"{self.path}: cannot read region at ({x0}, {y0}) size "
+                f"{x1 - x0}x{y1 - y0} of level {level}: {exc}"
+            ) from exc
+        if (x0, y0, x1, y1) == (x, y, x + width, y + height):
+            return inner
+        out = np.full((height, width, 3), 255, dtype=np.uint8)
+        out[y0 - y : y1 - y, x0 - x : x1 - x] = inner
+        return out
+
+    def _read_resampled(
+        self, level: int, x: float, y: float, src_w: float, src_h: float,
+        out_size: tuple[int, int],
+    ) -> np.ndarray:
+        """Resample a level region (fractional level pixels) to ``out_size``, in strips.
+
+        Strips keep memory bounded: at most :data:`RESAMPLE_CHUNK_PIXELS` source pixels are
+        decoded at a time, so thumbnails of gigapixel single-level slides stay small.
+        """
+        import cv2
+
+        out_w, out_h = out_size
+        sx, sy = src_w / out_w, src_h / out_h
+        if abs(sx - 1.0) < 1e-6 and abs(sy - 1.0) < 1e-6:
+            return self._read_padded(level, round(x), round(y), out_w, out_h)
+        rows_per_strip = max(1, int(RESAMPLE_CHUNK_PIXELS / max(src_w, 1.0) / max(sy, 1e-9)))
+        out = np.empty((out_h, out_w, 3), dtype=np.uint8)
+        interp = cv2.INTER_AREA if sx >= 1.0 and sy >= 1.0 else cv2.INTER_LINEAR
+        for r0 in range(0, out_h, rows_per_strip):
+            r1 = min(out_h, r0 + rows_per_strip)
+            # Rounded source bounds: adjacent strips share their edge row exactly, and the
+            # sub-pixel offset ignored here is below one source pixel.
+            ix0, ix1 = round(x), max(round(x) + 1, round(x + src_w))
+            iy0 = round(y + r0 * sy)
+            iy1 = max(iy0 + 1, round(y + r1 * sy))
+            src = self._read_padded(level, ix0, iy0, ix1 - ix0, iy1 - iy0)
+            out[r0:r1] = cv2.resize(src, (out_w, r1 - r0), interpolation=interp)
+        return out
+
+    # ------------------------------------------------------------------ context manager
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path!r}, backend={self.backend!r})"
+

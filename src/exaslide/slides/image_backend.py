@@ -1,0 +1,91 @@
+"""Plain images (PNG, JPEG, BMP, flat TIFF...) as one-level slides, via Pillow.
+
+Meant for low-resolution images such as figures from publications; the whole image is
+decoded at open, so Pillow's decompression-bomb limit applies (use a pyramidal TIFF and the
+tifffile or OpenSlide backend for large images).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from exaslide.errors import SlideOpenError
+from exaslide.slides.base import Slide
+
+
+class ImageSlide(Slide):
+    """A single image held in memory as level 0."""
+
+    backend = "image"
+
+    @staticmethod
+    def can_open(path: str) -> bool:
+        """True when Pillow recognises the file (reads only the header)."""
+        from PIL import Image
+
+        try:
+            with Image.open(path):
+                return True
+        except Exception:
+            return False
+
+    def __init__(self, path: str):
+        from PIL import Image
+
+        super().__init__(path)
+        try:
+            with Image.open(path) as img:
+                self._format = (img.format or "image").lower()
+                self._pixels = _pil_to_rgb(img)
+        except Image.DecompressionBombError as exc:
+            raise SlideOpenError(
+                f"{path}: too large for the image backend ({exc}); store it as a tiled "
+                "pyramidal TIFF"
+            ) from exc
+        except Exception as exc:
+            raise SlideOpenError(f"{path}: Pillow cannot read it: {exc}") from exc
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        h, w = self._pixels.shape[:2]
+        return ((w, h),)
+
+    @property
+    def mpp(self) -> tuple[float, float] | None:
+        return None
+
+    @property
+    def objective_power(self) -> float | None:
+        return None
+
+    @property
+    def vendor(self) -> str:
+        return self._format
+
+    @property
+    def properties(self) -> Mapping[str, str]:
+        return {"image.format": self._format}
+
+    @property
+    def associated_images(self) -> Mapping[str, np.ndarray]:
+        return {}
+
+    def _read_pixels(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        return self._pixels[y : y + height, x : x + width].copy()
+
+
+def _pil_to_rgb(img) -> np.ndarray:
+    """Any Pillow mode to RGB uint8; 16-bit and float images are stretched to 8 bits."""
+    if img.mode in ("I", "I;16", "I;16B", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = ((arr - lo) * (255.0 / max(hi - lo, 1e-6))).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "P"):
+        img = img.convert("RGBA")
+        rgba = np.asarray(img).astype(np.uint16)
+        a = rgba[..., 3:4]
+        return ((rgba[..., :3] * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
+    return np.asarray(img.convert("RGB"))

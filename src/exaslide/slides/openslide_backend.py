@@ -1,0 +1,92 @@
+"""OpenSlide backend: every vendor format OpenSlide reads (SVS, NDPI, MRXS, SCN, Philips
+TIFF, Ventana BIF, DICOM, generic tiled TIFF...). The library comes from ``openslide-bin``,
+so no system package is needed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from exaslide.errors import SlideOpenError
+from exaslide.slides.base import LazyImages, Slide
+
+
+def _rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
+    """Composite OpenSlide's (un-premultiplied) RGBA on white; transparent means no data."""
+    alpha = rgba[..., 3]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgba[..., :3])
+    a = alpha[..., None].astype(np.uint16)
+    rgb = (rgba[..., :3].astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
+    return rgb.astype(np.uint8)
+
+
+class OpenSlideSlide(Slide):
+    """A slide read through OpenSlide."""
+
+    backend = "openslide"
+
+    @staticmethod
+    def can_open(path: str) -> bool:
+        """True when OpenSlide recognises the file's format (a cheap header check)."""
+        import openslide
+
+        try:
+            return openslide.OpenSlide.detect_format(path) is not None
+        except Exception:
+            return False
+
+    def __init__(self, path: str):
+        import openslide
+
+        super().__init__(path)
+        try:
+            self._osr = openslide.OpenSlide(path)
+        except openslide.OpenSlideUnsupportedFormatError as exc:
+            raise SlideOpenError(f"{path}: format not supported by OpenSlide") from exc
+        except openslide.OpenSlideError as exc:
+            raise SlideOpenError(f"{path}: OpenSlide cannot open it: {exc}") from exc
+        props = self._osr.properties
+        self._props = dict(props)
+        mx, my = props.get(openslide.PROPERTY_NAME_MPP_X), props.get(openslide.PROPERTY_NAME_MPP_Y)
+        self._mpp = (float(mx), float(my or mx)) if mx else None
+        power = props.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER)
+        self._power = float(power) if power else None
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        return tuple(tuple(d) for d in self._osr.level_dimensions)
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]:
+        return tuple(self._osr.level_downsamples)
+
+    @property
+    def mpp(self) -> tuple[float, float] | None:
+        return self._mpp
+
+    @property
+    def objective_power(self) -> float | None:
+        return self._power
+
+    @property
+    def vendor(self) -> str:
+        return self._props.get("openslide.vendor", "unknown")
+
+    @property
+    def properties(self) -> Mapping[str, str]:
+        return self._props
+
+    @property
+    def associated_images(self) -> Mapping[str, np.ndarray]:
+        images = self._osr.associated_images
+        return LazyImages(list(images), lambda name: _rgba_to_rgb(np.asarray(images[name])))
+
+    def _read_pixels(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        d = self.level_downsamples[level]
+        region = self._osr.read_region((round(x * d), round(y * d)), level, (width, height))
+        return _rgba_to_rgb(np.asarray(region))
+
+    def close(self) -> None:
+        self._osr.close()

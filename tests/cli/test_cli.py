@@ -1,0 +1,88 @@
+"""The CLI contract: commands, JSON keys, output files, errors and exit codes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def run(*args, check_rc=0):
+    done = subprocess.run([sys.executable, "-m", "exaslide", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == check_rc, done.stderr
+    return done
+
+
+def test_info_json_keys(synth_slide):
+    info = json.loads(run("info", synth_slide.path, "--json").stdout)
+    for key in ("dimensions", "level_count", "level_dimensions", "level_downsamples", "mpp",
+                "vendor", "backend", "associated_images"):
+        assert key in info
+    assert info["dimensions"] == [3072, 2304] and info["level_count"] == 3
+    forced = json.loads(run("info", synth_slide.path, "--json", "--backend", "tifffile").stdout)
+    assert forced["backend"] == "tifffile"
+    assert "level 1: 768 x 576" in run("info", synth_slide.path).stdout
+
+
+def test_mask_single_slide(synth_slide, tmp_path):
+    out = tmp_path / "out"
+    done = run("mask", synth_slide.path, "--annotations", synth_slide.annotation_path,
+               "--level", 1, "--out", out)
+    assert "figure:" in done.stdout
+    mask = np.asarray(Image.open(out / "slide_mask.png"))
+    assert mask.shape == (576, 768) and set(np.unique(mask)) == {0, 1, 2}
+    for suffix in ("_overlay.png", "_figure.png", "_summary.json", "_mask.tif"):
+        assert (out / f"slide{suffix}").exists()
+    summary = json.loads((out / "slide_summary.json").read_text())
+    assert summary["areas_um2"]["tumour"] == pytest.approx(
+        summary["annotation_tumour_area_um2"], rel=0.01)
+
+
+def test_errors_are_one_line_with_exit_code_2(tmp_path, synth_slide):
+    done = run("info", tmp_path / "missing.svs", check_rc=2)
+    assert done.stderr.strip().count("\n") == 0
+    assert "missing.svs: no such file" in done.stderr and "Traceback" not in done.stderr
+    (tmp_path / "bad.xml").write_text("<ASAP_Annotations><Annotations>")
+    done = run("mask", synth_slide.path, "--annotations", tmp_path / "bad.xml", "--level", 2,
+               "--out", tmp_path / "o", check_rc=2)
+    assert "bad.xml" in done.stderr and "Traceback" not in done.stderr
+    debug = run("--debug", "info", tmp_path / "missing.svs", check_rc=1)
+    assert "Traceback" in debug.stderr
+    run("mask", synth_slide.path, "--out", tmp_path / "o", check_rc=2)  # no --level/--mpp
+
+
+def test_cohort_one_bad_slide_others_finish_and_resume(tmp_path):
+    run("synth", tmp_path / "cohort", "--cohort", 3, "--width", 1024, "--height", 768,
+        "--seed", 2)
+    manifest = tmp_path / "cohort" / "manifest.csv"
+    rows = list(csv.DictReader(manifest.open()))
+    (tmp_path / "cohort" / "broken.tif").write_bytes(b"II*\x00" + b"\x00" * 100)
+    rows.append(dict(rows[0], slide_id="broken", path="broken.tif", annotation=""))
+    with manifest.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "masks"
+    done = run("mask", "--manifest", manifest, "--mpp", 8, "--out", out, check_rc=1)
+    assert "broken" in done.stderr and "3 done" in done.stdout and "1 failed" in done.stdout
+    for row in rows[:3]:
+        assert (out / f"{row['slide_id']}_mask.png").exists()
+    status = json.loads((out / "mask_status.json").read_text())
+    assert [s["status"] for s in status] == ["done", "done", "done", "failed"]
+    again = run("mask", "--manifest", manifest, "--mpp", 8, "--out", out, check_rc=1)
+    assert "3 already done" in again.stdout
+
+
+def test_synth_single_slide(tmp_path):
+    done = run("synth", tmp_path, "--width", 1024, "--height", 768, "--tumours", 2,
+               "--seed", 4)
+    assert (tmp_path / "synth_4.tif").exists() and (tmp_path / "synth_4.xml").exists()
+    assert "2 levels" in done.stdout
+    bad = run("synth", tmp_path, "--width", 10, check_rc=2)
+    assert "at least 256x256" in bad.stderr

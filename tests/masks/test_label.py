@@ -1,0 +1,83 @@
+"""Label masks: values, agreement with ground truth, outputs, and the real CAMELYON16 file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import openslide
+import pytest
+import shapely
+
+from exaslide.annotations import read_annotations
+from exaslide.errors import MaskError
+from exaslide.masks import NORMAL, TUMOUR, annotation_area_um2, make_label_mask, rasterize
+from exaslide.masks.run import MaskOptions, mask_slide
+from exaslide.slides import open_slide
+
+
+def test_label_mask_matches_ground_truth(synth_slide):
+    annotations = read_annotations(synth_slide.annotation_path)
+    with open_slide(synth_slide.path) as slide:
+        mask = make_label_mask(slide, annotations, level=1)
+    truth = rasterize(synth_slide.layout.tumour_region, mask.labels.shape, downsample=4.0)
+    np.testing.assert_array_equal(mask.labels == TUMOUR, truth)
+    assert synth_slide.layout.exclusions  # the fixture has exclusion islands...
+    inside_hole = rasterize(shapely.union_all(synth_slide.layout.exclusions),
+                            mask.labels.shape, downsample=4.0)
+    assert (mask.labels[inside_hole] == NORMAL).mean() > 0.95  # ...which are normal tissue
+    assert set(np.unique(mask.labels)) == {0, 1, 2}
+    areas = mask.areas_um2()
+    exact = annotation_area_um2(annotations, (0.5, 0.5))
+    assert areas["tumour"] == pytest.approx(exact, rel=0.01)
+
+
+def test_mask_by_mpp_and_errors(synth_slide, monkeypatch):
+    with open_slide(synth_slide.path) as slide:
+        mask = make_label_mask(slide, None, mpp=8.0)
+        assert mask.labels.shape == (144, 192) and mask.mpp == pytest.approx((8.0, 8.0))
+        assert not (mask.labels == TUMOUR).any()  # no annotations: no tumour
+        with pytest.raises(MaskError, match="exactly one"):
+            make_label_mask(slide, None)
+        monkeypatch.setattr("exaslide.masks.label.MAX_READ_PIXELS", 4 * 1_000_000)
+        with pytest.raises(MaskError, match="too large; choose a coarser level"):
+            make_label_mask(slide, None, level=0)  # 7 MP > the (lowered) 1 MP limit
+        with pytest.raises(Exception, match="does not exist"):
+            make_label_mask(slide, None, level=9)
+
+
+def test_outputs_written_and_tiff_opens_in_openslide(synth_slide, tmp_path):
+    summary = mask_slide(synth_slide.path, synth_slide.annotation_path, tmp_path, "s",
+                         MaskOptions(level=1))
+    for suffix in ("_mask.png", "_overlay.png", "_figure.png", "_mask.tif", "_summary.json"):
+        assert (tmp_path / f"s{suffix}").stat().st_size > 0
+    assert not list(tmp_path.glob(".*tmp*"))  # no temporary files left
+    on_disk = json.loads((tmp_path / "s_summary.json").read_text())
+    assert on_disk["pixel_counts"] == summary["pixel_counts"]
+    assert on_disk["areas_um2"]["tumour"] == pytest.approx(
+        on_disk["annotation_tumour_area_um2"], rel=0.01)
+    from PIL import Image
+
+    png = np.asarray(Image.open(tmp_path / "s_mask.png"))
+    assert png.shape == (576, 768) and set(np.unique(png)) == {0, 1, 2}
+    tif = openslide.OpenSlide(tmp_path / "s_mask.tif")
+    assert tif.level_count >= 2 and tif.level_dimensions[0] == (768, 576)
+    assert float(tif.properties["openslide.mpp-x"]) == pytest.approx(2.0)
+    level0 = np.asarray(tif.read_region((0, 0), 0, (768, 576)))[..., 0]
+    np.testing.assert_array_equal(level0, png)
+
+
+def test_camelyon16_test_040_tumour_area(shared_data):
+    """The 66,697-vertex test_040.xml on a 110,000 x 110,000 grid at level 5 (downsample 32)."""
+    from exaslide.masks import fill_polygon
+
+    annotations = read_annotations(shared_data / "annotations/camelyon16/test_040.xml")
+    assert annotations.labels() == {"tumour": 34, "exclusion": 44}
+    shape = (110_000 // 32, 110_000 // 32)
+    tumour = np.zeros(shape, bool)
+    excluded = np.zeros(shape, bool)
+    for a in annotations:
+        fill_polygon(tumour if a.label == "tumour" else excluded, a.geometry, downsample=32)
+    area = (tumour & ~excluded).sum() * 32 * 32
+    exact = annotation_area_um2(annotations, (1.0, 1.0))
+    assert area == pytest.approx(exact, rel=0.01)
