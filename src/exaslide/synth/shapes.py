@@ -53,9 +53,9 @@ def make_layout(width: int, height: int, tumours: int, rng: np.random.Generator,
     if core.is_empty:
         core = tissue
     for _ in range(tumours):
-        centre = _point_inside(core, rng)
-        room = core.boundary.distance(centre)
-        radius = min(room * 0.8, min(width, height) * rng.uniform(0.03, 0.09))
+        wanted = min(width, height) * rng.uniform(0.03, 0.09)
+        centre, room = _roomy_point(core, wanted, rng)
+        radius = min(room * 0.8, wanted)
         tumour = _largest(shapely.intersection(
             blob(centre.x, centre.y, radius, rng, roughness=0.35), tissue))
         tumour_list.append(tumour)
@@ -65,14 +65,22 @@ def make_layout(width: int, height: int, tumours: int, rng: np.random.Generator,
     return Layout(tissue, tumour_list, exclusions)
 
 
-def _point_inside(region: shapely.Geometry, rng: np.random.Generator) -> shapely.Point:
-    """A uniformly random point inside ``region`` (rejection sampling in its bounds)."""
+def _roomy_point(region: shapely.Geometry, radius: float,
+                 rng: np.random.Generator) -> tuple[shapely.Point, float]:
+    """A random point of ``region`` at least ``radius`` from its boundary if one is found
+    in 200 tries (else the roomiest one tried), and its distance to the boundary."""
     x0, y0, x1, y1 = region.bounds
-    for _ in range(10_000):
+    best, best_room = region.representative_point(), 0.0
+    for _ in range(200):
         point = shapely.Point(rng.uniform(x0, x1), rng.uniform(y0, y1))
-        if region.contains(point):
-            return point
-    return region.representative_point()
+        if not region.contains(point):
+            continue
+        room = region.boundary.distance(point)
+        if room >= radius:
+            return point, room
+        if room > best_room:
+            best, best_room = point, room
+    return best, max(best_room, region.boundary.distance(best))
 
 
 def _largest(geometry: shapely.Geometry) -> Polygon:
