@@ -86,3 +86,33 @@ def test_synth_single_slide(tmp_path):
     assert "2 levels" in done.stdout
     bad = run("synth", tmp_path, "--width", 10, check_rc=2)
     assert "at least 256x256" in bad.stderr
+
+
+def test_killed_cohort_run_leaves_no_partial_file_and_resumes(tmp_path):
+    """SIGKILL in the middle of a cohort, then re-run: finished slides are kept, the rest
+    are done, and no half-written or temporary file remains."""
+    import signal
+    import time
+
+    run("synth", tmp_path / "c", "--cohort", 4, "--width", 4096, "--height", 3072,
+        "--seed", 9)
+    out = tmp_path / "masks"
+    proc = subprocess.Popen([sys.executable, "-m", "exaslide", "mask", "--manifest",
+                             str(tmp_path / "c" / "manifest.csv"), "--level", "1", "--out",
+                             str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*_summary.json")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = sorted(p.name for p in out.glob("*_summary.json"))
+    assert 1 <= len(finished) < 4, "the kill must land mid-run"
+    for png in out.glob("*.png"):  # every final file is complete
+        Image.open(png).load()
+    again = run("mask", "--manifest", tmp_path / "c" / "manifest.csv", "--level", 1,
+                "--out", out)
+    assert f"{len(finished)} already done" in again.stdout
+    assert f"{4 - len(finished)} done" in again.stdout
+    assert len(list(out.glob("*_summary.json"))) == 4
+    assert not list(out.glob(".*"))  # no temporary files left behind

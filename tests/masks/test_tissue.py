@@ -41,3 +41,17 @@ def test_small_specks_are_removed_and_threshold_is_exposed():
 def test_rejects_non_rgb():
     with pytest.raises(MaskError, match="uint8"):
         detect_tissue(np.zeros((10, 10), np.uint8))
+
+
+def test_real_h_and_e_tissue_is_found_at_any_resolution(shared_data):
+    """CMU-1-Small-Region (real Aperio H&E): about a third of the image is tissue, and the
+    answer does not depend on the resolution the mask is requested at."""
+    import cv2
+
+    with open_slide(shared_data / "slides/aperio/CMU-1-Small-Region.svs") as slide:
+        full = detect_tissue(slide.read_level(0), slide.mpp[0])
+        coarse = detect_tissue(slide.read_region((0, 0), (277, 370), mpp=4.0), 4.0)
+    assert 0.25 < full.mean() < 0.55 and 0.25 < coarse.mean() < 0.55
+    down = cv2.resize(full.astype(np.uint8), coarse.shape[::-1],
+                      interpolation=cv2.INTER_NEAREST).astype(bool)
+    assert _iou(down, coarse) > 0.85

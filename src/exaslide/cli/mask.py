@@ -25,7 +25,7 @@ from exaslide.cli.options import backend_option, progress_bar
               help="Fixed saturation threshold (0-255) instead of Otsu.")
 @click.option("--min-tissue-area", type=float, default=50_000.0, show_default=True,
               help="Smallest tissue component kept, in um^2.")
-@click.option("--kernel-um", type=float, default=64.0, show_default=True,
+@click.option("--kernel-um", type=float, default=16.0, show_default=True,
               help="Morphology disc diameter in microns.")
 @click.option("--no-tiff", is_flag=True, help="Do not write the pyramidal mask TIFF.")
 @click.option("--overwrite", is_flag=True, help="Redo slides already finished.")

@@ -100,6 +100,13 @@ def save_pyramid_tiff(path: str | Path, labels: np.ndarray, mpp: tuple[float, fl
     return Path(path)
 
 
+def remove_stale_temporaries(out_dir: Path, stem: str) -> None:
+    """Delete temporary files a killed run left for ``stem`` (``.<stem>_<kind>.*.tmp.*``)."""
+    for name in ("mask", "overlay", "figure", "summary"):
+        for stale in out_dir.glob(f".{stem}_{name}.*.tmp.*"):
+            stale.unlink(missing_ok=True)
+
+
 def write_mask_outputs(mask: LabelMask, out_dir: str | Path, stem: str,
                        summary: dict[str, Any], pyramid: bool = True) -> dict[str, Path]:
     """Write ``<stem>_mask.png``, ``_overlay.png``, ``_figure.png``, ``_mask.tif`` and
@@ -109,6 +116,7 @@ def write_mask_outputs(mask: LabelMask, out_dir: str | Path, stem: str,
         The written paths by kind.
     """
     out = Path(out_dir)
+    remove_stale_temporaries(out, stem)
     paths = {
         "mask": save_png(out / f"{stem}_mask.png", mask.labels),
         "overlay": save_png(out / f"{stem}_overlay.png", overlay(mask)),
