@@ -1,33 +1,49 @@
 """Atomic file writes: write to a temporary name in the same folder, then rename.
 
 A killed process leaves either the old file or the new one, never half of one; the
-temporary file is removed on error.
+temporary file is removed on error (a SIGKILL can leave a ``.<stem>.<random>.tmp<suffix>``
+file behind, which batch jobs delete before they redo that output).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 
+def temporary_sibling(target: Path) -> Path:
+    """A new, empty file beside ``target`` with a unique hidden name and normal permissions.
+
+    The name keeps the suffix of ``target`` so that writers which pick a format from the
+    suffix (Pillow, tifffile) still work. The file is created with mode 0666 minus the
+    umask, as ``open()`` would.
+    """
+    while True:
+        tmp = target.with_name(f".{target.stem}.{secrets.token_hex(4)}.tmp{target.suffix}")
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds.
-
-    The temporary name keeps the suffix of ``path`` so that writers which pick a format
-    from the suffix (Pillow, tifffile) still work.
-    """
+    """Yield a temporary path beside ``path``; if the block succeeds, flush it to disk and
+    rename it to ``path``; otherwise delete it."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}",
-                               dir=target.parent)
-    os.close(fd)
+    tmp = temporary_sibling(target)
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; use what open() would
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -40,9 +56,3 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

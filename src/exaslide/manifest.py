@@ -64,6 +64,9 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestEntry]:
         slide_id, slide_path = (row.get("slide_id") or "").strip(), (row.get("path") or "").strip()
         if not slide_id or not slide_path:
             raise ManifestError(f"{path}:{line}: slide_id and path must not be empty")
+        if "/" in slide_id or "\\" in slide_id or slide_id.startswith("."):
+            raise ManifestError(f"{path}:{line}: slide_id {slide_id!r} must not contain a path "
+                                "separator or start with '.' (it names output files)")
         if slide_id in seen:
             raise ManifestError(f"{path}:{line}: duplicate slide_id {slide_id!r} "
                                 f"(first on line {seen[slide_id]})")

@@ -132,6 +132,19 @@ def test_asap_writer_splits_holes_and_parts(tmp_path: Path) -> None:
     assert '<Group Name="_2"' in text
 
 
+def test_asap_and_table_writers_refuse_holes_outside_tumour(tmp_path: Path) -> None:
+    """A hole in a stroma polygon cannot become a `_2` exclusion: that would erase any
+    tumour drawn inside it. The writers refuse and leave no file."""
+    holed = Polygon(SQUARE, [[(2, 2), (4, 2), (4, 4), (2, 4)]])
+    stroma = Annotation(geometry=holed, label="stroma", group="Stroma", name="s",
+                        kind="polygon", source=holed)
+    for name in ("w.xml", "w.csv"):
+        with pytest.raises(AnnotationError, match="holes"):
+            write_annotations([stroma], tmp_path / name)
+        assert not (tmp_path / name).exists()
+    assert not list(tmp_path.iterdir())
+
+
 def test_geojson_writer_keeps_holes(tmp_path: Path) -> None:
     holed = Polygon(SQUARE, [[(2, 2), (4, 2), (4, 4), (2, 4)]])
     multi = MultiPolygon([holed, box(20, 20, 30, 30)])

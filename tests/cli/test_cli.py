@@ -77,6 +77,12 @@ def test_cohort_one_bad_slide_others_finish_and_resume(tmp_path):
     assert [s["status"] for s in status] == ["done", "done", "done", "failed"]
     again = run("mask", "--manifest", manifest, "--mpp", 8, "--out", out, check_rc=1)
     assert "3 already done" in again.stdout
+    # a replaced input or a deleted output is redone; the others are still skipped
+    first = tmp_path / "cohort" / rows[0]["path"]
+    first.write_bytes(first.read_bytes())
+    (out / f"{rows[1]['slide_id']}_overlay.png").unlink()
+    third = run("mask", "--manifest", manifest, "--mpp", 8, "--out", out, check_rc=1)
+    assert "2 done, 1 already done, 1 failed" in third.stdout
 
 
 def test_synth_single_slide(tmp_path):
@@ -86,6 +92,15 @@ def test_synth_single_slide(tmp_path):
     assert "2 levels" in done.stdout
     bad = run("synth", tmp_path, "--width", 10, check_rc=2)
     assert "at least 256x256" in bad.stderr
+    for args in (("--cohort", 0), ("--cohort", 2, "--tumour-fraction", 2)):
+        assert "Traceback" not in run("synth", tmp_path, *args, check_rc=2).stderr
+
+
+def test_slide_stem():
+    from exaslide.cli.mask import slide_stem
+
+    assert slide_stem("/x/a.v1.svs") == "a.v1" and slide_stem("b.ome.tif") == "b"
+    assert slide_stem("CMU-1-Small-Region.svs") == "CMU-1-Small-Region"
 
 
 def test_killed_cohort_run_leaves_no_partial_file_and_resumes(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import MappingProxyType
 
 import numpy as np
 import openslide
@@ -10,10 +11,10 @@ import pytest
 import shapely
 
 from exaslide.annotations import read_annotations
-from exaslide.errors import MaskError
+from exaslide.errors import LevelError, MaskError
 from exaslide.masks import NORMAL, TUMOUR, annotation_area_um2, make_label_mask, rasterize
 from exaslide.masks.run import MaskOptions, mask_slide
-from exaslide.slides import open_slide
+from exaslide.slides import Slide, open_slide
 
 
 def test_label_mask_matches_ground_truth(synth_slide):
@@ -42,7 +43,7 @@ def test_mask_by_mpp_and_errors(synth_slide, monkeypatch):
         monkeypatch.setattr("exaslide.masks.label.MAX_READ_PIXELS", 4 * 1_000_000)
         with pytest.raises(MaskError, match="too large; choose a coarser level"):
             make_label_mask(slide, None, level=0)  # 7 MP > the (lowered) 1 MP limit
-        with pytest.raises(Exception, match="does not exist"):
+        with pytest.raises(LevelError, match="does not exist"):
             make_label_mask(slide, None, level=9)
 
 
@@ -67,17 +68,45 @@ def test_outputs_written_and_tiff_opens_in_openslide(synth_slide, tmp_path):
     np.testing.assert_array_equal(level0, png)
 
 
-def test_camelyon16_test_040_tumour_area(shared_data):
-    """The 66,697-vertex test_040.xml on a 110,000 x 110,000 grid at level 5 (downsample 32)."""
-    from exaslide.masks import fill_polygon
+class GlassSlide(Slide):
+    """A blank CAMELYON-sized slide (110,000 x 110,000 at 0.243 um/px, 8 levels of
+    downsample 2): the real test_040 annotations without its 5 GB image."""
 
+    backend = vendor = "glass"
+    level_dimensions = tuple((110_000 // 2**k, 110_000 // 2**k) for k in range(8))
+    mpp = (0.243, 0.243)
+    objective_power = 40.0
+    properties = MappingProxyType({})
+    associated_images = MappingProxyType({})
+
+    def _read_pixels(self, level, x, y, width, height):
+        return np.full((height, width, 3), 245, np.uint8)
+
+
+def test_camelyon16_test_040_label_mask_at_level_5(shared_data):
+    """The 66,697-vertex test_040.xml: 34 tumour and 44 exclusion polygons; the mask's
+    tumour area equals shapely's area of (tumour minus exclusion) within 1%."""
     annotations = read_annotations(shared_data / "annotations/camelyon16/test_040.xml")
     assert annotations.labels() == {"tumour": 34, "exclusion": 44}
-    shape = (110_000 // 32, 110_000 // 32)
-    tumour = np.zeros(shape, bool)
-    excluded = np.zeros(shape, bool)
-    for a in annotations:
-        fill_polygon(tumour if a.label == "tumour" else excluded, a.geometry, downsample=32)
-    area = (tumour & ~excluded).sum() * 32 * 32
-    exact = annotation_area_um2(annotations, (1.0, 1.0))
-    assert area == pytest.approx(exact, rel=0.01)
+    mask = make_label_mask(GlassSlide("test_040"), annotations, level=5)
+    assert mask.labels.shape == (3437, 3437)
+    exact = annotation_area_um2(annotations, (0.243, 0.243))
+    assert mask.areas_um2()["tumour"] == pytest.approx(exact, rel=0.01)
+    assert mask.counts()["normal"] == 0  # blank glass: no tissue, exclusions are background
+    assert not mask.outside and not mask.unused_labels
+
+
+def test_annotations_outside_the_slide_are_reported(synth_slide, tmp_path, caplog):
+    from shapely.geometry import box
+
+    from exaslide.annotations import Annotation, write_annotations
+
+    far, edge = box(1e9, 1e9, 1e9 + 500, 1e9 + 500), box(3000, 2200, 3300, 2500)
+    items = [Annotation(geometry=g, label="tumour", group="_0", name=n, kind="polygon",
+                        source=g) for g, n in ((far, "far"), (edge, "edge"))]
+    path = write_annotations(items, tmp_path / "wrong.xml")
+    summary = mask_slide(synth_slide.path, path, tmp_path, "w", MaskOptions(level=2))
+    assert summary["annotations_outside_slide"] == ["far"]
+    assert summary["annotations_crossing_border"] == ["edge"]
+    assert summary["pixel_counts"]["tumour"] > 0  # the clipped part of "edge"
+    assert "lie entirely outside" in caplog.text

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from shapely.geometry import LineString, MultiPoint, MultiPolygon, Point, Polygon
 from shapely.geometry.base import BaseGeometry
 
-from exaslide.annotations.model import AREA_KINDS, PROBLEM_TOO_FEW
+from exaslide.annotations.model import AREA_KINDS, PROBLEM_TOO_FEW, TUMOUR
 from exaslide.errors import AnnotationError
 
 XY = tuple[float, float]
@@ -130,7 +130,13 @@ def _coords(geom: BaseGeometry) -> list[XY]:
     return [(float(c[0]), float(c[1])) for c in geom.coords]
 
 
-def _polygon_parts(polys: list[Polygon], name: str, group: str, kind: str) -> list[Part]:
+def _polygon_parts(polys: list[Polygon], name: str, group: str, kind: str,
+                   label: str) -> list[Part]:
+    if label != TUMOUR and any(poly.interiors for poly in polys):
+        raise AnnotationError(
+            f"annotation {name!r} (label {label or 'none'!r}) has holes: ASAP XML and tables "
+            "can only store holes of tumour polygons (as `_2` exclusions); write GeoJSON"
+        )
     parts: list[Part] = []
     multi = len(polys) > 1
     hole_no = 0
@@ -144,18 +150,21 @@ def _polygon_parts(polys: list[Polygon], name: str, group: str, kind: str) -> li
     return parts
 
 
-def flatten(source: BaseGeometry, kind: str, name: str, group: str) -> list[Part]:
+def flatten(source: BaseGeometry, kind: str, name: str, group: str,
+            label: str = TUMOUR) -> list[Part]:
     """Split a source geometry into single rings / point lists for ASAP XML and tables.
 
-    Polygon holes become separate exclusion parts in group ``_2`` named ``<name> hole k``;
+    Holes of tumour polygons become separate exclusion parts in group ``_2`` named
+    ``<name> hole k`` (the tumour-minus-exclusion area is kept); holes in polygons of any
+    other label raise :class:`AnnotationError`, since an exclusion would erase tumour;
     the parts of a MultiPolygon are named ``<name>#k``. Degenerate area sources (LineString,
     Point, empty) are written as polygons with their stored vertices.
     """
     area_kind = kind if kind in ("polygon", "spline", "rectangle") else "polygon"
     if isinstance(source, Polygon) and not source.is_empty:
-        return _polygon_parts([source], name, group, area_kind)
+        return _polygon_parts([source], name, group, area_kind, label)
     if isinstance(source, MultiPolygon) and not source.is_empty:
-        return _polygon_parts(list(source.geoms), name, group, area_kind)
+        return _polygon_parts(list(source.geoms), name, group, area_kind, label)
     if isinstance(source, Point | MultiPoint | LineString) and kind in AREA_KINDS:
         pts = [] if source.is_empty else _coords_any(source)
         return [Part(name, group, area_kind, pts)]

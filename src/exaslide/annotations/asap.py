@@ -254,7 +254,7 @@ def asap_xml(
     groups: dict[str, str] = {}
     for ann in annotations:
         group = ann.group or ann.label
-        for part in flatten(ann.source, ann.kind, ann.name, group):
+        for part in flatten(ann.source, ann.kind, ann.name, group, ann.label):
             lines.extend(_annotation_lines(part, ann.color))
             if part.group and part.group not in groups:
                 groups[part.group] = colors.get(part.group) or _default_group_color(ann, part)

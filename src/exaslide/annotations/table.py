@@ -231,7 +231,7 @@ def table_text(annotations: Iterable[Annotation], *, delimiter: str = ",") -> st
     parts = [
         part
         for ann in annotations
-        for part in flatten(ann.source, ann.kind, ann.name, ann.group or ann.label)
+        for part in flatten(ann.source, ann.kind, ann.name, ann.group or ann.label, ann.label)
     ]
     empty = [p.name for p in parts if not p.points]
     if empty:

@@ -23,7 +23,7 @@ from exaslide.cli.options import backend_option, progress_bar
               help="CSV (group,label) or JSON mapping extra group names to tumour/exclusion.")
 @click.option("--tissue-threshold", type=float, default=None,
               help="Fixed saturation threshold (0-255) instead of Otsu.")
-@click.option("--min-tissue-area", type=float, default=50_000.0, show_default=True,
+@click.option("--min-tissue-area", type=float, default=10_000.0, show_default=True,
               help="Smallest tissue component kept, in um^2.")
 @click.option("--kernel-um", type=float, default=16.0, show_default=True,
               help="Morphology disc diameter in microns.")
@@ -55,10 +55,19 @@ def command(slide, annotation, manifest, level, mpp, out_dir, label_map, tissue_
         _cohort(manifest, out_dir, options, overwrite)
 
 
+def slide_stem(path: str) -> str:
+    """File name without its extension (``.ome.tif`` and ``.ome.tiff`` count as one)."""
+    name = Path(path).name
+    for double in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(double):
+            return name[: -len(double)]
+    return Path(name).stem
+
+
 def _one(slide: str, annotation: str | None, out_dir: str, options) -> None:
     from exaslide.masks.run import mask_slide
 
-    stem = Path(slide).name.split(".")[0]
+    stem = slide_stem(slide)
     summary = mask_slide(slide, annotation, out_dir, stem, options)
     counts = summary["pixel_counts"]
     click.echo(f"{slide}: mask {summary['mask']['width']}x{summary['mask']['height']} "

@@ -35,6 +35,10 @@ def command(out_dir, width, height, tumours, seed, mpp, tile, quality, name, coh
         spec.validate()
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
+    if cohort is not None and cohort < 1:
+        raise click.BadParameter("a cohort needs at least one slide", param_hint="--cohort")
+    if not 0.0 <= tumour_fraction <= 1.0:
+        raise click.BadParameter("must be between 0 and 1", param_hint="--tumour-fraction")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cohort is not None:

@@ -41,6 +41,8 @@ class LabelMask:
         mpp: microns per mask pixel ``(x, y)``, or ``None`` without slide resolution.
         level: the slide level read, when the mask was requested by level.
         unused_labels: annotation labels that are neither tumour nor exclusion.
+        outside: names of area annotations entirely outside the slide (ignored).
+        partly_outside: names of area annotations that cross the slide's border (clipped).
     """
 
     labels: np.ndarray
@@ -50,6 +52,8 @@ class LabelMask:
     mpp: tuple[float, float] | None
     level: int | None = None
     unused_labels: list[str] = field(default_factory=list)
+    outside: list[str] = field(default_factory=list)
+    partly_outside: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         """Pixel count per class name."""
@@ -108,18 +112,35 @@ def make_label_mask(
     mask_mpp = (slide.mpp[0] * downsample, slide.mpp[1] * downsample) if slide.mpp else None
     tissue_mask = detect_tissue(image, mask_mpp[0] if mask_mpp else None, tissue)
     labels = tissue_mask.astype(np.uint8) * NORMAL
-    unused: list[str] = []
+    result = LabelMask(labels, tissue_mask, image, downsample, mask_mpp, level)
     if annotations is not None:
         tumour = _fill_label(annotations, "tumour", labels.shape, downsample)
         tumour &= ~_fill_label(annotations, "exclusion", labels.shape, downsample)
         labels[tumour] = TUMOUR
-        unused = sorted({a.label or "(none)" for a in annotations
-                         if a.is_area and a.label not in ("tumour", "exclusion")})
-        if unused:
-            logger.warning("%s: annotations labelled %s are not used in the mask; map their "
-                           "groups to tumour or exclusion with a label map", slide.path,
-                           ", ".join(unused))
-    return LabelMask(labels, tissue_mask, image, downsample, mask_mpp, level, unused)
+        _check_annotations(result, annotations, slide)
+    return result
+
+
+def _check_annotations(result: LabelMask, annotations, slide: Slide) -> None:
+    """Record and log annotations the mask cannot use: unmapped labels, outside the slide."""
+    areas = [a for a in annotations if a.is_area and not a.geometry.is_empty]
+    result.unused_labels = sorted({a.label or "(none)" for a in areas
+                                   if a.label not in ("tumour", "exclusion")})
+    if result.unused_labels:
+        logger.warning("%s: annotations labelled %s are not used in the mask; map their "
+                       "groups to tumour or exclusion with a label map", slide.path,
+                       ", ".join(result.unused_labels))
+    frame = shapely.box(0, 0, *slide.dimensions)
+    for a in areas:
+        if not a.geometry.intersects(frame):
+            result.outside.append(a.name)
+        elif not frame.contains(a.geometry):
+            result.partly_outside.append(a.name)
+    if result.outside or result.partly_outside:
+        logger.warning("%s: %d annotation(s) lie entirely outside the %dx%d slide (ignored) "
+                       "and %d cross its border (clipped); check that the annotation file "
+                       "belongs to this slide", slide.path, len(result.outside),
+                       *slide.dimensions, len(result.partly_outside))
 
 
 def _fill_label(annotations, label: str, shape: tuple[int, int], downsample: float) -> np.ndarray:

@@ -55,6 +55,7 @@ def mask_slide(slide_path: str | Path, annotation_path: str | Path | None, out_d
             "annotations": str(annotation_path) if annotation_path else None,
             "exaslide_version": __version__,
             "options": options.to_dict(),
+            "inputs": input_fingerprint(slide_path, annotation_path),
             "slide_info": slide.info(),
             "mask": {"width": int(mask.labels.shape[1]), "height": int(mask.labels.shape[0]),
                      "level": mask.level, "downsample": mask.downsample,
@@ -66,6 +67,8 @@ def mask_slide(slide_path: str | Path, annotation_path: str | Path | None, out_d
             "annotation_labels": annotations.labels() if annotations is not None else {},
             "repairs": [vars(r) for r in annotations.repairs] if annotations is not None else [],
             "unused_labels": mask.unused_labels,
+            "annotations_outside_slide": mask.outside,
+            "annotations_crossing_border": mask.partly_outside,
         }
     summary["seconds"] = round(time.perf_counter() - started, 3)
     write_mask_outputs(mask, out_dir, stem, summary, pyramid=options.pyramid)
@@ -81,21 +84,41 @@ class SlideResult:
     error: str = ""
 
 
-def _already_done(summary_path: Path, options: MaskOptions) -> bool:
+def input_fingerprint(slide_path, annotation_path) -> dict[str, Any]:
+    """Path, size and modification time of a slide and its annotation file, so that a
+    re-run notices a changed or replaced input."""
+    def one(path):
+        if path is None:
+            return None
+        stat = Path(path).stat()
+        return {"path": str(Path(path).resolve()), "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns}
+
+    return {"slide": one(slide_path), "annotation": one(annotation_path)}
+
+
+def is_done(out_dir: Path, stem: str, options: MaskOptions, slide_path,
+            annotation_path) -> bool:
+    """True when ``stem``'s summary exists for the same options and unchanged inputs, and
+    every output it lists is still there."""
     try:
-        previous = json.loads(summary_path.read_text())
+        previous = json.loads((out_dir / f"{stem}_summary.json").read_text())
+        inputs = input_fingerprint(slide_path, annotation_path)
     except (OSError, ValueError):
         return False
-    return previous.get("options") == json.loads(json.dumps(options.to_dict()))
+    return (previous.get("options") == json.loads(json.dumps(options.to_dict()))
+            and previous.get("inputs") == inputs
+            and all((out_dir / name).exists()
+                    for name in previous.get("outputs", {}).values()))
 
 
 def mask_cohort(entries, out_dir: str | Path, options: MaskOptions, *, overwrite: bool = False,
                 on_result: Callable[[SlideResult], None] | None = None) -> list[SlideResult]:
     """Run :func:`mask_slide` on every manifest entry; one failure does not stop the rest.
 
-    A slide whose ``<slide_id>_summary.json`` exists with the same options is skipped (the
-    summary is written last and atomically, so it exists only for a finished slide). A
-    ``mask_status.json`` in ``out_dir`` records each slide's outcome.
+    A slide is skipped when :func:`is_done` (the summary is written last and atomically, so
+    it exists only for a finished slide). ``mask_status.json`` in ``out_dir`` records each
+    slide's outcome and is rewritten after every slide.
     """
     from exaslide.atomic import write_text
 
@@ -103,19 +126,20 @@ def mask_cohort(entries, out_dir: str | Path, options: MaskOptions, *, overwrite
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for entry in entries:
-        summary_path = out / f"{entry.slide_id}_summary.json"
-        if not overwrite and _already_done(summary_path, options):
+        if not overwrite and is_done(out, entry.slide_id, options, entry.path, entry.annotation):
             result = SlideResult(entry.slide_id, "skipped")
         else:
             try:
                 mask_slide(entry.path, entry.annotation, out, entry.slide_id, options)
                 result = SlideResult(entry.slide_id, "done")
-            except (ExaslideError, OSError, ValueError) as exc:
-                logger.error("%s: %s", entry.slide_id, exc)
-                result = SlideResult(entry.slide_id, "failed", str(exc))
+            except Exception as exc:  # one slide's failure must not stop the cohort
+                logger.debug("%s failed", entry.slide_id, exc_info=True)
+                message = str(exc) if isinstance(exc, ExaslideError | OSError) else \
+                    f"{type(exc).__name__}: {exc}"
+                result = SlideResult(entry.slide_id, "failed", message)
         results.append(result)
+        write_text(out / "mask_status.json",
+                   json.dumps([vars(r) for r in results], indent=2) + "\n")
         if on_result is not None:
             on_result(result)
-    write_text(out / "mask_status.json",
-               json.dumps([vars(r) for r in results], indent=2) + "\n")
     return results

@@ -40,7 +40,7 @@ class TissueParams:
     white_threshold: int = 235  #: min(R,G,B) above this is not tissue (glass)
     kernel_um: float = 16.0  #: disc diameter for opening/closing, in microns
     kernel_px: int = 3  #: disc diameter when the image has no resolution
-    min_area_um2: float = 50_000.0  #: smallest tissue component kept, um^2 (~0.22 mm side)
+    min_area_um2: float = 10_000.0  #: smallest tissue component kept, um^2 (0.1 mm side)
     min_area_px: int = 64  #: same when the image has no resolution
     max_hole_um2: float = 20_000.0  #: holes smaller than this are filled, um^2
 

@@ -6,7 +6,9 @@ Coordinate conventions (shared by every backend):
 - ``size`` is ``(width, height)`` of the returned image, in pixels of the requested level (or
   of the requested resolution when ``mpp=`` is given).
 - Level ``L`` pixel ``(i, j)`` covers level-0 pixels ``[j*d, (j+1)*d) x [i*d, (i+1)*d)`` where
-  ``d`` is the level's downsample. A level-0 location maps to level pixel ``round(x / d)``.
+  ``d`` is the level's downsample. A level-0 location maps to level pixel
+  ``floor(x / d + 0.5)``. OpenSlide interpolates when ``x / d`` is not an integer, so the
+  backends agree bit for bit at level 0 and at integer downsamples.
 - Pixels outside the slide are white (255, 255, 255). A region entirely outside the slide is
   an error, since it is almost always a coordinate bug.
 - Every read returns an ``(H, W, 3)`` ``uint8`` RGB array.
@@ -243,7 +245,7 @@ class Slide(ABC):
             level = 0 if level is None else level
             self.check_level(level)
             d = self.level_downsamples[level]
-            return self._read_padded(level, round(x / d), round(y / d), width, height)
+            return self._read_padded(level, _round(x / d), _round(y / d), width, height)
         level = self.best_level(mpp=mpp)
         d = self.level_downsamples[level]
         scale = mpp / (self.mpp[0] * d)  # level pixels per output pixel
@@ -296,29 +298,41 @@ class Slide(ABC):
         self, level: int, x: float, y: float, src_w: float, src_h: float,
         out_size: tuple[int, int],
     ) -> np.ndarray:
-        """Resample a level region (fractional level pixels) to ``out_size``, in strips.
+        """Resample the level region ``[x, x+src_w) x [y, y+src_h)`` (fractional level
+        pixels) to ``out_size``.
 
-        Strips keep memory bounded: at most :data:`RESAMPLE_CHUNK_PIXELS` source pixels are
-        decoded at a time, so thumbnails of gigapixel single-level slides stay small.
+        Only the output pixels whose source overlaps the level are computed (the rest are
+        white), in strips of at most :data:`RESAMPLE_CHUNK_PIXELS` source pixels, so
+        thumbnails of gigapixel single-level slides stay small.
         """
         import cv2
 
         out_w, out_h = out_size
         sx, sy = src_w / out_w, src_h / out_h
         if abs(sx - 1.0) < 1e-6 and abs(sy - 1.0) < 1e-6:
-            return self._read_padded(level, round(x), round(y), out_w, out_h)
-        rows_per_strip = max(1, int(RESAMPLE_CHUNK_PIXELS / max(src_w, 1.0) / max(sy, 1e-9)))
-        out = np.empty((out_h, out_w, 3), dtype=np.uint8)
+            return self._read_padded(level, _round(x), _round(y), out_w, out_h)
+        lw, lh = self.level_dimensions[level]
+        u0, u1 = max(0, math.floor(-x / sx)), min(out_w, math.ceil((lw - x) / sx))
+        v0, v1 = max(0, math.floor(-y / sy)), min(out_h, math.ceil((lh - y) / sy))
+        if u0 >= u1 or v0 >= v1:
+            raise SlideReadError(
+                f"{self.path}: region at ({x:.0f}, {y:.0f}) size {src_w:.0f}x{src_h:.0f} of "
+                f"level {level} lies outside the slide (level {level} is {lw}x{lh})"
+            )
+        out = np.full((out_h, out_w, 3), 255, dtype=np.uint8)
         interp = cv2.INTER_AREA if sx >= 1.0 and sy >= 1.0 else cv2.INTER_LINEAR
-        for r0 in range(0, out_h, rows_per_strip):
-            r1 = min(out_h, r0 + rows_per_strip)
-            # Rounded source bounds: adjacent strips share their edge row exactly, and the
-            # sub-pixel offset ignored here is below one source pixel.
-            ix0, ix1 = round(x), max(round(x) + 1, round(x + src_w))
-            iy0 = round(y + r0 * sy)
-            iy1 = max(iy0 + 1, round(y + r1 * sy))
+        # Source columns of output columns u0..u1, clipped to the level; rounded bounds, so
+        # adjacent strips share their edge row exactly (the sub-pixel offset ignored is
+        # below one source pixel).
+        ix0 = max(0, _round(x + u0 * sx))
+        ix1 = min(lw, max(ix0 + 1, _round(x + u1 * sx)))
+        rows_per_strip = max(1, int(RESAMPLE_CHUNK_PIXELS / max(ix1 - ix0, 1) / max(sy, 1e-9)))
+        for r0 in range(v0, v1, rows_per_strip):
+            r1 = min(v1, r0 + rows_per_strip)
+            iy0 = max(0, _round(y + r0 * sy))
+            iy1 = min(lh, max(iy0 + 1, _round(y + r1 * sy)))
             src = self._read_padded(level, ix0, iy0, ix1 - ix0, iy1 - iy0)
-            out[r0:r1] = cv2.resize(src, (out_w, r1 - r0), interpolation=interp)
+            out[r0:r1, u0:u1] = cv2.resize(src, (u1 - u0, r1 - r0), interpolation=interp)
         return out
 
     # ------------------------------------------------------------------ context manager
@@ -331,3 +345,8 @@ class Slide(ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path!r}, backend={self.backend!r})"
 
+
+
+def _round(value: float) -> int:
+    """Round half up (Python's ``round`` rounds half to even: 0.5 -> 0 but 1.5 -> 2)."""
+    return math.floor(value + 0.5)

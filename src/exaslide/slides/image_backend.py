@@ -13,6 +13,7 @@ import numpy as np
 
 from exaslide.errors import SlideOpenError
 from exaslide.slides.base import Slide
+from exaslide.slides.pixels import to_rgb
 
 
 class ImageSlide(Slide):
@@ -77,15 +78,9 @@ class ImageSlide(Slide):
 
 
 def _pil_to_rgb(img) -> np.ndarray:
-    """Any Pillow mode to RGB uint8; 16-bit and float images are stretched to 8 bits."""
-    if img.mode in ("I", "I;16", "I;16B", "F"):
-        arr = np.asarray(img, dtype=np.float32)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = ((arr - lo) * (255.0 / max(hi - lo, 1e-6))).astype(np.uint8)
-        return np.repeat(arr[..., None], 3, axis=2)
-    if img.mode in ("RGBA", "LA", "P"):
+    """Any Pillow mode to RGB uint8 (palette and alpha composited on white)."""
+    if img.mode == "P":
         img = img.convert("RGBA")
-        rgba = np.asarray(img).astype(np.uint16)
-        a = rgba[..., 3:4]
-        return ((rgba[..., :3] * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
-    return np.asarray(img.convert("RGB"))
+    elif img.mode not in ("1", "L", "LA", "RGB", "RGBA", "I", "I;16", "I;16B", "F"):
+        img = img.convert("RGB")
+    return to_rgb(np.asarray(img))

@@ -13,8 +13,9 @@ from exaslide.slides.base import Slide
 logger = logging.getLogger(__name__)
 
 #: Backends in the order they are tried. OpenSlide is the reference reader for every vendor
-#: format; tifffile covers what OpenSlide refuses (OME-TIFF, QPTIFF, flat TIFF); plain
-#: images (PNG, JPEG...) are one-level slides.
+#: format; tifffile covers what OpenSlide refuses or misreads (OME-TIFF, QPTIFF, flat,
+#: multi-channel and 16-bit TIFF) and goes first for those; plain images (PNG, JPEG...)
+#: are one-level slides.
 BACKEND_NAMES = ("openslide", "tifffile", "image")
 
 
@@ -58,6 +59,14 @@ def local_path(path_or_url: str | os.PathLike) -> str:
     return text
 
 
+def _auto_order(path: str) -> list[str]:
+    from exaslide.slides.tifffile_backend import is_tiff, prefers_tifffile
+
+    if is_tiff(path) and prefers_tifffile(path):
+        return ["tifffile", "openslide", "image"]
+    return list(BACKEND_NAMES)
+
+
 def open_slide(path_or_url: str | os.PathLike, backend: str | None = None) -> Slide:
     """Open a whole-slide image with the first backend that can read it.
 
@@ -65,7 +74,8 @@ def open_slide(path_or_url: str | os.PathLike, backend: str | None = None) -> Sl
         path_or_url: a local path or ``file://`` URL.
         backend: force one backend (``"openslide"``, ``"tifffile"`` or ``"image"``);
             by default each backend whose format check accepts the file is tried in
-            :data:`BACKEND_NAMES` order and the first that opens it wins.
+            :data:`BACKEND_NAMES` order (tifffile first for OME-TIFF, QPTIFF, SubIFD
+            pyramids and non-8-bit or multi-channel TIFF) and the first that opens it wins.
 
     Returns:
         An open :class:`Slide`; use it as a context manager to close it.
@@ -75,7 +85,7 @@ def open_slide(path_or_url: str | os.PathLike, backend: str | None = None) -> Sl
             what each backend reported.
     """
     path = local_path(path_or_url)
-    names = [backend] if backend else list(BACKEND_NAMES)
+    names = [backend] if backend else _auto_order(path)
     failures = []
     for name in names:
         cls = backend_class(name)

@@ -4,22 +4,14 @@ so no system package is needed."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
 
 from exaslide.errors import SlideOpenError
 from exaslide.slides.base import LazyImages, Slide
-
-
-def _rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
-    """Composite OpenSlide's (un-premultiplied) RGBA on white; transparent means no data."""
-    alpha = rgba[..., 3]
-    if alpha.min() == 255:
-        return np.ascontiguousarray(rgba[..., :3])
-    a = alpha[..., None].astype(np.uint16)
-    rgb = (rgba[..., :3].astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
-    return rgb.astype(np.uint8)
+from exaslide.slides.pixels import rgba_to_rgb
 
 
 class OpenSlideSlide(Slide):
@@ -81,12 +73,13 @@ class OpenSlideSlide(Slide):
     @property
     def associated_images(self) -> Mapping[str, np.ndarray]:
         images = self._osr.associated_images
-        return LazyImages(list(images), lambda name: _rgba_to_rgb(np.asarray(images[name])))
+        return LazyImages(list(images), lambda name: rgba_to_rgb(np.asarray(images[name])))
 
     def _read_pixels(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         d = self.level_downsamples[level]
-        region = self._osr.read_region((round(x * d), round(y * d)), level, (width, height))
-        return _rgba_to_rgb(np.asarray(region))
+        location = (math.floor(x * d + 0.5), math.floor(y * d + 0.5))
+        region = self._osr.read_region(location, level, (width, height))
+        return rgba_to_rgb(np.asarray(region))
 
     def close(self) -> None:
         self._osr.close()

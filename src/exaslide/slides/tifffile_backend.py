@@ -5,14 +5,15 @@ Only the tiles (or strips) that intersect a region are read (``os.pread``) and d
 
 Channel mapping to RGB (documented in ``docs/formats.md``):
 
-- 8-bit RGB(A) images are returned as RGB (alpha dropped).
-- 8-bit single-channel images are grey: the value is copied to R, G and B (so a label mask
-  stored as 0/1/2 reads back as 0/1/2).
-- Anything else (several channels, e.g. multiplex fluorescence, or more than 8 bits) is
-  rendered as a fluorescence composite: each channel is scaled linearly from its 0.1th to
-  99.9th percentile (measured once, on the smallest level) to 0..1, tinted with its colour
-  (the file's own colour when a QPTIFF names one, else blue, green, red, yellow, magenta,
-  cyan, orange, white in channel order) and the tinted channels are added and clipped.
+- RGB(A) images are returned as RGB (alpha composited on white, as in the other backends).
+- Single-channel images are grey: 8-bit values are copied to R, G and B unchanged (so a
+  label mask stored as 0/1/2 reads back as 0/1/2); other depths are scaled like one
+  fluorescence channel below, but shown in grey.
+- Several channels (multiplex fluorescence) are rendered as a composite: each channel is
+  scaled linearly from its 0.1th to 99.9th percentile (measured once, on a subsample of
+  at most 4 M pixels of the smallest level) to 0..1, tinted with its colour (the file's own
+  colour when a QPTIFF names one, else blue, green, red, yellow, magenta, cyan, orange,
+  white in channel order) and the tinted channels are added and clipped.
   Non-spatial axes other than channels (Z, T) are read at index 0.
 """
 
@@ -28,6 +29,7 @@ import numpy as np
 
 from exaslide.errors import SlideOpenError
 from exaslide.slides.base import LazyImages, Slide
+from exaslide.slides.pixels import stretch_to_uint8, to_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,9 @@ PALETTE = np.array(
     [[0, 0, 255], [0, 255, 0], [255, 0, 0], [255, 255, 0], [255, 0, 255], [0, 255, 255],
      [255, 128, 0], [255, 255, 255]], dtype=np.float32,
 ) / 255.0
+SCALING_SAMPLE_PIXELS = 4_000_000
+SKIPPED_TAGS = ("StripOffsets", "StripByteCounts", "TileOffsets", "TileByteCounts",
+                "JPEGTables")
 
 
 def is_tiff(path: str) -> bool:
@@ -45,6 +50,21 @@ def is_tiff(path: str) -> bool:
         with open(path, "rb") as fh:
             return fh.read(4) in TIFF_MAGIC
     except OSError:
+        return False
+
+
+def prefers_tifffile(path: str) -> bool:
+    """True for TIFFs that OpenSlide would open but misread: OME-TIFF and QPTIFF (pyramids
+    in SubIFDs, channels as pages), and anything that is not 8-bit grey/RGB(A)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            return bool(tif.is_ome or tif.is_qpi or page.subifds
+                        or np.dtype(page.dtype) != np.uint8
+                        or page.samplesperpixel not in (1, 3, 4))
+    except Exception:
         return False
 
 
@@ -65,8 +85,10 @@ class _Level:
             pages[int(c * strides[c_pos]) if c_pos is not None else 0]
             for c in range(n_channels)
         ]
-        self.samples = self.pages[0].keyframe.samplesperpixel
-        self.dtype = np.dtype(self.pages[0].keyframe.dtype)
+        key = self.pages[0].keyframe
+        self.samples = key.samplesperpixel
+        self.dtype = np.dtype(key.dtype)
+        self.miniswhite = key.photometric == 0
 
 
 class TiffFileSlide(Slide):
@@ -83,19 +105,22 @@ class TiffFileSlide(Slide):
         import tifffile
 
         super().__init__(path)
+        self._tif = self._fd = None
         try:
             self._tif = tifffile.TiffFile(path)
-            series = self._main_series()
-            self._levels = [_Level(s) for s in series.levels]
+            self._series = self._main_series()
+            self._levels = [_Level(s) for s in self._series.levels]
             self._fd = os.open(path, os.O_RDONLY)
-        except SlideOpenError as exc:
-            raise SlideOpenError(f"{path}: {exc}") from exc
+            self._parse_metadata()
         except Exception as exc:
-            raise SlideOpenError(f"{path}: tifffile cannot open it: {exc}") from exc
-        self._series = series
-        self._parse_metadata()
-        self._scaling = None
-        if self._needs_composite():
+            self.close()
+            reason = str(exc) if isinstance(exc, SlideOpenError) else \
+                f"tifffile cannot open it: {exc}"
+            raise SlideOpenError(f"{path}: {reason}") from exc
+        self._scaling: tuple[np.ndarray, np.ndarray] | None = None
+        self._composite = len(self._levels[0].pages) * self._levels[0].samples > 4 or \
+            len(self._levels[0].pages) > 1
+        if self._composite:
             self._colors = self._channel_colors()
         try:  # decode one tile now, so unsupported compression fails at open, not later
             self._read_pixels(self.level_count - 1, 0, 0, 1, 1)
@@ -112,31 +137,31 @@ class TiffFileSlide(Slide):
 
     def _parse_metadata(self) -> None:
         tif, page = self._tif, self._series.pages[0]
-        self._props: dict[str, str] = {}
-        for tag in page.tags:
-            if tag.name not in ("StripOffsets", "StripByteCounts", "TileOffsets",
-                                "TileByteCounts", "JPEGTables"):
-                self._props[f"tiff.{tag.name}"] = str(tag.value)[:1000]
+        description = getattr(page, "description", "") or ""
+        self._props = {f"tiff.{t.name}": str(t.value)[:1000] for t in page.tags
+                       if t.name not in SKIPPED_TAGS}
+        self._props["tifffile.series_axes"] = self._series.axes
         self._mpp = self._power = None
         self._vendor = "generic-tiff"
         if tif.is_svs:
             self._vendor = "aperio"
-            meta = tifffile_svs_metadata(page.description)
+            meta = _svs_metadata(description)
             self._props.update({f"aperio.{k}": str(v) for k, v in meta.items()})
-            self._mpp = (float(meta["MPP"]),) * 2 if "MPP" in meta else None
-            self._power = float(meta["AppMag"]) if "AppMag" in meta else None
+            mpp = _number(meta.get("MPP"))
+            self._mpp = (mpp, mpp) if mpp else None
+            self._power = _number(meta.get("AppMag"))
         elif tif.is_qpi:
             self._vendor = "qptiff"
-            size = re.search(r"<PixelSizeMicrons>([\d.eE+-]+)<", page.description)
-            power = re.search(r"<Objective>\s*([\d.]+)\s*x", page.description)
-            self._mpp = (float(size.group(1)),) * 2 if size else None
-            self._power = float(power.group(1)) if power else None
+            size = re.search(r"<PixelSizeMicrons>([^<]+)<", description)
+            power = re.search(r"<Objective>\s*([\d.]+)\s*x", description)
+            mpp = _number(size.group(1)) if size else None
+            self._mpp = (mpp, mpp) if mpp else None
+            self._power = _number(power.group(1)) if power else None
         elif tif.is_ome:
             self._vendor = "ome-tiff"
             self._mpp = _ome_mpp(tif.ome_metadata or "")
         if self._mpp is None:
             self._mpp = _resolution_mpp(page)
-        self._props["tifffile.series_axes"] = self._series.axes
 
     # ------------------------------------------------------------------------ metadata
     @property
@@ -163,39 +188,50 @@ class TiffFileSlide(Slide):
     def associated_images(self) -> Mapping[str, np.ndarray]:
         found = {(s.name or "").lower(): s for s in self._tif.series
                  if (s.name or "").lower() in ASSOCIATED_NAMES}
-        return LazyImages(sorted(found), lambda n: _to_rgb_simple(found[n].asarray()))
+        return LazyImages(sorted(found), lambda n: to_rgb(found[n].asarray()))
 
     # ------------------------------------------------------------------------- reading
-    def _needs_composite(self) -> bool:
-        lv = self._levels[0]
-        return not (lv.dtype == np.uint8 and len(lv.pages) == 1 and lv.samples in (1, 3, 4))
+    def _planes(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """``(height, width, channels)`` raw samples of every channel page of a level."""
+        lv = self._levels[level]
+        planes = [_read_page_region(p, self._fd, x, y, width, height) for p in lv.pages]
+        return planes[0] if len(planes) == 1 else np.concatenate(planes, axis=2)
 
     def _read_pixels(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         lv = self._levels[level]
-        planes = [_read_page_region(page, self._fd, x, y, width, height) for page in lv.pages]
-        if not self._needs_composite():
-            img = planes[0]
-            if lv.pages[0].keyframe.photometric == 0:  # MINISWHITE
-                img = 255 - img
-            return _to_rgb_simple(img)
-        stack = np.concatenate([p.reshape(height, width, -1) for p in planes], axis=2)
-        return self._composite(stack)
+        raw = self._planes(level, x, y, width, height)
+        if self._composite:
+            return self._tint(raw)
+        if lv.samples == 1 and lv.dtype != np.uint8:
+            lo, hi = self._channel_range()
+            raw = stretch_to_uint8(raw, float(lo[0]), float(hi[0]))
+        elif lv.dtype != np.uint8:
+            raw = stretch_to_uint8(raw, 0.0, float(np.iinfo(lv.dtype).max)
+                                   if lv.dtype.kind in "ui" else 1.0)
+        if lv.miniswhite:
+            raw = 255 - raw
+        return to_rgb(raw)
 
-    def _composite(self, stack: np.ndarray) -> np.ndarray:
-        if self._scaling is None:
-            self._scaling = self._measure_scaling()
-        lo, hi = self._scaling
+    def _tint(self, stack: np.ndarray) -> np.ndarray:
+        lo, hi = self._channel_range()
         norm = np.clip((stack.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
         rgb = norm @ self._colors[: norm.shape[2]]
         return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
-    def _measure_scaling(self) -> tuple[np.ndarray, np.ndarray]:
-        lv = self._levels[-1]
-        planes = [_read_page_region(p, self._fd, 0, 0, lv.width, lv.height) for p in lv.pages]
-        stack = np.concatenate([p.reshape(lv.height, lv.width, -1) for p in planes], axis=2)
-        flat = stack.reshape(-1, stack.shape[2]).astype(np.float32)
-        lo, hi = np.percentile(flat, 0.1, axis=0), np.percentile(flat, 99.9, axis=0)
-        return lo, np.maximum(hi, lo + 1e-6)
+    def _channel_range(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel 0.1th and 99.9th percentiles on a bounded subsample of the smallest
+        level, read in strips (computed once)."""
+        if self._scaling is None:
+            level = self.level_count - 1
+            w, h = self.level_dimensions[level]
+            step = max(1, math.ceil(math.sqrt(w * h / SCALING_SAMPLE_PIXELS)))
+            rows = max(step, (SCALING_SAMPLE_PIXELS // max(w, 1)) // step * step)
+            parts = [self._planes(level, 0, y0, w, min(rows, h - y0))[::step, ::step]
+                     for y0 in range(0, h, rows)]
+            flat = np.concatenate(parts).reshape(-1, parts[0].shape[2]).astype(np.float32)
+            lo, hi = np.percentile(flat, 0.1, axis=0), np.percentile(flat, 99.9, axis=0)
+            self._scaling = (lo, np.maximum(hi, lo + 1e-6))
+        return self._scaling
 
     def _channel_colors(self) -> np.ndarray:
         colors = []
@@ -215,59 +251,59 @@ class TiffFileSlide(Slide):
             self._fd = None
         if getattr(self, "_tif", None) is not None:
             self._tif.close()
+            self._tif = None
 
 
 def _read_page_region(page, fd: int, x: int, y: int, width: int, height: int) -> np.ndarray:
     """Decode the segments (tiles or strips) of ``page`` that cover a region.
 
     ``page`` may be a ``TiffFrame`` (OME-TIFF planes): its layout comes from its keyframe.
+    Planar-separate pages store each sample in its own run of segments.
     """
     frame, page = page, page.keyframe
     if page.is_tiled:
         seg_h, seg_w = page.tilelength, page.tilewidth
     else:
-        seg_h, seg_w = min(page.rowsperstrip or page.imagelength, page.imagelength), \
-            page.imagewidth
+        seg_h = min(page.rowsperstrip or page.imagelength, page.imagelength)
+        seg_w = page.imagewidth
     across = -(-page.imagewidth // seg_w)
     per_plane = across * -(-page.imagelength // seg_h)
-    if page.planarconfig == 2 and page.samplesperpixel > 1:
-        raise ValueError("planar-separate multi-sample pages are not supported")
-    out = np.empty((height, width, page.samplesperpixel), dtype=page.dtype)
+    separate = page.planarconfig == 2 and page.samplesperpixel > 1
+    samples = page.samplesperpixel
+    out = np.empty((height, width, samples), dtype=page.dtype)
     tables = getattr(page, "jpegtables", None)
     for ty in range(y // seg_h, (y + height - 1) // seg_h + 1):
         for tx in range(x // seg_w, (x + width - 1) // seg_w + 1):
             index = ty * across + tx
-            if index >= per_plane:
-                continue
-            nbytes = frame.databytecounts[index]
-            data = os.pread(fd, nbytes, frame.dataoffsets[index]) if nbytes else None
-            if data is None:  # sparse tile: no data stored, TIFF says it is zero
-                segment = np.zeros((seg_h, seg_w, page.samplesperpixel), page.dtype)
-            else:
-                segment = page.decode(data, index, jpegtables=tables)[0]
-                segment = segment.reshape(segment.shape[-3:])
             sx0, sy0 = tx * seg_w, ty * seg_h
             ox0, oy0 = max(x, sx0), max(y, sy0)
-            ox1 = min(x + width, sx0 + segment.shape[1])
-            oy1 = min(y + height, sy0 + segment.shape[0])
-            out[oy0 - y : oy1 - y, ox0 - x : ox1 - x] = \
-                segment[oy0 - sy0 : oy1 - sy0, ox0 - sx0 : ox1 - sx0]
+            for s in range(samples if separate else 1):
+                i = index + s * per_plane
+                nbytes = frame.databytecounts[i]
+                if nbytes:
+                    data = os.pread(fd, nbytes, frame.dataoffsets[i])
+                    segment = page.decode(data, i, jpegtables=tables)[0]
+                    segment = segment.reshape(segment.shape[-3:])
+                else:  # sparse segment: no data stored, TIFF says it is zero
+                    segment = np.zeros((seg_h, seg_w, 1 if separate else samples), page.dtype)
+                ox1 = min(x + width, sx0 + segment.shape[1])
+                oy1 = min(y + height, sy0 + segment.shape[0])
+                channels = slice(s, s + 1) if separate else slice(None)
+                out[oy0 - y : oy1 - y, ox0 - x : ox1 - x, channels] = \
+                    segment[oy0 - sy0 : oy1 - sy0, ox0 - sx0 : ox1 - sx0]
     return out
 
 
-def _to_rgb_simple(img: np.ndarray) -> np.ndarray:
-    """8-bit grey / RGB / RGBA to RGB; other images are stretched to 8 bits."""
-    if img.ndim == 2:
-        img = img[..., None]
-    if img.dtype != np.uint8:
-        lo, hi = float(img.min()), float(img.max())
-        img = ((img.astype(np.float32) - lo) * (255.0 / max(hi - lo, 1e-6))).astype(np.uint8)
-    if img.shape[2] == 1:
-        return np.repeat(img, 3, axis=2)
-    return np.ascontiguousarray(img[..., :3])
+def _number(value) -> float | None:
+    """A positive finite float from metadata, or ``None`` for missing / malformed values."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
 
 
-def tifffile_svs_metadata(description: str) -> dict:
+def _svs_metadata(description: str) -> dict:
     """Aperio ImageDescription key-value pairs (tifffile's parser, tolerant of odd files)."""
     import tifffile
 
@@ -279,14 +315,14 @@ def tifffile_svs_metadata(description: str) -> dict:
 
 def _ome_mpp(ome_xml: str) -> tuple[float, float] | None:
     sizes = {}
+    units = {"nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
     for axis in ("X", "Y"):
-        value = re.search(rf'PhysicalSize{axis}="([\d.eE+-]+)"', ome_xml)
+        value = re.search(rf'PhysicalSize{axis}="([^"]+)"', ome_xml)
         unit = re.search(rf'PhysicalSize{axis}Unit="([^"]+)"', ome_xml)
-        if not value:
+        number = _number(value.group(1)) if value else None
+        if number is None:
             return None
-        units = {"nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
-        factor = units.get(unit.group(1) if unit else "", 1.0)
-        sizes[axis] = float(value.group(1)) * factor
+        sizes[axis] = number * units.get(unit.group(1) if unit else "", 1.0)
     return sizes["X"], sizes["Y"]
 
 
@@ -298,6 +334,6 @@ def _resolution_mpp(page) -> tuple[float, float] | None:
     except Exception:
         return None
     per_unit = {2: 25400.0, 3: 10000.0}.get(unit)
-    if not per_unit or not xres or not yres:
+    if not per_unit or not _number(xres) or not _number(yres):
         return None
     return per_unit / xres, per_unit / yres

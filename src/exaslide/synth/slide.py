@@ -146,13 +146,12 @@ def _level_tiles(source: Callable[[int, int], np.ndarray], size: tuple[int, int]
         yield from _tiles(strip, spec.tile)
 
 
-def _raw_source(path: str, width: int) -> Callable[[int, int], np.ndarray]:
+def _raw_source(spool, width: int) -> Callable[[int, int], np.ndarray]:
+    """Read rows back from a spooled level (an open binary file of packed RGB rows)."""
     row_bytes = width * 3
 
     def read(y0: int, rows: int) -> np.ndarray:
-        with open(path, "rb") as fh:
-            fh.seek(y0 * row_bytes)
-            data = fh.read(rows * row_bytes)
+        data = os.pread(spool.fileno(), rows * row_bytes, y0 * row_bytes)
         return np.frombuffer(data, np.uint8).reshape(rows, width, 3)
 
     return read
@@ -161,6 +160,10 @@ def _raw_source(path: str, width: int) -> Callable[[int, int], np.ndarray]:
 def write_synthetic_slide(path: str | os.PathLike, spec: SynthSpec | None = None,
                           progress: Callable[[int], None] | None = None) -> SynthSlide:
     """Write a synthetic slide to ``path`` (``.tif``) and its ASAP XML beside it.
+
+    The XML is written first and the TIFF last, each atomically, so an existing TIFF
+    always has its annotation. Spooled levels live in anonymous temporary files in the
+    output folder, which the OS frees even if the process is killed.
 
     Args:
         path: output TIFF path; the annotation is ``<stem>.xml`` in the same folder
@@ -174,37 +177,50 @@ def write_synthetic_slide(path: str | os.PathLike, spec: SynthSpec | None = None
     spec = spec or SynthSpec()
     spec.validate()
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     layout = make_layout(spec.width, spec.height, spec.tumours,
                          np.random.default_rng(spec.seed), spec.exclusion_rate)
-    painter = _Painter(spec, layout)
+    annotation_path = _write_annotations(path.with_suffix(".xml"), layout) \
+        if spec.tumours else None
     sizes = level_sizes(spec)
-    description = json.dumps({"exaslide_synthetic": asdict(spec)})
-    with tempfile.TemporaryDirectory(dir=path.parent if path.parent.exists() else None) as tmp, \
-            atomic_path(path) as out:
-        import tifffile
+    with atomic_path(path) as out:
+        _write_pyramid(out, spec, sizes, _Painter(spec, layout).strip, progress)
+    return SynthSlide(path, annotation_path, spec, layout, sizes)
 
-        source: Callable[[int, int], np.ndarray] = painter.strip
+
+def _write_pyramid(out: Path, spec: SynthSpec, sizes: list[tuple[int, int]],
+                   source: Callable[[int, int], np.ndarray],
+                   progress: Callable[[int], None] | None) -> None:
+    """Write every level as a page; each level's downsample is spooled for the next."""
+    import tifffile
+
+    description = json.dumps({"exaslide_synthetic": asdict(spec)})
+    spools = []  # level k+1 is spooled while level k is written, read while k+1 is written
+    try:
         with tifffile.TiffWriter(out, bigtiff=spec.width * spec.height * 3 > 2**31) as tif:
             for level, size in enumerate(sizes):
-                spool_path = os.path.join(tmp, f"level{level + 1}.raw")
-                spool = open(spool_path, "wb") if level + 1 < len(sizes) else None  # noqa: SIM115
-                try:
-                    tiles = _level_tiles(source, size, spec, spool)
-                    if progress is not None:
-                        tiles = _counting(tiles, progress)
-                    mpp = spec.mpp * spec.width / size[0]
-                    tif.write(tiles, shape=(size[1], size[0], 3), dtype=np.uint8,
-                              tile=(spec.tile, spec.tile), photometric="rgb",
-                              compression="jpeg", compressionargs={"level": spec.quality},
-                              resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER",
-                              subfiletype=1 if level else 0, metadata=None,
-                              description=description if level == 0 else None)
-                finally:
-                    if spool is not None:
-                        spool.close()
-                source = _raw_source(spool_path, size[0] // spec.level_factor)
-    annotation_path = _write_annotations(path.with_suffix(".xml"), layout) if spec.tumours else None
-    return SynthSlide(path, annotation_path, spec, layout, sizes)
+                spool = None
+                if level + 1 < len(sizes):
+                    spool = tempfile.TemporaryFile(dir=out.parent)  # noqa: SIM115
+                    spools.append(spool)
+                tiles = _level_tiles(source, size, spec, spool)
+                if progress is not None:
+                    tiles = _counting(tiles, progress)
+                mpp = spec.mpp * spec.width / size[0]
+                tif.write(tiles, shape=(size[1], size[0], 3), dtype=np.uint8,
+                          tile=(spec.tile, spec.tile), photometric="rgb",
+                          compression="jpeg", compressionargs={"level": spec.quality},
+                          resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER",
+                          subfiletype=1 if level else 0, metadata=None,
+                          description=description if level == 0 else None)
+                if spool is not None:
+                    spool.flush()
+                    source = _raw_source(spool, size[0] // spec.level_factor)
+                if len(spools) > 1:  # the level just written no longer needs its source
+                    spools.pop(0).close()
+    finally:
+        for spool in spools:
+            spool.close()
 
 
 def _counting(tiles: Iterator[np.ndarray], progress: Callable[[int], None]):
