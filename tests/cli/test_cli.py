@@ -131,3 +131,23 @@ def test_killed_cohort_run_leaves_no_partial_file_and_resumes(tmp_path):
     assert f"{4 - len(finished)} done" in again.stdout
     assert len(list(out.glob("*_summary.json"))) == 4
     assert not list(out.glob(".*"))  # no temporary files left behind
+
+
+def test_internal_errors_are_one_line_with_exit_code_1():
+    from click.testing import CliRunner
+
+    from exaslide.cli.main import cli
+
+    @cli.command("boom")
+    def boom():
+        raise RuntimeError("kaput")
+
+    try:
+        result = CliRunner().invoke(cli, ["boom"])
+        assert result.exit_code == 1
+        assert result.output.strip() == ("exaslide: internal error: RuntimeError: kaput (run "
+                                         "with --debug for the traceback and please report it)")
+        debug = CliRunner().invoke(cli, ["--debug", "boom"])
+        assert isinstance(debug.exception, RuntimeError)
+    finally:
+        cli.commands.pop("boom")

@@ -1,7 +1,8 @@
 """Entry point: the ``exaslide`` command group, logging set-up and error handling.
 
 Every error exaslide raises on purpose (and file-system errors) is printed as one line,
-``exaslide: error: <file>: <problem>``, with exit code 2; ``--debug`` shows the traceback.
+``exaslide: error: <file>: <problem>``, with exit code 2. Anything else is a bug: one line
+``exaslide: internal error: ...`` and exit code 1. ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -31,6 +32,14 @@ class ExaslideGroup(click.Group):
                 message = f"{exc.filename}: {exc.strerror}"
             click.echo(f"exaslide: error: {message}", err=True)
             ctx.exit(2)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except Exception as exc:
+            if ctx.meta.get("exaslide.debug"):
+                raise
+            click.echo(f"exaslide: internal error: {type(exc).__name__}: {exc} (run with "
+                       "--debug for the traceback and please report it)", err=True)
+            ctx.exit(1)
 
 
 @click.group(cls=ExaslideGroup, context_settings={"help_option_names": ["-h", "--help"]})
