@@ -58,7 +58,9 @@ class LazyImages(Mapping[str, np.ndarray]):
 class Slide(ABC):
     """A whole-slide image opened by one backend; use it as a context manager.
 
-    Subclasses implement the metadata properties and :meth:`_read_pixels`; everything else
+    Subclasses set the metadata (``_mpp``, ``_objective_power``, ``_vendor``,
+    ``_properties``) while opening and implement :attr:`level_dimensions`,
+    :attr:`associated_images` and :meth:`_read_pixels`; everything else
     (level choice, physical resolutions, padding, resampling, thumbnails) lives here so that
     all backends behave the same way.
     """
@@ -68,6 +70,11 @@ class Slide(ABC):
 
     def __init__(self, path: str):
         self.path = str(path)
+        # Metadata: backends fill these in while opening.
+        self._mpp: tuple[float, float] | None = None
+        self._objective_power: float | None = None
+        self._vendor = "unknown"
+        self._properties: Mapping[str, str] = {}
 
     # ----------------------------------------------------------------- backend interface
     @property
@@ -76,24 +83,24 @@ class Slide(ABC):
         """``(width, height)`` of every level, level 0 first."""
 
     @property
-    @abstractmethod
     def mpp(self) -> tuple[float, float] | None:
         """Microns per pixel ``(x, y)`` at level 0, or ``None`` when the file does not say."""
+        return self._mpp
 
     @property
-    @abstractmethod
     def objective_power(self) -> float | None:
         """Scanning objective magnification (e.g. 20 or 40), or ``None``."""
+        return self._objective_power
 
     @property
-    @abstractmethod
     def vendor(self) -> str:
         """Format / scanner vendor, e.g. ``"aperio"`` or ``"generic-tiff"``."""
+        return self._vendor
 
     @property
-    @abstractmethod
     def properties(self) -> Mapping[str, str]:
         """All metadata key-value pairs the backend exposes."""
+        return self._properties
 
     @property
     @abstractmethod

@@ -38,7 +38,8 @@ class ImageSlide(Slide):
         super().__init__(path)
         try:
             with Image.open(path) as img:
-                self._format = (img.format or "image").lower()
+                self._vendor = (img.format or "image").lower()
+                self._properties = {"image.format": self._vendor}
                 self._pixels = _pil_to_rgb(img)
         except Image.DecompressionBombError as exc:
             raise SlideOpenError(
@@ -50,27 +51,13 @@ class ImageSlide(Slide):
 
     @property
     def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        """One level: the image's ``(width, height)``."""
         h, w = self._pixels.shape[:2]
         return ((w, h),)
 
     @property
-    def mpp(self) -> tuple[float, float] | None:
-        return None
-
-    @property
-    def objective_power(self) -> float | None:
-        return None
-
-    @property
-    def vendor(self) -> str:
-        return self._format
-
-    @property
-    def properties(self) -> Mapping[str, str]:
-        return {"image.format": self._format}
-
-    @property
     def associated_images(self) -> Mapping[str, np.ndarray]:
+        """None: plain images have no associated images."""
         return {}
 
     def _read_pixels(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:

@@ -40,38 +40,26 @@ class OpenSlideSlide(Slide):
         except openslide.OpenSlideError as exc:
             raise SlideOpenError(f"{path}: OpenSlide cannot open it: {exc}") from exc
         props = self._osr.properties
-        self._props = dict(props)
+        self._properties = dict(props)
+        self._vendor = props.get(openslide.PROPERTY_NAME_VENDOR, "unknown")
         mx, my = props.get(openslide.PROPERTY_NAME_MPP_X), props.get(openslide.PROPERTY_NAME_MPP_Y)
         self._mpp = (float(mx), float(my or mx)) if mx else None
         power = props.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER)
-        self._power = float(power) if power else None
+        self._objective_power = float(power) if power else None
 
     @property
     def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        """``(width, height)`` of every level, as OpenSlide reports them."""
         return tuple(tuple(d) for d in self._osr.level_dimensions)
 
     @property
     def level_downsamples(self) -> tuple[float, ...]:
+        """OpenSlide's own downsamples (it averages the x and y ratios, as the base does)."""
         return tuple(self._osr.level_downsamples)
 
     @property
-    def mpp(self) -> tuple[float, float] | None:
-        return self._mpp
-
-    @property
-    def objective_power(self) -> float | None:
-        return self._power
-
-    @property
-    def vendor(self) -> str:
-        return self._props.get("openslide.vendor", "unknown")
-
-    @property
-    def properties(self) -> Mapping[str, str]:
-        return self._props
-
-    @property
     def associated_images(self) -> Mapping[str, np.ndarray]:
+        """OpenSlide's associated images (label, macro, thumbnail...), composited on white."""
         images = self._osr.associated_images
         return LazyImages(list(images), lambda name: rgba_to_rgb(np.asarray(images[name])))
 
@@ -82,4 +70,5 @@ class OpenSlideSlide(Slide):
         return rgba_to_rgb(np.asarray(region))
 
     def close(self) -> None:
+        """Close the OpenSlide handle."""
         self._osr.close()

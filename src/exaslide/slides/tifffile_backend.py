@@ -138,25 +138,24 @@ class TiffFileSlide(Slide):
     def _parse_metadata(self) -> None:
         tif, page = self._tif, self._series.pages[0]
         description = getattr(page, "description", "") or ""
-        self._props = {f"tiff.{t.name}": str(t.value)[:1000] for t in page.tags
+        self._properties = {f"tiff.{t.name}": str(t.value)[:1000] for t in page.tags
                        if t.name not in SKIPPED_TAGS}
-        self._props["tifffile.series_axes"] = self._series.axes
-        self._mpp = self._power = None
+        self._properties["tifffile.series_axes"] = self._series.axes
         self._vendor = "generic-tiff"
         if tif.is_svs:
             self._vendor = "aperio"
             meta = _svs_metadata(description)
-            self._props.update({f"aperio.{k}": str(v) for k, v in meta.items()})
+            self._properties.update({f"aperio.{k}": str(v) for k, v in meta.items()})
             mpp = _number(meta.get("MPP"))
             self._mpp = (mpp, mpp) if mpp else None
-            self._power = _number(meta.get("AppMag"))
+            self._objective_power = _number(meta.get("AppMag"))
         elif tif.is_qpi:
             self._vendor = "qptiff"
             size = re.search(r"<PixelSizeMicrons>([^<]+)<", description)
             power = re.search(r"<Objective>\s*([\d.]+)\s*x", description)
             mpp = _number(size.group(1)) if size else None
             self._mpp = (mpp, mpp) if mpp else None
-            self._power = _number(power.group(1)) if power else None
+            self._objective_power = _number(power.group(1)) if power else None
         elif tif.is_ome:
             self._vendor = "ome-tiff"
             self._mpp = _ome_mpp(tif.ome_metadata or "")
@@ -166,26 +165,12 @@ class TiffFileSlide(Slide):
     # ------------------------------------------------------------------------ metadata
     @property
     def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        """``(width, height)`` of every pyramid level of the main image series."""
         return tuple((lv.width, lv.height) for lv in self._levels)
 
     @property
-    def mpp(self) -> tuple[float, float] | None:
-        return self._mpp
-
-    @property
-    def objective_power(self) -> float | None:
-        return self._power
-
-    @property
-    def vendor(self) -> str:
-        return self._vendor
-
-    @property
-    def properties(self) -> Mapping[str, str]:
-        return self._props
-
-    @property
     def associated_images(self) -> Mapping[str, np.ndarray]:
+        """Series named Thumbnail, Label, Macro or Overview, as RGB arrays."""
         found = {(s.name or "").lower(): s for s in self._tif.series
                  if (s.name or "").lower() in ASSOCIATED_NAMES}
         return LazyImages(sorted(found), lambda n: to_rgb(found[n].asarray()))
@@ -246,6 +231,7 @@ class TiffFileSlide(Slide):
         return np.asarray(colors, dtype=np.float32)
 
     def close(self) -> None:
+        """Close the file handles. Idempotent."""
         if getattr(self, "_fd", None) is not None:
             os.close(self._fd)
             self._fd = None
