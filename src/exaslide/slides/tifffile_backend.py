@@ -176,6 +176,23 @@ class TiffFileSlide(Slide):
         return LazyImages(sorted(found), lambda n: to_rgb(found[n].asarray()))
 
     # ------------------------------------------------------------------------- reading
+    def tile_grid(self, level: int) -> tuple[int, int]:
+        """``(width, height)`` of the stored segments (tiles, or full-width strips) of a
+        level: reading a region aligned to this grid decodes each segment once."""
+        self.check_level(level)
+        page = self._levels[level].pages[0].keyframe
+        if page.is_tiled:
+            return page.tilewidth, page.tilelength
+        return page.imagewidth, min(page.rowsperstrip or page.imagelength, page.imagelength)
+
+    def read_tile(self, level: int, tx: int, ty: int) -> np.ndarray:
+        """The RGB pixels of stored tile ``(tx, ty)`` of a level, cropped at the level's
+        edge (one segment decode)."""
+        tw, th = self.tile_grid(level)
+        lw, lh = self.level_dimensions[level]
+        x, y = tx * tw, ty * th
+        return self._read_pixels(level, x, y, min(tw, lw - x), min(th, lh - y))
+
     def _planes(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         """``(height, width, channels)`` raw samples of every channel page of a level."""
         lv = self._levels[level]

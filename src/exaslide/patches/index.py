@@ -1,0 +1,81 @@
+"""The patch index: one Parquet file per slide, read together as one dataset.
+
+Schema (see ``docs/patches.md``): ``key, slide_id, x, y, level, mpp, size, footprint,
+label, tissue_fraction, tumour_fraction, split, centre, shard``. ``x, y`` are the level-0 top-left
+corner; ``level`` is the level read (the best level for ``mpp`` patches, whose ``mpp`` is
+set; NaN otherwise); ``centre`` comes from the manifest's ``centre`` column (null when
+absent); ``size`` is the patch side in output pixels and ``footprint`` its side
+in level-0 pixels; ``shard`` names the tar shard holding the pixels (null when not
+materialised), whose members are ``<key>.png|jpg`` and ``<key>.json``.
+
+``open_index(DIR)`` returns a ``pyarrow.dataset.Dataset`` over ``DIR/*.parquet``: filters
+and column selections are pushed down to the files, so a 33 M-row index is never loaded
+whole (``dataset.to_table(columns=["x", "y"], filter=pc.field("label") == "tumour")``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from exaslide.atomic import atomic_path
+
+ROW_GROUP_SIZE = 65_536
+
+
+def schema():
+    """The Arrow schema of every index file."""
+    import pyarrow as pa
+
+    return pa.schema([
+        ("key", pa.string()),
+        ("slide_id", pa.string()),
+        ("x", pa.int64()),
+        ("y", pa.int64()),
+        ("level", pa.int16()),
+        ("mpp", pa.float32()),
+        ("size", pa.int32()),
+        ("footprint", pa.float32()),
+        ("label", pa.string()),
+        ("tissue_fraction", pa.float32()),
+        ("tumour_fraction", pa.float32()),
+        ("split", pa.string()),
+        ("centre", pa.string()),
+        ("shard", pa.string()),
+    ])
+
+
+def make_table(columns: dict[str, object]):
+    """A table in the index schema from per-column arrays or scalars (broadcast)."""
+    import pyarrow as pa
+
+    n = len(columns["x"])
+    arrays = []
+    for field in schema():
+        value = columns.get(field.name)
+        if value is None or np.isscalar(value):
+            value = [value] * n
+        arrays.append(pa.array(value, type=field.type))
+    return pa.Table.from_arrays(arrays, schema=schema())
+
+
+def write_slide_index(table, path: str | Path) -> Path:
+    """Write one slide's table atomically (zstd, 64 k-row groups)."""
+    import pyarrow.parquet as pq
+
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_SIZE)
+    return Path(path)
+
+
+def open_index(directory: str | Path):
+    """The dataset-level view over every slide's Parquet file in ``directory`` (an
+    extraction's output folder or its ``index/`` folder)."""
+    import pyarrow.dataset as ds
+
+    directory = Path(directory)
+    if (directory / "index").is_dir():
+        directory = directory / "index"
+    files = sorted(str(p) for p in directory.glob("*.parquet"))
+    return ds.dataset(files, schema=schema(), format="parquet")

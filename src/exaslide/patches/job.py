@@ -1,0 +1,208 @@
+"""Cohort extraction: sample, extract and index every slide of a manifest, in parallel.
+
+Work is split per slide (sampling: one task) and, within a slide, per region (extraction:
+one task per chunk of tile-aligned region blocks), and runs on Dask: a ``LocalCluster``
+with one single-threaded worker process per core by default, or any scheduler address
+(e.g. a dask-jobqueue SLURM cluster). ``scheduler="inline"`` runs everything in this
+process (no Dask), which is what tests of the logic and notebooks on tiny data want.
+
+Outputs in ``out/``: ``index/<slide_id>.parquet``, ``shards/<slide_id>-CCCC-NNNNN.tar``
+(when materialised) and ``status/<slide_id>.json``. The status file is written last and
+atomically: it marks a finished slide. A rerun skips finished slides (same options, same
+inputs, outputs present) and redoes the others from scratch after deleting their partial
+outputs; since sampling is seeded and shards are deterministic, a killed and restarted run
+produces exactly the files of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exaslide.atomic import write_text
+from exaslide.masks.tissue import TissueParams
+from exaslide.patches.spec import PatchSpec, SamplingOptions
+
+logger = logging.getLogger(__name__)
+
+REGION_TILES = 16  #: region blocks are 16 x 16 tiles (4096 px for 256-px tiles)
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """Everything that decides a slide's extraction output (saved in its status file)."""
+
+    spec: PatchSpec = field(default_factory=PatchSpec)
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    materialize: str | None = None  #: "png", "jpeg" or None (index only)
+    quality: int = 90  #: JPEG quality
+    shard_size: int = 1000  #: samples per shard
+    reject_blank: bool = True  #: drop blank patches when pixels are read
+    chunk_patches: int = 4096  #: patches per extraction task (at least one region block)
+    backend: str | None = None
+    label_map: dict[str, str] | None = None
+    tissue: TissueParams = field(default_factory=TissueParams)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return json.loads(json.dumps(asdict(self)))
+
+
+@dataclass
+class SlidePlan:
+    """The sampled patches of one slide, split into extraction chunks (in index order)."""
+
+    slide_id: str
+    columns: dict[str, np.ndarray]
+    chunks: list[np.ndarray]
+    level: int
+    footprint: float
+    requested: dict[str, int]
+    found: dict[str, int]
+    seconds: float
+
+
+def patch_keys(slide_id: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """WebDataset keys ``<slide_id>_x<x>_y<y>`` (dots replaced: they start extensions)."""
+    base = slide_id.replace(".", "_")
+    return np.array([f"{base}_x{a}_y{b}" for a, b in zip(x, y, strict=True)], dtype=object)
+
+
+def plan_slide(entry, options: ExtractOptions) -> SlidePlan:
+    """Sample a slide's patches and split them into region chunks (a Dask task)."""
+    from exaslide.annotations import read_annotations
+    from exaslide.patches.sampling import sample_patches
+    from exaslide.slides import open_slide
+
+    started = time.perf_counter()
+    annotations = None
+    if entry.annotation is not None:
+        annotations = read_annotations(entry.annotation, label_map=options.label_map)
+    with open_slide(entry.path, backend=options.backend) as slide:
+        sampled = sample_patches(slide, annotations, options.spec, options.sampling,
+                                 key=entry.slide_id, tissue=options.tissue)
+        level = options.spec.level if options.spec.mpp is None else \
+            slide.best_level(mpp=options.spec.mpp)
+        block = REGION_TILES * 256 * slide.level_downsamples[level]
+    _, unique = np.unique(np.stack([sampled.y, sampled.x]), axis=1, return_index=True)
+    keep = np.sort(unique)  # random sampling may hit one position twice
+    columns = {"x": sampled.x[keep], "y": sampled.y[keep], "label": sampled.label[keep],
+               "tissue_fraction": sampled.tissue_fraction[keep],
+               "tumour_fraction": sampled.tumour_fraction[keep]}
+    order = _region_order(columns["x"], columns["y"], block)
+    columns = {k: v[order] for k, v in columns.items()}
+    return SlidePlan(entry.slide_id, columns, _chunks(columns["x"], columns["y"], block,
+                                                      options.chunk_patches),
+                     level, sampled.footprint, sampled.requested, sampled.found,
+                     time.perf_counter() - started)
+
+
+def _region_order(x: np.ndarray, y: np.ndarray, block: float) -> np.ndarray:
+    """Patches ordered by region block (raster order of blocks), then by (y, x)."""
+    return np.lexsort((x, y, (x // block).astype(np.int64), (y // block).astype(np.int64)))
+
+
+def _chunks(x: np.ndarray, y: np.ndarray, block: float, target: int) -> list[np.ndarray]:
+    """Consecutive whole region blocks, at least ``target`` patches per chunk."""
+    if len(x) == 0:
+        return []
+    block_id = (y // block).astype(np.int64) * (1 << 32) + (x // block).astype(np.int64)
+    starts = np.flatnonzero(np.r_[True, block_id[1:] != block_id[:-1]])
+    chunks, begin = [], 0
+    for s in starts[1:]:
+        if s - begin >= target:
+            chunks.append(np.arange(begin, s))
+            begin = s
+    chunks.append(np.arange(begin, len(x)))
+    return chunks
+
+
+def extract_chunk(entry, plan_columns: dict[str, np.ndarray], keys: np.ndarray, chunk_no: int,
+                  shard_dir: str, options: ExtractOptions) -> dict[str, Any]:
+    """Read one chunk's patches and write its shards (a Dask task).
+
+    Returns the rows kept (blank patches dropped) and each row's shard name.
+    """
+    from exaslide.patches.reader import PatchReader, is_blank
+    from exaslide.patches.shards import ShardWriter
+
+    n = len(keys)
+    if options.materialize is None:
+        return {"keep": np.ones(n, bool), "shard": [None] * n, "blank": 0, "decodes": 0}
+    writer = ShardWriter(shard_dir, f"{entry.slide_id}-{chunk_no:04d}", options.materialize,
+                         options.quality, options.shard_size)
+    keep, shards = np.zeros(n, bool), [None] * n
+    try:
+        with PatchReader(entry.path, options.spec, options.backend) as reader:
+            xs, ys = plan_columns["x"], plan_columns["y"]
+            for i, patch in enumerate(reader.iter_patches(xs, ys)):
+                if options.reject_blank and is_blank(patch):
+                    continue
+                meta = {k: _json_value(v[i]) for k, v in plan_columns.items()}
+                meta.update(slide_id=entry.slide_id, key=keys[i], size=options.spec.size,
+                            level=options.spec.level, mpp=options.spec.mpp)
+                shards[i] = writer.add(keys[i], patch, meta)
+                keep[i] = True
+            decodes = reader.tile_decodes
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return {"keep": keep, "shard": shards, "blank": int(n - keep.sum()), "decodes": decodes}
+
+
+def _json_value(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _matches(name: str, slide_id: str) -> bool:
+    """True for this slide's shard names and their temporaries (not another slide's)."""
+    pattern = rf"\.?{re.escape(slide_id)}-\d{{4}}-\d{{5}}(\.[0-9a-f]+\.tmp)?\.tar"
+    return re.fullmatch(pattern, name) is not None
+
+
+def clear_slide_outputs(out: Path, slide_id: str) -> None:
+    """Delete a slide's index, shards and temporaries before it is (re)done."""
+    (out / "index" / f"{slide_id}.parquet").unlink(missing_ok=True)
+    shard_dir = out / "shards"
+    if shard_dir.is_dir():
+        for path in shard_dir.iterdir():
+            if _matches(path.name, slide_id):
+                path.unlink(missing_ok=True)
+
+
+def status_path(out: Path, slide_id: str) -> Path:
+    """Where a slide's status file lives."""
+    return out / "status" / f"{slide_id}.json"
+
+
+def write_status(out: Path, slide_id: str, status: dict[str, Any]) -> None:
+    """Write a slide's status atomically."""
+    write_text(status_path(out, slide_id), json.dumps(status, indent=2) + "\n")
+
+
+def is_finished(out: Path, entry, options: ExtractOptions) -> bool:
+    """True when the slide's status says done with these options and inputs, and its
+    index and shards exist."""
+    from exaslide.masks.run import input_fingerprint
+
+    try:
+        status = json.loads(status_path(out, entry.slide_id).read_text())
+        inputs = input_fingerprint(entry.path, entry.annotation)
+    except (OSError, ValueError):
+        return False
+    return (status.get("status") == "done" and status.get("options") == options.to_dict()
+            and status.get("inputs") == inputs
+            and (out / "index" / f"{entry.slide_id}.parquet").exists()
+            and all((out / "shards" / s).exists() for s in status.get("shards", [])))
+
+
+ProgressHook = Callable[[str, dict[str, Any]], None]
