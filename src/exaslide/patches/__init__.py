@@ -8,6 +8,7 @@
 - :mod:`~exaslide.patches.run`: the Dask-parallel, resumable cohort driver.
 """
 
+from exaslide.patches.balance import balanced_sample
 from exaslide.patches.index import open_index, schema
 from exaslide.patches.job import ExtractOptions
 from exaslide.patches.reader import PatchReader, is_blank
@@ -16,7 +17,17 @@ from exaslide.patches.sampling import SampledPatches, sample_patches
 from exaslide.patches.spec import PatchError, PatchSpec, SamplingOptions
 
 __all__ = [
-    "ExtractOptions", "PatchError", "PatchReader", "PatchSpec", "SampledPatches",
-    "SamplingOptions", "SlideOutcome", "is_blank", "open_index", "run_extraction",
-    "sample_patches", "schema",
+    "ExtractOptions",
+    "PatchError",
+    "PatchReader",
+    "PatchSpec",
+    "SampledPatches",
+    "SamplingOptions",
+    "SlideOutcome",
+    "balanced_sample",
+    "is_blank",
+    "open_index",
+    "run_extraction",
+    "sample_patches",
+    "schema",
 ]

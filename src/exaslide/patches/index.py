@@ -3,7 +3,7 @@
 Schema (see ``docs/patches.md``): ``key, slide_id, x, y, level, mpp, size, footprint,
 label, tissue_fraction, tumour_fraction, split, centre, shard``. ``x, y`` are the level-0 top-left
 corner; ``level`` is the level read (the best level for ``mpp`` patches, whose ``mpp`` is
-set; NaN otherwise); ``centre`` comes from the manifest's ``centre`` column (null when
+set; null otherwise); ``centre`` comes from the manifest's ``centre`` column (null when
 absent); ``size`` is the patch side in output pixels and ``footprint`` its side
 in level-0 pixels; ``shard`` names the tar shard holding the pixels (null when not
 materialised), whose members are ``<key>.png|jpg`` and ``<key>.json``.

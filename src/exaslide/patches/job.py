@@ -33,8 +33,6 @@ from exaslide.patches.spec import PatchSpec, SamplingOptions
 
 logger = logging.getLogger(__name__)
 
-REGION_TILES = 16  #: region blocks are 16 x 16 tiles (4096 px for 256-px tiles)
-
 
 @dataclass(frozen=True)
 class ExtractOptions:
@@ -47,6 +45,7 @@ class ExtractOptions:
     shard_size: int = 1000  #: samples per shard
     reject_blank: bool = True  #: drop blank patches when pixels are read
     chunk_patches: int = 4096  #: patches per extraction task (at least one region block)
+    region_size: int = 4096  #: side of a region block, in pixels of the level read
     backend: str | None = None
     label_map: dict[str, str] | None = None
     tissue: TissueParams = field(default_factory=TissueParams)
@@ -91,7 +90,7 @@ def plan_slide(entry, options: ExtractOptions) -> SlidePlan:
                                  key=entry.slide_id, tissue=options.tissue)
         level = options.spec.level if options.spec.mpp is None else \
             slide.best_level(mpp=options.spec.mpp)
-        block = REGION_TILES * 256 * slide.level_downsamples[level]
+        block = options.region_size * slide.level_downsamples[level]
     _, unique = np.unique(np.stack([sampled.y, sampled.x]), axis=1, return_index=True)
     keep = np.sort(unique)  # random sampling may hit one position twice
     columns = {"x": sampled.x[keep], "y": sampled.y[keep], "label": sampled.label[keep],

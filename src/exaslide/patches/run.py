@@ -199,7 +199,7 @@ def _finish(state: _SlideState, out: Path, options: ExtractOptions, outcomes, em
     spec = options.spec
     table = make_table(dict(columns, key=state.keys[keep], shard=shard[keep],
                             slide_id=entry.slide_id, level=plan.level, size=spec.size,
-                            mpp=spec.mpp if spec.mpp is not None else float("nan"),
+                            mpp=spec.mpp,
                             footprint=plan.footprint, split=entry.split,
                             centre=entry.extra.get("centre")))
     write_slide_index(table, out / "index" / f"{entry.slide_id}.parquet")
