@@ -102,3 +102,22 @@ def test_random_sampler_with_physical_size(cohort, tmp_path):
     assert set(table["mpp"].to_pylist()) == {2.0} and set(table["size"].to_pylist()) == {64}
     assert all(o.counts["normal"] == 20 for o in outcomes)
     assert sum(o.counts["tumour"] for o in outcomes) >= 20
+
+
+def test_clearing_a_slide_spares_slides_with_similar_ids(tmp_path):
+    from exaslide.patches.job import clear_slide_outputs
+
+    names = {"shards": ["a-0000-00000.tar", ".a-0000-00001.1f2e3d4c.tmp.tar",
+                        "a-1-0000-00000.tar", "a.b-0000-00000.tar"],
+             "index": ["a.parquet", ".a.0badf00d.tmp.parquet", "a-1.parquet",
+                       ".a.b.0badf00d.tmp.parquet"],
+             "status": ["a.json", ".a.12345678.tmp.json", ".a-1.12345678.tmp.json"]}
+    for folder, files in names.items():
+        (tmp_path / folder).mkdir()
+        for name in files:
+            (tmp_path / folder / name).write_text("x")
+    clear_slide_outputs(tmp_path, "a")
+    left = {f: sorted(p.name for p in (tmp_path / f).iterdir()) for f in names}
+    assert left == {"shards": ["a-1-0000-00000.tar", "a.b-0000-00000.tar"],
+                    "index": [".a.b.0badf00d.tmp.parquet", "a-1.parquet"],
+                    "status": [".a-1.12345678.tmp.json", "a.json"]}

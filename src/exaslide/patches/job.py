@@ -169,13 +169,17 @@ def _matches(name: str, slide_id: str) -> bool:
 
 
 def clear_slide_outputs(out: Path, slide_id: str) -> None:
-    """Delete a slide's index, shards and temporaries before it is (re)done."""
+    """Delete a slide's index, shards and the temporaries a killed run left (of its index,
+    shards and status) before it is (re)done."""
     (out / "index" / f"{slide_id}.parquet").unlink(missing_ok=True)
-    shard_dir = out / "shards"
-    if shard_dir.is_dir():
-        for path in shard_dir.iterdir():
-            if _matches(path.name, slide_id):
-                path.unlink(missing_ok=True)
+    temporary = re.compile(rf"\.{re.escape(slide_id)}\.[0-9a-f]+\.tmp\.(parquet|json)")
+    for folder, matches in ((out / "shards", lambda n: _matches(n, slide_id)),
+                            (out / "index", temporary.fullmatch),
+                            (out / "status", temporary.fullmatch)):
+        if folder.is_dir():
+            for path in folder.iterdir():
+                if matches(path.name):
+                    path.unlink(missing_ok=True)
 
 
 def status_path(out: Path, slide_id: str) -> Path:

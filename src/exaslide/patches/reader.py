@@ -1,9 +1,11 @@
 """The extraction engine: read many patches of one slide, decoding each tile once.
 
 For slides that tifffile can read (TIFF, SVS, OME-TIFF...), patches are assembled from
-decoded stored tiles kept in a small cache: patches are read in raster order, and a tile
-is dropped once the patches have moved below it, so an aligned grid decodes every tile
-exactly once and memory holds about two rows of tiles of one region. Pixels are the same
+decoded stored tiles kept in a small cache. :meth:`PatchReader.iter_patches` counts the
+patches that need each tile before it starts and drops a tile as soon as its last patch is
+read, so every tile is decoded exactly once and, in raster order within region blocks,
+the cache holds about two rows of one block's tiles (an aligned grid holds none). Single
+:meth:`PatchReader.read` calls use an LRU cache bounded at 128 MB. Pixels are the same
 as OpenSlide's ``read_region`` (both decode the same JPEG tiles with libjpeg-turbo).
 Every other format falls back to :meth:`Slide.read_region` per patch (OpenSlide).
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 
 import numpy as np
@@ -28,7 +30,7 @@ from exaslide.slides.base import Slide
 logger = logging.getLogger(__name__)
 
 WHITE, BLACK, FLAT_STD = 220, 25, 2.0
-TILE_CACHE_BYTES = 256 << 20
+TILE_CACHE_BYTES = 128 << 20
 
 
 def is_blank(patch: np.ndarray, blank_fraction: float = 0.9) -> bool:
@@ -61,8 +63,11 @@ class PatchReader:
             self.slide.check_level(spec.level)
             self.level, self.scale = spec.level, 1.0
         self.downsample = self.slide.level_downsamples[self.level]
+        self._level_size = self.slide.level_dimensions[self.level]
+        self._grid = self.tiles.tile_grid(self.level) if self.tiles is not None else None
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._cache_bytes = 0
+        self._refs: Counter | None = None
         self.tile_decodes = 0
 
     @property
@@ -71,43 +76,76 @@ class PatchReader:
         return self.tiles is not None
 
     def read(self, x: int, y: int) -> np.ndarray:
-        """One ``(size, size, 3)`` RGB patch with top-left ``(x, y)`` in level-0 pixels."""
+        """One ``(size, size, 3)`` RGB patch with top-left ``(x, y)`` in level-0 pixels.
+
+        The array may be shared with the tile cache and is then read-only: copy it
+        before modifying it."""
         size = self.spec.size
         if self.tiles is None:
             if self.spec.mpp is not None:
                 return self.slide.read_region((x, y), (size, size), mpp=self.spec.mpp)
             return self.slide.read_region((x, y), (size, size), level=self.level)
-        lx0, ly0 = _round(x / self.downsample), _round(y / self.downsample)
+        x0, y0, x1, y1 = self._level_box(x, y)
+        region = self._assemble(x0, y0, x1, y1)
         if self.scale == 1.0:
-            return self._assemble(lx0, ly0, lx0 + size, ly0 + size)
+            return region
         import cv2
 
-        lx1 = max(lx0 + 1, _round(x / self.downsample + size * self.scale))
-        ly1 = max(ly0 + 1, _round(y / self.downsample + size * self.scale))
-        region = self._assemble(lx0, ly0, lx1, ly1)
         interp = cv2.INTER_AREA if self.scale >= 1.0 else cv2.INTER_LINEAR
         return cv2.resize(region, (size, size), interpolation=interp)
 
     def iter_patches(self, xs, ys) -> Iterator[np.ndarray]:
-        """Patches for each ``(x, y)``; pass them in raster order (by y, then x) so that each
-        tile is decoded once."""
-        for x, y in zip(xs, ys, strict=True):
-            yield self.read(int(x), int(y))
+        """Patches for each ``(x, y)``, in the given order.
+
+        Every tile is decoded once whatever the order: the tiles each patch needs are
+        counted first, and a tile leaves the cache as soon as the last patch that needs it
+        has been read (raster order keeps the cache smallest)."""
+        xs, ys = [int(v) for v in xs], [int(v) for v in ys]
+        if self.tiles is not None:
+            self._refs = Counter(t for x, y in zip(xs, ys, strict=True)
+                                 for t in self._tiles_of(*self._level_box(x, y)))
+        try:
+            for x, y in zip(xs, ys, strict=True):
+                yield self.read(x, y)
+        finally:
+            self._refs = None
+
+    def _level_box(self, x: int, y: int) -> tuple[int, int, int, int]:
+        """The patch's source box in pixels of the level read (same rounding as
+        :meth:`Slide.read_region`)."""
+        size = self.spec.size
+        x0, y0 = _round(x / self.downsample), _round(y / self.downsample)
+        if self.scale == 1.0:
+            return x0, y0, x0 + size, y0 + size
+        x1 = max(x0 + 1, _round(x / self.downsample + size * self.scale))
+        y1 = max(y0 + 1, _round(y / self.downsample + size * self.scale))
+        return x0, y0, x1, y1
+
+    def _tiles_of(self, x0: int, y0: int, x1: int, y1: int) -> Iterator[tuple[int, int]]:
+        lw, lh = self._level_size
+        tw, th = self._grid
+        for ty in range(max(0, y0) // th, (min(y1, lh) - 1) // th + 1):
+            for tx in range(max(0, x0) // tw, (min(x1, lw) - 1) // tw + 1):
+                yield tx, ty
 
     def _assemble(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-        lw, lh = self.slide.level_dimensions[self.level]
-        tw, th = self.tiles.tile_grid(self.level)
+        tw, th = self._grid
+        keys = list(self._tiles_of(x0, y0, x1, y1))
+        if len(keys) == 1 and x0 % tw == 0 and y0 % th == 0 and \
+                (x1 - x0, y1 - y0) == (tw, th):  # a patch that is exactly one tile
+            tile = self._tile(*keys[0])
+            if tile.shape[:2] == (th, tw):
+                self._release(keys)
+                return tile
         out = np.full((y1 - y0, x1 - x0, 3), 255, np.uint8)
-        first_row = max(0, y0) // th
-        self._evict_rows_above(first_row)
-        for ty in range(first_row, (min(y1, lh) - 1) // th + 1):
-            for tx in range(max(0, x0) // tw, (min(x1, lw) - 1) // tw + 1):
-                tile = self._tile(tx, ty)
-                sx0, sy0 = tx * tw, ty * th
-                ax0, ay0 = max(x0, sx0), max(y0, sy0)
-                ax1, ay1 = min(x1, sx0 + tile.shape[1]), min(y1, sy0 + tile.shape[0])
-                out[ay0 - y0 : ay1 - y0, ax0 - x0 : ax1 - x0] = \
-                    tile[ay0 - sy0 : ay1 - sy0, ax0 - sx0 : ax1 - sx0]
+        for tx, ty in keys:
+            tile = self._tile(tx, ty)
+            sx0, sy0 = tx * tw, ty * th
+            ax0, ay0 = max(x0, sx0), max(y0, sy0)
+            ax1, ay1 = min(x1, sx0 + tile.shape[1]), min(y1, sy0 + tile.shape[0])
+            out[ay0 - y0 : ay1 - y0, ax0 - x0 : ax1 - x0] = \
+                tile[ay0 - sy0 : ay1 - sy0, ax0 - sx0 : ax1 - sx0]
+        self._release(keys)
         return out
 
     def _tile(self, tx: int, ty: int) -> np.ndarray:
@@ -115,18 +153,25 @@ class PatchReader:
         tile = self._cache.get(key)
         if tile is None:
             tile = self.tiles.read_tile(self.level, tx, ty)
+            tile.flags.writeable = False  # shared by the cache and the patches returned
             self.tile_decodes += 1
             self._cache[key] = tile
             self._cache_bytes += tile.nbytes
             while self._cache_bytes > TILE_CACHE_BYTES and len(self._cache) > 1:
                 _, old = self._cache.popitem(last=False)
                 self._cache_bytes -= old.nbytes
+        else:
+            self._cache.move_to_end(key)
         return tile
 
-    def _evict_rows_above(self, row: int) -> None:
-        stale = [k for k in self._cache if k[1] < row]
-        for k in stale:
-            self._cache_bytes -= self._cache.pop(k).nbytes
+    def _release(self, keys: list[tuple[int, int]]) -> None:
+        """Drop tiles no later patch of the current :meth:`iter_patches` pass needs."""
+        if self._refs is None:
+            return
+        for key in keys:
+            self._refs[key] -= 1
+            if self._refs[key] <= 0 and key in self._cache:
+                self._cache_bytes -= self._cache.pop(key).nbytes
 
     def close(self) -> None:
         """Close the slide (and the tile source)."""

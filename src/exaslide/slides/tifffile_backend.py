@@ -187,11 +187,24 @@ class TiffFileSlide(Slide):
 
     def read_tile(self, level: int, tx: int, ty: int) -> np.ndarray:
         """The RGB pixels of stored tile ``(tx, ty)`` of a level, cropped at the level's
-        edge (one segment decode)."""
+        edge (one segment decode; 8-bit RGB tiles are returned as decoded, without a
+        copy)."""
+        lv = self._levels[level]
+        page = lv.pages[0].keyframe
         tw, th = self.tile_grid(level)
-        lw, lh = self.level_dimensions[level]
         x, y = tx * tw, ty * th
-        return self._read_pixels(level, x, y, min(tw, lw - x), min(th, lh - y))
+        w, h = min(tw, lv.width - x), min(th, lv.height - y)
+        if self._composite or lv.samples != 3 or lv.dtype != np.uint8 or \
+                page.planarconfig == 2 or not page.is_tiled:
+            return self._read_pixels(level, x, y, w, h)
+        index = ty * -(-lv.width // tw) + tx
+        frame = lv.pages[0]
+        nbytes = frame.databytecounts[index]
+        if not nbytes:
+            return self._read_pixels(level, x, y, w, h)
+        data = os.pread(self._fd, nbytes, frame.dataoffsets[index])
+        tile = page.decode(data, index, jpegtables=getattr(page, "jpegtables", None))[0]
+        return tile.reshape(tile.shape[-3:])[:h, :w]
 
     def _planes(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         """``(height, width, channels)`` raw samples of every channel page of a level."""
