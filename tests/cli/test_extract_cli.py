@@ -88,3 +88,14 @@ def test_sigkill_then_restart_equals_an_uninterrupted_run(cohort, tmp_path):
     for name, table in reference[1].items():
         assert restarted[1][name].equals(table)
     assert not [p for p in out.rglob(".*") if p.is_file()]  # no temporary files
+
+
+def test_balance_command(cohort, tmp_path):
+    extract(cohort, "--out", tmp_path, "--patch-size", 128, "--sampler", "random",
+            "--per-class", 15, "--scheduler", "inline")
+    done = subprocess.run([sys.executable, "-m", "exaslide", "balance", str(tmp_path),
+                           "--out", str(tmp_path / "train.parquet"), "--by", "label",
+                           "--per-group", "12"], capture_output=True, text=True, check=True)
+    assert "24 patches in 2 groups" in done.stdout
+    labels = pq.read_table(tmp_path / "train.parquet")["label"].to_pylist()
+    assert labels.count("tumour") == labels.count("normal") == 12

@@ -7,6 +7,7 @@ import hashlib
 import json
 import tarfile
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -121,3 +122,74 @@ def test_clearing_a_slide_spares_slides_with_similar_ids(tmp_path):
     assert left == {"shards": ["a-1-0000-00000.tar", "a.b-0000-00000.tar"],
                     "index": [".a.b.0badf00d.tmp.parquet", "a-1.parquet"],
                     "status": [".a-1.12345678.tmp.json", "a.json"]}
+
+
+def test_exact_tile_decodes_blank_slide_and_key_encoding(tmp_path):
+    from exaslide.patches.job import patch_keys
+    from exaslide.synth import write_synthetic_slide
+
+    blank = write_synthetic_slide(tmp_path / "blank.tif", SynthSpec(width=1024, height=768,
+                                                                      tumours=0, seed=1))
+    # paint the slide white: no tissue at all -> zero patches, still "done"
+    import tifffile
+
+    with tifffile.TiffWriter(blank.path) as tif:
+        tif.write(np.full((768, 1024, 3), 250, np.uint8), tile=(256, 256),
+                  photometric="rgb", compression="jpeg")
+    (tmp_path / "m.csv").write_text("slide_id,path,annotation,label,split\n"
+                                    "a.b,blank.tif,,normal,train\n")
+    [outcome] = run_extraction(read_manifest(tmp_path / "m.csv"), tmp_path / "out", OPTIONS,
+                               scheduler="inline")
+    assert outcome.status == "done" and outcome.patches == 0
+    assert open_index(tmp_path / "out").count_rows() == 0
+    a, b = patch_keys("a.b", [0], [0])[0], patch_keys("a_b", [0], [0])[0]
+    assert a == "a%2Eb_x0_y0" and b == "a_b_x0_y0" and "." not in a
+
+
+def test_one_decode_per_tile_per_chunk(cohort, tmp_path):
+    options = ExtractOptions(spec=PatchSpec(size=128), materialize="png", chunk_patches=10**6)
+    [done] = run_extraction(read_manifest(cohort)[:1], tmp_path, options,
+                               scheduler="inline")
+    status = json.loads((tmp_path / "status" / "synth_000.json").read_text())
+    table = pq.read_table(tmp_path / "index" / "synth_000.parquet")
+    tiles = {(x // 256, y // 256) for x, y in zip(table["x"].to_pylist(),
+                                                  table["y"].to_pylist(), strict=True)}
+    assert done.status == "done" and status["chunks"] == 1
+    assert status["tile_decodes"] == len(tiles)
+
+
+def test_failing_chunk_leaves_no_shards(cohort, tmp_path):
+    """A slide whose level-0 tiles are corrupt (metadata and low levels fine) fails in its
+    extraction chunks; its other chunks finish first and then all its outputs go."""
+    import shutil
+
+    import tifffile
+
+    rows = list(csv.DictReader(cohort.open()))
+    src = cohort.parent / rows[0]["path"]
+    bad = tmp_path / "bad.tif"
+    shutil.copy(src, bad)
+    with tifffile.TiffFile(bad) as tif:
+        page = tif.pages[0]
+        offsets, counts = page.dataoffsets, page.databytecounts
+    with open(bad, "r+b") as fh:
+        for i in range(len(offsets) // 2, len(offsets)):  # the lower half of level 0
+            fh.seek(offsets[i])  # destroy the JPEG header: the decoder must fail
+            fh.write(b"\x00" * min(64, counts[i]))
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("slide_id,path,annotation,label,split\nbad,bad.tif,,normal,train\n")
+    options = ExtractOptions(spec=PatchSpec(size=128), materialize="png", chunk_patches=5,
+                             region_size=512)
+    [outcome] = run_extraction(read_manifest(manifest), tmp_path / "out", options, workers=2)
+    assert outcome.status == "failed"
+    assert not list((tmp_path / "out" / "shards").iterdir())
+    assert not list((tmp_path / "out" / "index").iterdir())
+
+
+def test_invalid_options_are_refused(cohort, tmp_path):
+    from exaslide.patches import PatchError
+
+    for bad in (ExtractOptions(shard_size=0), ExtractOptions(quality=150),
+                ExtractOptions(materialize="gif")):
+        with pytest.raises(PatchError):
+            run_extraction(read_manifest(cohort), tmp_path, bad, scheduler="inline")

@@ -97,3 +97,33 @@ def test_blank_test():
     half = glass.copy()
     half[:32] = tissue[:32]
     assert not is_blank(half)
+
+
+def test_random_quota_is_filled_under_strict_rules(slide_and_annotations):
+    slide, annotations, _ = slide_and_annotations
+    strict = {"label_rule": "fraction", "tumour_threshold": 0.8, "min_tissue": 0.8}
+    every = sample_patches(slide, annotations, PatchSpec(size=128),
+                           SamplingOptions(sampler="random", per_class=10**6, **strict))
+    available = every.found["tumour"]
+    assert available >= 50
+    some = sample_patches(slide, annotations, PatchSpec(size=128),
+                          SamplingOptions(sampler="random", per_class=available - 2, **strict))
+    assert some.found["tumour"] == available - 2
+
+
+def test_slide_without_mpp_and_mask_cap(tmp_path, monkeypatch):
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    image = np.full((3000, 4000, 3), 245, np.uint8)
+    image[500:2500, 800:3200] = rng.integers(120, 200, (2000, 2400, 3), dtype=np.uint8)
+    image[500:2500, 800:3200, 1] //= 2  # pink-ish: saturated
+    tifffile.imwrite(tmp_path / "nompp.tif", image, tile=(256, 256), photometric="rgb")
+    monkeypatch.setattr("exaslide.patches.sampling.MAX_MASK_PIXELS", 100_000)
+    with open_slide(tmp_path / "nompp.tif") as slide:
+        assert slide.mpp is None
+        sampled = sample_patches(slide, None, PatchSpec(size=32), SamplingOptions())
+    assert sampled.mask.labels.size <= 101_000  # capped (+ rounding): coarser mask
+    x_mid, y_mid = sampled.x + 16, sampled.y + 16
+    inside = (x_mid > 800) & (x_mid < 3200) & (y_mid > 500) & (y_mid < 2500)
+    assert len(sampled) > 3000 and inside.mean() > 0.97

@@ -85,3 +85,15 @@ def test_index_dataset_filters_and_balances(tmp_path):
     exact = balanced_sample(dataset, by=("label",))
     values = exact.column("label").to_pylist()
     assert values.count("tumour") == values.count("normal")
+
+
+def test_long_keys_and_hidden_files_are_ignored_by_the_index(tmp_path):
+    key = "s" * 150 + "_x0_y0"
+    writer = ShardWriter(tmp_path / "shards", "long-0000")
+    writer.add(key, _patch(1), {"x": 0})
+    writer.close()
+    with tarfile.open(tmp_path / "shards" / "long-0000-00000.tar") as tar:
+        assert tar.getnames() == [f"{key}.png", f"{key}.json"]
+    _fake_slide_index(tmp_path, "s0", 10, centre=None)
+    (tmp_path / "index" / ".s1.0badf00d.tmp.parquet").write_bytes(b"")  # a killed write
+    assert open_index(tmp_path).count_rows() == 10

@@ -56,9 +56,9 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
 
 
 def _register() -> None:
-    from exaslide.cli import demo, extract, info, mask, synth
+    from exaslide.cli import balance, demo, extract, info, mask, synth
 
-    for module in (info, mask, extract, synth, demo):
+    for module in (info, mask, extract, balance, synth, demo):
         cli.add_command(module.command)
 
 

@@ -74,6 +74,7 @@ def make_label_mask(
     *,
     level: int | None = None,
     mpp: float | None = None,
+    downsample: float | None = None,
     tissue: TissueParams | None = None,
 ) -> LabelMask:
     """Compute the label mask of a slide at one level or resolution.
@@ -83,32 +84,34 @@ def make_label_mask(
         annotations: an :class:`~exaslide.annotations.AnnotationSet` (or ``None`` for a
             slide without annotations: tissue becomes normal tissue).
         level: the level to compute the mask at; or
-        mpp: the resolution in microns per pixel (e.g. 8.0).
+        mpp: the resolution in microns per pixel (e.g. 8.0); or
+        downsample: level-0 pixels per mask pixel (works without slide resolution).
         tissue: tissue-detection parameters.
 
     Raises:
-        MaskError: neither or both of ``level`` / ``mpp``, or a mask too large to hold.
+        MaskError: not exactly one of ``level`` / ``mpp`` / ``downsample``, or a mask too
+            large to hold.
     """
-    if (level is None) == (mpp is None):
-        raise MaskError("give exactly one of level= or mpp= for the mask resolution")
+    if sum(v is not None for v in (level, mpp, downsample)) != 1:
+        raise MaskError("give exactly one of level=, mpp= or downsample= for the mask "
+                        "resolution")
     w0, h0 = slide.dimensions
     if level is not None:
         slide.check_level(level)
         downsample = slide.level_downsamples[level]
         width, height = slide.level_dimensions[level]
     else:
-        slide.best_level(mpp=mpp)  # validates mpp against the slide's levels
-        downsample = mpp / slide.mpp[0]
+        if mpp is not None:
+            slide.best_level(mpp=mpp)  # validates mpp against the slide's levels
+            downsample = mpp / slide.mpp[0]
         width, height = max(1, round(w0 / downsample)), max(1, round(h0 / downsample))
     if width * height > MAX_READ_PIXELS // 4:
         raise MaskError(
             f"{slide.path}: a {width}x{height} mask is too large; choose a coarser level "
             f"or mpp ({slide.describe_levels()})"
         )
-    if level is not None:
-        image = slide.read_level(level)
-    else:
-        image = slide.read_region((0, 0), (width, height), mpp=mpp)
+    image = slide.read_level(level) if level is not None else \
+        slide.read_downsampled(downsample)
     mask_mpp = (slide.mpp[0] * downsample, slide.mpp[1] * downsample) if slide.mpp else None
     tissue_mask = detect_tissue(image, mask_mpp[0] if mask_mpp else None, tissue)
     labels = tissue_mask.astype(np.uint8) * NORMAL

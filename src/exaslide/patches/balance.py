@@ -5,7 +5,8 @@ from every group of the ``by`` columns (e.g. ``("label",)`` for class balance,
 ``("label", "slide_id")`` per class per slide, ``("label", "centre")`` per class per
 centre). Groups with fewer patches give all they have; ``per_group=None`` takes the size of
 the smallest group (exact balance). Only the ``by`` columns are read to choose rows; the
-chosen rows are then read in full, so a 33 M-row index is never loaded whole.
+chosen rows are then taken from the files, so a 33 M-row index is never loaded whole; the
+grouping is one sort of integer codes.
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ def balanced_sample(dataset, by: tuple[str, ...] = ("label",), per_group: int | 
     if keys.num_rows == 0:
         return dataset.schema.empty_table()
     codes = np.zeros(keys.num_rows, dtype=np.int64)
-    for name in by:
-        column = pc.fill_null(keys[name].cast(pa.string()), "")
-        _, inverse = np.unique(column.to_numpy(zero_copy_only=False), return_inverse=True)
-        codes = codes * (inverse.max() + 1) + inverse
-    groups, counts = np.unique(codes, return_counts=True)
+    for name in by:  # dictionary codes: no Python string per row
+        column = pc.fill_null(keys[name].cast(pa.string()), "").combine_chunks()
+        indices = pc.dictionary_encode(column).indices.to_numpy(zero_copy_only=False)
+        codes = codes * (int(indices.max()) + 1) + indices.astype(np.int64)
+    order = np.argsort(codes, kind="stable")
+    _, starts, counts = np.unique(codes[order], return_index=True, return_counts=True)
     quota = int(counts.min()) if per_group is None else int(per_group)
     rng = np.random.default_rng(seed)
-    chosen = [rng.permutation(np.flatnonzero(codes == g))[:quota] for g in groups]
-    rows = np.sort(np.concatenate(chosen))
+    rows = np.sort(np.concatenate([order[s + rng.permutation(n)[:quota]]
+                                   for s, n in zip(starts, counts, strict=True)]))
     return dataset.take(pa.array(rows), filter=filter)

@@ -77,5 +77,5 @@ def open_index(directory: str | Path):
     directory = Path(directory)
     if (directory / "index").is_dir():
         directory = directory / "index"
-    files = sorted(str(p) for p in directory.glob("*.parquet"))
+    files = sorted(str(p) for p in directory.glob("[!.]*.parquet"))  # not temporaries
     return ds.dataset(files, schema=schema(), format="parquet")

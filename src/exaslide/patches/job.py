@@ -24,12 +24,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
 from exaslide.atomic import write_text
 from exaslide.masks.tissue import TissueParams
-from exaslide.patches.spec import PatchSpec, SamplingOptions
+from exaslide.patches.spec import PatchError, PatchSpec, SamplingOptions
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,17 @@ class ExtractOptions:
         """JSON-ready form."""
         return json.loads(json.dumps(asdict(self)))
 
+    def validate(self) -> None:
+        """Raise :class:`PatchError` for impossible values."""
+        self.spec.validate()
+        self.sampling.validate()
+        if self.materialize not in (None, "png", "jpeg"):
+            raise PatchError(f"materialize must be png, jpeg or None, not {self.materialize!r}")
+        if not 1 <= self.quality <= 100:
+            raise PatchError(f"JPEG quality must be 1-100, got {self.quality}")
+        if self.shard_size < 1 or self.chunk_patches < 1 or self.region_size < 1:
+            raise PatchError("shard_size, chunk_patches and region_size must be positive")
+
 
 @dataclass
 class SlidePlan:
@@ -70,8 +82,10 @@ class SlidePlan:
 
 
 def patch_keys(slide_id: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """WebDataset keys ``<slide_id>_x<x>_y<y>`` (dots replaced: they start extensions)."""
-    base = slide_id.replace(".", "_")
+    """WebDataset keys ``<slide_id>_x<x>_y<y>``. The slide id is percent-encoded (``.``
+    as ``%2E``: WebDataset splits names at the first dot), which is reversible, so two
+    slides never share a key."""
+    base = quote(slide_id, safe="-_~").replace(".", "%2E")
     return np.array([f"{base}_x{a}_y{b}" for a, b in zip(x, y, strict=True)], dtype=object)
 
 
@@ -124,12 +138,13 @@ def _chunks(x: np.ndarray, y: np.ndarray, block: float, target: int) -> list[np.
     return chunks
 
 
-def extract_chunk(entry, plan_columns: dict[str, np.ndarray], keys: np.ndarray, chunk_no: int,
+def extract_chunk(entry, plan_columns: dict[str, np.ndarray], level: int, chunk_no: int,
                   shard_dir: str, options: ExtractOptions) -> dict[str, Any]:
     """Read one chunk's patches and write its shards (a Dask task).
 
     Returns the rows kept (blank patches dropped) and each row's shard name.
     """
+    keys = patch_keys(entry.slide_id, plan_columns["x"], plan_columns["y"])
     from exaslide.patches.reader import PatchReader, is_blank
     from exaslide.patches.shards import ShardWriter
 
@@ -147,7 +162,7 @@ def extract_chunk(entry, plan_columns: dict[str, np.ndarray], keys: np.ndarray, 
                     continue
                 meta = {k: _json_value(v[i]) for k, v in plan_columns.items()}
                 meta.update(slide_id=entry.slide_id, key=keys[i], size=options.spec.size,
-                            level=options.spec.level, mpp=options.spec.mpp)
+                            level=level, mpp=options.spec.mpp)
                 shards[i] = writer.add(keys[i], patch, meta)
                 keep[i] = True
             decodes = reader.tile_decodes
@@ -162,24 +177,25 @@ def _json_value(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _matches(name: str, slide_id: str) -> bool:
-    """True for this slide's shard names and their temporaries (not another slide's)."""
-    pattern = rf"\.?{re.escape(slide_id)}-\d{{4}}-\d{{5}}(\.[0-9a-f]+\.tmp)?\.tar"
-    return re.fullmatch(pattern, name) is not None
+SHARD_NAME = re.compile(r"\.?(?P<slide>.+)-\d{4}-\d{5}(\.[0-9a-f]+\.tmp)?\.tar")
+TEMPORARY = re.compile(r"\.(?P<slide>.+)\.[0-9a-f]+\.tmp\.(parquet|json)")
 
 
-def clear_slide_outputs(out: Path, slide_id: str) -> None:
-    """Delete a slide's index, shards and the temporaries a killed run left (of its index,
-    shards and status) before it is (re)done."""
-    (out / "index" / f"{slide_id}.parquet").unlink(missing_ok=True)
-    temporary = re.compile(rf"\.{re.escape(slide_id)}\.[0-9a-f]+\.tmp\.(parquet|json)")
-    for folder, matches in ((out / "shards", lambda n: _matches(n, slide_id)),
-                            (out / "index", temporary.fullmatch),
-                            (out / "status", temporary.fullmatch)):
-        if folder.is_dir():
-            for path in folder.iterdir():
-                if matches(path.name):
-                    path.unlink(missing_ok=True)
+def clear_slide_outputs(out: Path, slide_ids) -> None:
+    """Delete the index and shards of the given slides, and the temporaries a killed run
+    left (of their index, shards and status), before they are (re)done. Each folder is
+    listed once, whatever the number of slides."""
+    wanted = {slide_ids} if isinstance(slide_ids, str) else set(slide_ids)
+    for slide_id in wanted:
+        (out / "index" / f"{slide_id}.parquet").unlink(missing_ok=True)
+    for folder, pattern in (("shards", SHARD_NAME), ("index", TEMPORARY),
+                            ("status", TEMPORARY)):
+        if not (out / folder).is_dir():
+            continue
+        for path in (out / folder).iterdir():
+            match = pattern.fullmatch(path.name)
+            if match and match["slide"] in wanted:
+                path.unlink(missing_ok=True)
 
 
 def status_path(out: Path, slide_id: str) -> Path:
@@ -192,9 +208,14 @@ def write_status(out: Path, slide_id: str, status: dict[str, Any]) -> None:
     write_text(status_path(out, slide_id), json.dumps(status, indent=2) + "\n")
 
 
+def manifest_fields(entry) -> dict[str, Any]:
+    """The manifest values copied into the index (a change means redoing the slide)."""
+    return {"split": entry.split, "centre": entry.extra.get("centre")}
+
+
 def is_finished(out: Path, entry, options: ExtractOptions) -> bool:
-    """True when the slide's status says done with these options and inputs, and its
-    index and shards exist."""
+    """True when the slide's status says done with these options, inputs and manifest
+    fields, and its index and shards exist."""
     from exaslide.masks.run import input_fingerprint
 
     try:
@@ -204,6 +225,7 @@ def is_finished(out: Path, entry, options: ExtractOptions) -> bool:
         return False
     return (status.get("status") == "done" and status.get("options") == options.to_dict()
             and status.get("inputs") == inputs
+            and status.get("manifest") == manifest_fields(entry)
             and (out / "index" / f"{entry.slide_id}.parquet").exists()
             and all((out / "shards" / s).exists() for s in status.get("shards", [])))
 

@@ -78,8 +78,13 @@ class PatchReader:
     def read(self, x: int, y: int) -> np.ndarray:
         """One ``(size, size, 3)`` RGB patch with top-left ``(x, y)`` in level-0 pixels.
 
-        The array may be shared with the tile cache and is then read-only: copy it
-        before modifying it."""
+        The array is read-only (it may be shared with the tile cache): copy it before
+        modifying it."""
+        patch = self._read(x, y)
+        patch.flags.writeable = False
+        return patch
+
+    def _read(self, x: int, y: int) -> np.ndarray:
         size = self.spec.size
         if self.tiles is None:
             if self.spec.mpp is not None:
@@ -95,7 +100,7 @@ class PatchReader:
         return cv2.resize(region, (size, size), interpolation=interp)
 
     def iter_patches(self, xs, ys) -> Iterator[np.ndarray]:
-        """Patches for each ``(x, y)``, in the given order.
+        """Read-only patches for each ``(x, y)``, in the given order.
 
         Every tile is decoded once whatever the order: the tiles each patch needs are
         counted first, and a tile leaves the cache as soon as the last patch that needs it

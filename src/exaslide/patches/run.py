@@ -22,6 +22,7 @@ from exaslide.patches.job import (
     clear_slide_outputs,
     extract_chunk,
     is_finished,
+    manifest_fields,
     patch_keys,
     plan_slide,
     write_status,
@@ -44,6 +45,8 @@ class SlideOutcome:
 
 class InlineExecutor:
     """Runs tasks immediately in this process (``scheduler="inline"``)."""
+
+    workers = 1
 
     def __init__(self):
         self._done: deque[concurrent.futures.Future] = deque()
@@ -85,6 +88,7 @@ class DaskExecutor:
             self.client = Client(self.cluster)
         else:
             self.client = Client(address)
+        self.workers = max(1, len(self.client.scheduler_info().get("workers", {})))
         self._pending = as_completed()
 
     def submit(self, fn: Callable, *args):
@@ -113,9 +117,9 @@ def make_executor(workers: int | None = None, scheduler: str | None = None):
 class _SlideState:
     entry: Any
     plan: SlidePlan | None = None
-    keys: np.ndarray | None = None
     results: dict[int, dict] = field(default_factory=dict)
-    futures: list = field(default_factory=list)
+    running: int = 0  #: chunk tasks submitted and not finished
+    error: BaseException | None = None
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -126,7 +130,11 @@ def run_extraction(entries, out_dir: str | Path, options: ExtractOptions, *,
     """Extract every manifest entry into ``out_dir``; one slide's failure does not stop the
     others. ``on_event(kind, value)`` receives ``("patches", n)`` when a slide's plan is
     known, ``("progress", n)`` as chunks finish and ``("slide", SlideOutcome)``.
+
+    At most two slides per worker are in flight at a time, so the driver's memory does not
+    grow with the cohort.
     """
+    options.validate()
     out = Path(out_dir)
     for sub in ("index", "status") + (("shards",) if options.materialize else ()):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -140,6 +148,7 @@ def run_extraction(entries, out_dir: str | Path, options: ExtractOptions, *,
         else:
             todo.append(entry)
     if todo:
+        clear_slide_outputs(out, [e.slide_id for e in todo])
         executor = make_executor(workers, scheduler)
         try:
             _drive(executor, todo, out, options, outcomes, emit)
@@ -149,59 +158,66 @@ def run_extraction(entries, out_dir: str | Path, options: ExtractOptions, *,
 
 
 def _drive(executor, todo, out: Path, options: ExtractOptions, outcomes, emit) -> None:
-    states, tags = {}, {}
-    for entry in todo:
-        clear_slide_outputs(out, entry.slide_id)
-        states[entry.slide_id] = _SlideState(entry)
-        future = executor.submit(plan_slide, entry, options)
-        tags[future] = (entry.slide_id, None)
+    waiting = deque(todo)
+    window = 2 * executor.workers
+    states: dict[str, _SlideState] = {}
+    tags: dict = {}
+
+    def start_next() -> None:
+        while waiting and len(states) < window:
+            entry = waiting.popleft()
+            states[entry.slide_id] = _SlideState(entry)
+            tags[executor.submit(plan_slide, entry, options)] = (entry.slide_id, None)
+
+    start_next()
     for future in executor.completed():
         slide_id, chunk = tags.pop(future)
-        state = states.get(slide_id)
-        if state is None:  # the slide already failed
-            continue
+        state = states[slide_id]
+        if chunk is not None:
+            state.running -= 1
         error = future.exception()
         if error is not None:
-            _fail(state, error, out, options, outcomes, emit)
-            del states[slide_id]
-            continue
-        if chunk is None:
+            state.error = state.error or error
+        elif chunk is None:
             _start_chunks(executor, state, future.result(), out, options, tags, emit)
         else:
             state.results[chunk] = future.result()
             emit("progress", len(state.plan.chunks[chunk]))
-        if state.plan is not None and len(state.results) == len(state.plan.chunks):
+        if state.running:
+            continue  # wait for the slide's other chunks, even when one has failed
+        if state.error is not None:
+            _fail(state, out, options, outcomes, emit)
+        else:
             _finish(state, out, options, outcomes, emit)
-            del states[slide_id]
+        del states[slide_id]
+        start_next()
 
 
 def _start_chunks(executor, state: _SlideState, plan: SlidePlan, out: Path,
                   options: ExtractOptions, tags: dict, emit) -> None:
     state.plan = plan
-    state.keys = patch_keys(plan.slide_id, plan.columns["x"], plan.columns["y"])
-    emit("patches", len(state.keys))
+    emit("patches", len(plan.columns["x"]))
     for i, rows in enumerate(plan.chunks):
         columns = {k: v[rows] for k, v in plan.columns.items()}
-        future = executor.submit(extract_chunk, state.entry, columns, state.keys[rows], i,
+        future = executor.submit(extract_chunk, state.entry, columns, plan.level, i,
                                  str(out / "shards"), options)
-        state.futures.append(future)
+        state.running += 1
         tags[future] = (plan.slide_id, i)
 
 
 def _finish(state: _SlideState, out: Path, options: ExtractOptions, outcomes, emit) -> None:
     plan, entry = state.plan, state.entry
-    n = len(state.keys)
+    n = len(plan.columns["x"])
     keep, shard = np.ones(n, bool), np.full(n, None, dtype=object)
     for i, rows in enumerate(plan.chunks):
         keep[rows] = state.results[i]["keep"]
         shard[rows] = state.results[i]["shard"]
     columns = {k: v[keep] for k, v in plan.columns.items()}
     spec = options.spec
-    table = make_table(dict(columns, key=state.keys[keep], shard=shard[keep],
-                            slide_id=entry.slide_id, level=plan.level, size=spec.size,
-                            mpp=spec.mpp,
-                            footprint=plan.footprint, split=entry.split,
-                            centre=entry.extra.get("centre")))
+    keys = patch_keys(entry.slide_id, columns["x"], columns["y"])
+    table = make_table(dict(columns, key=keys, shard=shard[keep], slide_id=entry.slide_id,
+                            level=plan.level, size=spec.size, mpp=spec.mpp,
+                            footprint=plan.footprint, **manifest_fields(entry)))
     write_slide_index(table, out / "index" / f"{entry.slide_id}.parquet")
     counts = {c: int((columns["label"] == c).sum()) for c in ("tumour", "normal")}
     blank = sum(r["blank"] for r in state.results.values())
@@ -220,6 +236,7 @@ def _status(state: _SlideState, options: ExtractOptions, counts, blank, shards) 
     plan = state.plan
     return {"status": "done", "slide_id": plan.slide_id, "options": options.to_dict(),
             "inputs": input_fingerprint(state.entry.path, state.entry.annotation),
+            "manifest": manifest_fields(state.entry),
             "patches": sum(counts.values()), "counts": counts, "blank_rejected": blank,
             "requested": plan.requested, "found": plan.found, "level": plan.level,
             "footprint": plan.footprint, "chunks": len(plan.chunks), "shards": shards,
@@ -227,11 +244,10 @@ def _status(state: _SlideState, options: ExtractOptions, counts, blank, shards) 
             "seconds": round(time.perf_counter() - state.started, 3)}
 
 
-def _fail(state: _SlideState, error: BaseException, out: Path, options: ExtractOptions,
-          outcomes, emit) -> None:
-    entry = state.entry
-    for future in state.futures:
-        future.cancel()
+def _fail(state: _SlideState, out: Path, options: ExtractOptions, outcomes, emit) -> None:
+    """Record a failed slide once none of its tasks is running any more, and delete
+    whatever its chunks wrote."""
+    entry, error = state.entry, state.error
     message = str(error) if isinstance(error, ExaslideError | OSError) else \
         f"{type(error).__name__}: {error}"
     logger.debug("%s failed: %s", entry.slide_id, message)

@@ -35,6 +35,9 @@ from exaslide.slides.base import Slide
 logger = logging.getLogger(__name__)
 
 CLASSES = ("tumour", "normal")
+#: Largest label mask used for sampling (32 M pixels: about 0.4 GB with its integral
+#: images); beyond it the mask gets coarser than ``mask_resolution`` per patch.
+MAX_MASK_PIXELS = 1 << 25
 
 
 @dataclass
@@ -76,8 +79,10 @@ class _Coverage:
         self.d = mask.downsample
         self.f = footprint
         pad = ((1, 0), (1, 0))
-        self.tissue = np.pad((mask.labels > 0).cumsum(0).cumsum(1), pad)
-        self.tumour = np.pad((mask.labels == TUMOUR).cumsum(0).cumsum(1), pad)
+        kind = np.int32 if mask.labels.size < 2**31 else np.int64
+        self.tissue = np.pad((mask.labels > 0).cumsum(0, dtype=kind).cumsum(1, dtype=kind), pad)
+        self.tumour = np.pad((mask.labels == TUMOUR).cumsum(0, dtype=kind)
+                             .cumsum(1, dtype=kind), pad)
 
     def _box(self, x: np.ndarray, y: np.ndarray):
         h, w = self.labels.shape
@@ -108,14 +113,12 @@ class _Coverage:
 def label_mask_for_patches(slide: Slide, annotations, spec: PatchSpec,
                            options: SamplingOptions,
                            tissue: TissueParams | None = None) -> LabelMask:
-    """The label mask at ``options.mask_resolution`` pixels per patch side (or the finest
-    level at least that coarse, for slides without resolution metadata)."""
-    downsample = max(1.0, spec.footprint(slide) / options.mask_resolution)
-    if slide.mpp is not None:
-        return make_label_mask(slide, annotations, mpp=slide.mpp[0] * downsample,
-                               tissue=tissue)
-    return make_label_mask(slide, annotations, level=slide.best_level(downsample),
-                           tissue=tissue)
+    """The label mask at ``options.mask_resolution`` pixels per patch side, coarser when
+    that would exceed :data:`MAX_MASK_PIXELS` (small patches on huge slides)."""
+    w0, h0 = slide.dimensions
+    downsample = max(1.0, spec.footprint(slide) / options.mask_resolution,
+                     math.sqrt(w0 * h0 / MAX_MASK_PIXELS))
+    return make_label_mask(slide, annotations, downsample=downsample, tissue=tissue)
 
 
 def sample_patches(slide: Slide, annotations, spec: PatchSpec, options: SamplingOptions,
@@ -176,31 +179,44 @@ def _grid(slide, spec, options, coverage, footprint, region) -> SampledPatches:
 
 
 def _random(slide, options, coverage, footprint, rng) -> SampledPatches:
-    w0, h0 = slide.dimensions
-    labels, d = coverage.labels, coverage.d
+    labels = coverage.labels
     parts, found = [], {}
     for name, value in (("tumour", TUMOUR), ("normal", 1)):
         rows, cols = np.nonzero(labels == value)
-        # at most one patch centre per mask pixel; try 4x the quota to allow rejections
-        order = rng.permutation(len(rows))[: 4 * options.per_class]
-        jitter = rng.random((len(order), 2))
-        cx = (cols[order] + jitter[:, 0]) * d
-        cy = (rows[order] + jitter[:, 1]) * d
-        x = np.clip(np.floor(cx - footprint / 2 + 0.5), 0, max(0, w0 - footprint)).astype(np.int64)
-        y = np.clip(np.floor(cy - footprint / 2 + 0.5), 0, max(0, h0 - footprint)).astype(np.int64)
-        tissue_fraction, tumour_fraction = coverage.fractions(x, y)
-        label = _label(options, coverage, x, y, tumour_fraction)
-        keep = np.nonzero((label == name) & (tissue_fraction >= options.min_tissue))[0]
-        keep = keep[: options.per_class]
-        found[name] = len(keep)
-        if len(keep) < options.per_class:
+        order = rng.permutation(len(rows))  # at most one patch centre per mask pixel
+        kept = [_candidates(slide, options, coverage, footprint, rng, name, rows[:0], cols[:0])]
+        batch = 4 * options.per_class  # try in batches until the quota or the class is used up
+        for start in range(0, len(order), batch):
+            picked = _candidates(slide, options, coverage, footprint, rng, name,
+                                 rows[order[start : start + batch]],
+                                 cols[order[start : start + batch]])
+            kept.append(picked)
+            if sum(len(p[0]) for p in kept) >= options.per_class:
+                break
+        columns = [np.concatenate(c)[: options.per_class] for c in zip(*kept, strict=True)]
+        found[name] = len(columns[0])
+        if found[name] < options.per_class:
             logger.info("%s: %d of %d %s patches (the class has less area)", slide.path,
-                        len(keep), options.per_class, name)
-        parts.append((x[keep], y[keep], label[keep], tissue_fraction[keep],
-                      tumour_fraction[keep]))
+                        found[name], options.per_class, name)
+        parts.append(columns)
     x, y, label, tissue_fraction, tumour_fraction = (np.concatenate(c) for c in zip(*parts,
                                                                                    strict=True))
     order = np.lexsort((x, y))  # raster order: what extraction reads fastest
     return SampledPatches(x[order], y[order], label[order], tissue_fraction[order],
                           tumour_fraction[order], footprint,
                           {c: options.per_class for c in CLASSES}, found)
+
+
+def _candidates(slide, options, coverage, footprint, rng, name, rows, cols):
+    """Patches centred (with a sub-pixel jitter) on the given mask pixels that the label
+    rule gives class ``name`` and that have enough tissue."""
+    w0, h0 = slide.dimensions
+    d = coverage.d
+    jitter = rng.random((len(rows), 2))
+    cx, cy = (cols + jitter[:, 0]) * d, (rows + jitter[:, 1]) * d
+    x = np.clip(np.floor(cx - footprint / 2 + 0.5), 0, max(0, w0 - footprint)).astype(np.int64)
+    y = np.clip(np.floor(cy - footprint / 2 + 0.5), 0, max(0, h0 - footprint)).astype(np.int64)
+    tissue_fraction, tumour_fraction = coverage.fractions(x, y)
+    label = _label(options, coverage, x, y, tumour_fraction)
+    keep = (label == name) & (tissue_fraction >= options.min_tissue)
+    return x[keep], y[keep], label[keep], tissue_fraction[keep], tumour_fraction[keep]

@@ -1,9 +1,9 @@
 """WebDataset-compatible tar shards: ``<key>.png`` (or ``.jpg``) + ``<key>.json`` per patch.
 
-Shards are byte-for-byte deterministic (fixed member order, mtime 0, uid/gid 0, no user
-names), hold at most ``max_samples`` samples, and are written to a temporary name and
-renamed when complete, so a killed run never leaves a truncated shard under its final
-name.
+Shards are byte-for-byte deterministic (GNU tar format, so keys may be longer than 100
+characters; fixed member order, mtime 0, uid/gid 0, no user names), hold at most
+``max_samples`` samples, and are written to a temporary name and renamed when complete,
+so a killed run never leaves a truncated shard under its final name.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class ShardWriter:
         name = f"{self.prefix}-{len(self.shards):05d}.tar"
         self.shards.append(name)
         self._tmp = temporary_sibling(self.directory / name)
-        self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
+        self._tar = tarfile.open(self._tmp, "w", format=tarfile.GNU_FORMAT)  # noqa: SIM115
         self._count = 0
 
     def _finish(self) -> None:

@@ -270,6 +270,21 @@ class Slide(ABC):
         lw, lh = self.level_dimensions[level]
         return self._read_resampled(level, 0.0, 0.0, float(lw), float(lh), out)
 
+    def read_downsampled(self, downsample: float) -> np.ndarray:
+        """The whole slide at ``downsample`` level-0 pixels per output pixel (size
+        ``round(W0 / downsample) x round(H0 / downsample)``), read from the best level and
+        resampled in strips (bounded memory)."""
+        if not downsample or downsample <= 0:
+            raise LevelError(f"{self.path}: downsample must be positive, got {downsample}")
+        w0, h0 = self.dimensions
+        out = (max(1, round(w0 / downsample)), max(1, round(h0 / downsample)))
+        if out[0] * out[1] > MAX_READ_PIXELS:
+            raise SlideReadError(f"{self.path}: a {out[0]}x{out[1]} image is too large for "
+                                 f"one read (max {MAX_READ_PIXELS} pixels)")
+        level = self.best_level(downsample=max(downsample, 1.0))
+        d = self.level_downsamples[level]
+        return self._read_resampled(level, 0.0, 0.0, w0 / d, h0 / d, out)
+
     def read_level(self, level: int) -> np.ndarray:
         """A whole level as one RGB array (bounded by :data:`MAX_READ_PIXELS`)."""
         self.check_level(level)
