@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from exaslide.errors import MaskError
+from exaslide.slides.pixels import channel_min_max
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,8 @@ class TissueParams:
 
 def saturation(rgb: np.ndarray) -> np.ndarray:
     """``max(R,G,B) - min(R,G,B)`` as uint8."""
-    return (rgb.max(axis=2) - rgb.min(axis=2)).astype(np.uint8)
+    low, high = channel_min_max(rgb)
+    return high - low
 
 
 def detect_tissue(
@@ -88,9 +90,10 @@ def detect_tissue(
 def _detect(rgb: np.ndarray, mpp: float | None, params: TissueParams) -> np.ndarray:
     import cv2
 
-    sat = saturation(rgb)
-    not_dark = rgb.max(axis=2) >= params.dark_threshold
-    candidate = not_dark & (rgb.min(axis=2) <= params.white_threshold)
+    low, high = channel_min_max(rgb)
+    sat = high - low
+    not_dark = high >= params.dark_threshold
+    candidate = not_dark & (low <= params.white_threshold)
     if params.threshold is not None:
         thr = float(params.threshold)
     else:  # Otsu between glass and tissue: over every pixel but the dark ones

@@ -26,7 +26,7 @@ def encode(patch: np.ndarray, fmt: str, quality: int = 90) -> bytes:
     """Encode an RGB patch as PNG (lossless, fast zlib level 1) or JPEG (``quality``)."""
     import cv2
 
-    bgr = np.ascontiguousarray(patch[..., ::-1])
+    bgr = cv2.cvtColor(patch, cv2.COLOR_RGB2BGR)
     if fmt == "png":
         ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     elif fmt == "jpeg":

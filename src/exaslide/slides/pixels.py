@@ -5,6 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 
+def channel_min_max(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel ``min(R,G,B)`` and ``max(R,G,B)`` (element-wise, much faster than numpy's
+    reductions over a length-3 last axis)."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return np.minimum(np.minimum(r, g), b), np.maximum(np.maximum(r, g), b)
+
+
 def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
     """Composite straight (un-premultiplied) RGBA on white; fully transparent is white."""
     alpha = rgba[..., 3]
