@@ -144,10 +144,10 @@ def extract_chunk(entry, plan_columns: dict[str, np.ndarray], level: int, chunk_
 
     Returns the rows kept (blank patches dropped) and each row's shard name.
     """
-    keys = patch_keys(entry.slide_id, plan_columns["x"], plan_columns["y"])
     from exaslide.patches.reader import PatchReader, is_blank
     from exaslide.patches.shards import ShardWriter
 
+    keys = patch_keys(entry.slide_id, plan_columns["x"], plan_columns["y"])
     n = len(keys)
     if options.materialize is None:
         return {"keep": np.ones(n, bool), "shard": [None] * n, "blank": 0, "decodes": 0}
