@@ -56,3 +56,12 @@ def test_non_tiff_falls_back_to_read_region(tmp_path):
     with PatchReader(tmp_path / "figure.png", PatchSpec(size=64)) as reader:
         assert not reader.uses_tiles
         np.testing.assert_array_equal(reader.read(10, 20), arr[20:84, 10:74])
+
+
+def test_real_aperio_patches_equal_openslide(shared_data):
+    path = shared_data / "slides/aperio/CMU-1-Small-Region.svs"
+    with PatchReader(path, PatchSpec(size=224)) as reader:
+        assert reader.uses_tiles  # 240-px JPEG tiles decoded directly
+        xs, ys = [0, 240, 1000, 2000], [0, 480, 1234, 2743]  # aligned, unaligned, edge
+        for x, y, patch in zip(xs, ys, reader.iter_patches(xs, ys), strict=True):
+            np.testing.assert_array_equal(patch, _openslide_patch(path, x, y, 0, 224))
