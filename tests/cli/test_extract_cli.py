@@ -11,6 +11,7 @@ import sys
 import tarfile
 import time
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -99,3 +100,25 @@ def test_balance_command(cohort, tmp_path):
     assert "24 patches in 2 groups" in done.stdout
     labels = pq.read_table(tmp_path / "train.parquet")["label"].to_pylist()
     assert labels.count("tumour") == labels.count("normal") == 12
+
+
+def test_region_restricts_the_grid(cohort, tmp_path):
+    extract(cohort, "--out", tmp_path, "--patch-size", 64, "--region", "tumour",
+            "--min-tissue", 0, "--scheduler", "inline")
+    import shapely
+
+    from exaslide.annotations import read_annotations
+
+    table = open_index(tmp_path).to_table()
+    assert table.num_rows > 20
+    for slide_id in set(table["slide_id"].to_pylist()):
+        rows = table.filter(pc.field("slide_id") == slide_id)
+        tumours = read_annotations(cohort.parent / f"{slide_id}.xml").union("tumour")
+        x, y = rows["x"].to_numpy() + 32, rows["y"].to_numpy() + 32
+        assert shapely.contains_xy(tumours, x, y).all()  # centres inside the tumours
+    labels = table["label"].to_pylist()
+    assert labels.count("tumour") / len(labels) > 0.8  # the rest: exclusion islands
+    assert set(table["slide_id"].to_pylist()) < {f"synth_00{i}" for i in range(4)}  # no XML: none
+    bad = extract(cohort, "--out", tmp_path / "x", "--sampler", "random", "--region",
+                  "tumour", check_rc=2)
+    assert "grid sampler only" in bad.stderr

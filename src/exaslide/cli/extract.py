@@ -22,6 +22,9 @@ from exaslide.cli.options import backend_option
 @click.option("--mpp", type=float, default=None,
               help="Read patches at this resolution (um/px) instead of a level.")
 @click.option("--stride", type=int, default=None, help="Grid step in pixels [patch size].")
+@click.option("--region", "regions", multiple=True, metavar="LABEL",
+              help="Grid: only patches centred inside annotations with this label "
+                   "(e.g. tumour; repeatable). Slides without annotations give none.")
 @click.option("--per-class", type=int, default=2000, show_default=True,
               help="Random sampler: patches per class per slide.")
 @click.option("--min-tissue", type=float, default=0.5, show_default=True,
@@ -49,13 +52,19 @@ from exaslide.cli.options import backend_option
 @backend_option
 def command(manifest, out_dir, sampler, patch_size, level, mpp, stride, per_class, min_tissue,
             label_rule, tumour_threshold, materialize, quality, shard_size, keep_blank,
-            workers, scheduler, seed, label_map, overwrite, backend) -> None:
+            workers, scheduler, seed, label_map, overwrite, backend, regions) -> None:
     """Sample patches of every slide in MANIFEST (slide_id,path,annotation,label,split) and
     write the Parquet index (--out/index/), tar shards with --materialize (--out/shards/)
     and per-slide status files (--out/status/). Finished slides are skipped on a rerun."""
     from exaslide.annotations import load_label_map
     from exaslide.manifest import read_manifest
-    from exaslide.patches import ExtractOptions, PatchSpec, SamplingOptions, run_extraction
+    from exaslide.patches import (
+        ExtractOptions,
+        PatchError,
+        PatchSpec,
+        SamplingOptions,
+        run_extraction,
+    )
 
     if level is not None and mpp is not None:
         raise click.UsageError("give --level or --mpp, not both")
@@ -69,12 +78,15 @@ def command(manifest, out_dir, sampler, patch_size, level, mpp, stride, per_clas
     sampling = SamplingOptions(sampler=sampler, stride=stride, per_class=per_class,
                                min_tissue=min_tissue, label_rule=label_rule,
                                tumour_threshold=tumour_threshold, seed=seed)
-    spec.validate()
-    sampling.validate()
     options = ExtractOptions(spec=spec, sampling=sampling, materialize=materialize,
                              quality=quality, shard_size=shard_size,
                              reject_blank=not keep_blank, backend=backend,
-                             label_map=load_label_map(label_map) if label_map else None)
+                             label_map=load_label_map(label_map) if label_map else None,
+                             region_labels=tuple(regions) or None)
+    try:
+        options.validate()
+    except PatchError as exc:
+        raise click.UsageError(str(exc)) from exc
     entries = read_manifest(manifest)
     started = time.perf_counter()
     with _Progress(len(entries)) as progress:

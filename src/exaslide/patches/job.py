@@ -47,6 +47,7 @@ class ExtractOptions:
     reject_blank: bool = True  #: drop blank patches when pixels are read
     chunk_patches: int = 4096  #: patches per extraction task (at least one region block)
     region_size: int = 4096  #: side of a region block, in pixels of the level read
+    region_labels: tuple[str, ...] | None = None  #: grid only inside these annotations
     backend: str | None = None
     label_map: dict[str, str] | None = None
     tissue: TissueParams = field(default_factory=TissueParams)
@@ -63,6 +64,8 @@ class ExtractOptions:
             raise PatchError(f"materialize must be png, jpeg or None, not {self.materialize!r}")
         if not 1 <= self.quality <= 100:
             raise PatchError(f"JPEG quality must be 1-100, got {self.quality}")
+        if self.region_labels and self.sampling.sampler != "grid":
+            raise PatchError("a region (--region) applies to the grid sampler only")
         if self.shard_size < 1 or self.chunk_patches < 1 or self.region_size < 1:
             raise PatchError("shard_size, chunk_patches and region_size must be positive")
 
@@ -99,9 +102,15 @@ def plan_slide(entry, options: ExtractOptions) -> SlidePlan:
     annotations = None
     if entry.annotation is not None:
         annotations = read_annotations(entry.annotation, label_map=options.label_map)
+    region = None
+    if options.region_labels:  # a slide without annotations has an empty region
+        from shapely.geometry import Polygon
+
+        region = annotations.union(*options.region_labels) if annotations is not None \
+            else Polygon()
     with open_slide(entry.path, backend=options.backend) as slide:
         sampled = sample_patches(slide, annotations, options.spec, options.sampling,
-                                 key=entry.slide_id, tissue=options.tissue)
+                                 key=entry.slide_id, tissue=options.tissue, region=region)
         level = options.spec.level if options.spec.mpp is None else \
             slide.best_level(mpp=options.spec.mpp)
         block = options.region_size * slide.level_downsamples[level]
