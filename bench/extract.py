@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -54,10 +53,11 @@ def grid_patches(path: Path):
 def read_chunk(path: str, xs, ys) -> tuple[int, float]:
     """A Dask task: read patches with the engine; returns (count, worker peak RSS MB)."""
     from exaslide.patches import PatchReader, PatchSpec
+    from exaslide.resources import peak_rss_mb
 
     with PatchReader(path, PatchSpec(size=256)) as reader:
         n = sum(1 for _ in reader.iter_patches(xs, ys))
-    return n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return n, peak_rss_mb()
 
 
 def naive(path: Path, x, y, count: int) -> float:
@@ -157,13 +157,14 @@ def random_per_class(path: Path) -> tuple[float, float, dict]:
 
 
 RSS_SCRIPT = """
-import resource, sys
+import sys
 import numpy as np
 from exaslide.patches import PatchReader, PatchSpec
+from exaslide.resources import peak_rss_mb
 xy = np.load(sys.argv[2])
 with PatchReader(sys.argv[1], PatchSpec(size=256)) as reader:
     n = sum(1 for _ in reader.iter_patches(xy["x"], xy["y"]))
-print(n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(n, peak_rss_mb())
 """
 
 

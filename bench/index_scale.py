@@ -29,14 +29,15 @@ QUERIES = {
 }
 
 SCRIPT = """
-import json, resource, sys, time
+import json, sys, time
 import pyarrow.dataset as ds
 from exaslide.patches import balanced_sample, open_index
+from exaslide.resources import peak_rss_mb
 index = open_index(sys.argv[1])
 start = time.perf_counter()
 rows = eval(sys.argv[2])
 print(json.dumps({"rows": rows, "seconds": time.perf_counter() - start,
-                  "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "rss": peak_rss_mb()}))
 """
 
 

@@ -16,11 +16,12 @@ import tempfile
 import time
 
 SCRIPT = """
-import resource, sys
+import sys
+from exaslide.resources import peak_rss_mb
 from exaslide.synth import SynthSpec, write_synthetic_slide
 side = int(sys.argv[2])
 write_synthetic_slide(sys.argv[1], SynthSpec(width=side, height=side, tumours=4, seed=1))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(peak_rss_mb())
 """
 
 
@@ -37,7 +38,7 @@ def main() -> None:
             done = subprocess.run([sys.executable, "-c", SCRIPT, path, str(side)],
                                   check=True, capture_output=True, text=True)
             seconds = time.perf_counter() - start
-            peak = int(done.stdout.strip()) / 1024
+            peak = float(done.stdout.strip())
             raw = side * side * 3 / 2**20
             size = os.path.getsize(path) / 2**20
             print(f"| {side:9d} | {side * side / 1e9:5.2f}G | {seconds:7.1f} | {peak:11.0f} "

@@ -52,7 +52,7 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, synth_slide):
     done = run("mask", synth_slide.path, "--annotations", tmp_path / "bad.xml", "--level", 2,
                "--out", tmp_path / "o", check_rc=2)
     assert "bad.xml" in done.stderr and "Traceback" not in done.stderr
-    debug = run("--debug", "info", tmp_path / "missing.svs", check_rc=1)
+    debug = run("--debug", "info", tmp_path / "missing.svs", check_rc=2)
     assert "Traceback" in debug.stderr
     run("mask", synth_slide.path, "--out", tmp_path / "o", check_rc=2)  # no --level/--mpp
 

@@ -110,3 +110,19 @@ def test_annotations_outside_the_slide_are_reported(synth_slide, tmp_path, caplo
     assert summary["annotations_crossing_border"] == ["edge"]
     assert summary["pixel_counts"]["tumour"] > 0  # the clipped part of "edge"
     assert "lie entirely outside" in caplog.text
+
+
+def test_cohort_run_removes_stale_temporaries(synth_slide, tmp_path):
+    from exaslide.manifest import read_manifest
+    from exaslide.masks.run import mask_cohort
+
+    (tmp_path / "m.csv").write_text("slide_id,path,annotation,label,split\n"
+                                    f"s,{synth_slide.path},,normal,train\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in (".mask_status.0badf00d.tmp.json", ".s_mask.12345678.tmp.png",
+                 ".s_summary.9abcdef0.tmp.json"):
+        (out / name).write_text("half-written by a killed run")
+    [result] = mask_cohort(read_manifest(tmp_path / "m.csv"), out, MaskOptions(level=2))
+    assert result.status == "done"
+    assert not list(out.glob(".*"))

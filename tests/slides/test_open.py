@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exaslide.errors import LevelError, SlideError, SlideOpenError, SlideReadError
+from exaslide.errors import LevelError, SlideOpenError, SlideReadError
 from exaslide.slides import open_slide
 
 
@@ -93,16 +93,27 @@ def test_missing_unknown_and_truncated_files(tmp_path, synth_slide):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(SlideOpenError, match="not a recognised slide"):
         open_slide(tmp_path / "notes.txt")
-    data = synth_slide.path.read_bytes()
-    (tmp_path / "truncated.tif").write_bytes(data[: len(data) // 3])
-    # depending on where the cut falls, opening or reading fails; either way it names the file
-    with pytest.raises(SlideError, match=r"truncated\.tif"), \
-            open_slide(tmp_path / "truncated.tif") as slide:
-        slide.read_region((0, 0), slide.dimensions, level=0)
     with pytest.raises(SlideOpenError, match="remote URLs"):
         open_slide("http://127.0.0.1/slide.svs")
     with pytest.raises(SlideOpenError, match="unknown backend"):
         open_slide(synth_slide.path, backend="nonsense")
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.5, 0.99, 0.9999])
+def test_truncated_slides_are_refused_at_open(synth_slide, tmp_path, keep):
+    """Cut anywhere (even just the last bytes of the smallest level) a pyramid is refused,
+    never opened as a smaller pyramid or as a plain first-page image."""
+    data = synth_slide.path.read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(SlideOpenError, match=r"cut\.tif.*(truncated|damaged|Short read)"):
+        open_slide(tmp_path / "cut.tif")
+
+
+def test_truncated_real_svs_is_refused(shared_data, tmp_path):
+    data = (shared_data / "slides/aperio/CMU-1-Small-Region.svs").read_bytes()
+    (tmp_path / "cut.svs").write_bytes(data[: len(data) // 2])
+    with pytest.raises(SlideOpenError, match=r"cut\.svs"):
+        open_slide(tmp_path / "cut.svs")
 
 
 def test_file_url_is_accepted(synth_slide):

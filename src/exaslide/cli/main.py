@@ -2,13 +2,16 @@
 
 Every error exaslide raises on purpose (and file-system errors) is printed as one line,
 ``exaslide: error: <file>: <problem>``, with exit code 2. Anything else is a bug: one line
-``exaslide: internal error: ...`` and exit code 1. ``--debug`` shows the traceback.
+``exaslide: internal error: ...`` and exit code 1. ``--debug`` also prints the traceback
+(same exit codes). Library warnings (tifffile, Pillow) are shown only with ``--debug``.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import traceback
+import warnings
 
 import click
 
@@ -26,7 +29,8 @@ class ExaslideGroup(click.Group):
             return super().invoke(ctx)
         except EXPECTED_ERRORS as exc:
             if ctx.meta.get("exaslide.debug"):
-                raise
+                traceback.print_exc()
+                ctx.exit(2)
             message = str(exc)
             if isinstance(exc, OSError) and exc.filename:
                 message = f"{exc.filename}: {exc.strerror}"
@@ -53,6 +57,9 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    if not debug:  # their complaints about damaged files become exaslide's own errors
+        logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+        warnings.filterwarnings("ignore", module="PIL")
 
 
 def _register() -> None:

@@ -124,6 +124,8 @@ def mask_cohort(entries, out_dir: str | Path, options: MaskOptions, *, overwrite
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".mask_status.*.tmp.json"):  # left by a killed run
+        stale.unlink(missing_ok=True)
     results = []
     for entry in entries:
         if not overwrite and is_done(out, entry.slide_id, options, entry.path, entry.annotation):

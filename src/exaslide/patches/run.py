@@ -82,9 +82,12 @@ class DaskExecutor:
                     logging.getLogger(name).setLevel(logging.WARNING)
         self.cluster = None
         if address is None:
+            # quiet: a failing task is reported once, by exaslide, not with Dask's traceback
             self.cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1,
                                         threads_per_worker=1, processes=True,
-                                        dashboard_address=":0", silence_logs=logging.ERROR)
+                                        dashboard_address=":0",
+                                        silence_logs=logging.CRITICAL if quiet
+                                        else logging.WARNING)
             self.client = Client(self.cluster)
         else:
             self.client = Client(address)

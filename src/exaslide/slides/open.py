@@ -59,12 +59,32 @@ def local_path(path_or_url: str | os.PathLike) -> str:
     return text
 
 
+def _check_tiff_structure(path: str) -> None:
+    """Refuse a TIFF whose directory chain is damaged (usually a truncated copy)."""
+    from exaslide.slides.tifffile_backend import is_tiff, tiff_structure_problem
+
+    if not is_tiff(path):
+        return
+    try:
+        problem = tiff_structure_problem(path)
+    except OSError as exc:
+        raise SlideOpenError(f"{path}: cannot read: {exc}") from exc
+    except Exception as exc:  # struct errors on garbage headers
+        problem = f"unreadable TIFF header ({exc})"
+    if problem:
+        raise SlideOpenError(f"{path}: truncated or damaged TIFF: {problem}")
+
+
 def _auto_order(path: str) -> list[str]:
     from exaslide.slides.tifffile_backend import is_tiff, prefers_tifffile
 
-    if is_tiff(path) and prefers_tifffile(path):
-        return ["tifffile", "openslide", "image"]
-    return list(BACKEND_NAMES)
+    if not is_tiff(path):
+        return list(BACKEND_NAMES)
+    # Pillow reads only a TIFF's first page: never a silent fallback for a TIFF that
+    # OpenSlide and tifffile both refuse (``backend="image"`` still forces it)
+    if prefers_tifffile(path):
+        return ["tifffile", "openslide"]
+    return ["openslide", "tifffile"]
 
 
 def open_slide(path_or_url: str | os.PathLike, backend: str | None = None) -> Slide:
@@ -85,6 +105,7 @@ def open_slide(path_or_url: str | os.PathLike, backend: str | None = None) -> Sl
             what each backend reported.
     """
     path = local_path(path_or_url)
+    _check_tiff_structure(path)
     names = [backend] if backend else _auto_order(path)
     failures = []
     for name in names:

@@ -53,6 +53,41 @@ def is_tiff(path: str) -> bool:
         return False
 
 
+def tiff_structure_problem(path: str) -> str | None:
+    """Walk the chain of image file directories (IFDs) of a TIFF / BigTIFF and describe the
+    first problem (a directory beyond the end of the file, cut short, or a loop), or
+    return ``None``. Catches truncated copies whose first levels are intact, which
+    readers would otherwise open as a smaller pyramid."""
+    import struct
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+        order = "<" if head[:2] == b"II" else ">"
+        big = head[2:4] in (b"+\x00", b"\x00+")
+        count_fmt, entry_size, offset_fmt = ("Q", 20, "Q") if big else ("H", 12, "I")
+        offset = struct.unpack(order + offset_fmt, head[8:16] if big else head[4:8])[0]
+        seen: set[int] = set()
+        while offset:
+            if offset in seen:
+                return f"image directories form a loop at offset {offset}"
+            seen.add(offset)
+            count_size = struct.calcsize(count_fmt)
+            if offset + count_size > size:
+                return f"image directory {len(seen)} at offset {offset} lies beyond the end " \
+                       f"of the file ({size} bytes)"
+            fh.seek(offset)
+            count = struct.unpack(order + count_fmt, fh.read(count_size))[0]
+            next_at = offset + count_size + count * entry_size
+            next_size = struct.calcsize(offset_fmt)
+            if next_at + next_size > size:
+                return f"image directory {len(seen)} at offset {offset} is cut short by the " \
+                       f"end of the file ({size} bytes)"
+            fh.seek(next_at)
+            offset = struct.unpack(order + offset_fmt, fh.read(next_size))[0]
+    return None
+
+
 def prefers_tifffile(path: str) -> bool:
     """True for TIFFs that OpenSlide would open but misread: OME-TIFF and QPTIFF (pyramids
     in SubIFDs, channels as pages), and anything that is not 8-bit grey/RGB(A)."""
@@ -110,6 +145,7 @@ class TiffFileSlide(Slide):
             self._tif = tifffile.TiffFile(path)
             self._series = self._main_series()
             self._levels = [_Level(s) for s in self._series.levels]
+            _check_complete(self._levels, os.path.getsize(path))
             self._fd = os.open(path, os.O_RDONLY)
             self._parse_metadata()
         except Exception as exc:
@@ -268,6 +304,22 @@ class TiffFileSlide(Slide):
         if getattr(self, "_tif", None) is not None:
             self._tif.close()
             self._tif = None
+
+
+def _check_complete(levels: list[_Level], file_size: int) -> None:
+    """Raise :class:`SlideOpenError` when stored tiles or strips lie beyond the end of the
+    file (a truncated copy): tifffile would otherwise open what is left, e.g. a pyramid
+    without its lower levels, and only log a warning."""
+    for i, level in enumerate(levels):
+        for page in level.pages:
+            offsets = np.asarray(page.dataoffsets, dtype=np.int64)
+            counts = np.asarray(page.databytecounts, dtype=np.int64)
+            end = int((offsets + counts).max()) if len(offsets) else 0
+            if end > file_size:
+                raise SlideOpenError(
+                    f"truncated or damaged TIFF: level {i} needs {end} bytes but the file "
+                    f"has {file_size}"
+                )
 
 
 def _read_page_region(page, fd: int, x: int, y: int, width: int, height: int) -> np.ndarray:
