@@ -109,6 +109,8 @@ def test_annotations_outside_the_slide_are_reported(synth_slide, tmp_path, caplo
     assert summary["annotations_outside_slide"] == ["far"]
     assert summary["annotations_crossing_border"] == ["edge"]
     assert summary["pixel_counts"]["tumour"] > 0  # the clipped part of "edge"
+    # the exact area counts only what lies on the slide: the 72 x 104 px part of "edge"
+    assert summary["annotation_tumour_area_um2"] == pytest.approx(72 * 104 * 0.25)
     assert "lie entirely outside" in caplog.text
 
 

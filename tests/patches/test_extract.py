@@ -55,8 +55,9 @@ def test_dask_cluster_outputs_match_inline_and_are_consistent(cohort, tmp_path):
                 members[member.name] = shard.name
             meta = json.loads(tar.extractfile(tar.getnames()[1]).read())
             assert {"slide_id", "x", "y", "level", "size", "label"} <= set(meta)
-    for row in table.select(["key", "shard"]).to_pylist():
-        assert members[row["key"] + ".png"] == row["shard"]
+    for row in table.select(["key", "shard", "member"]).to_pylist():
+        assert row["member"] == row["key"] + ".png"
+        assert members[row["member"]] == row["shard"]
         assert members[row["key"] + ".json"] == row["shard"]
     status = json.loads((dask_out / "status" / "synth_000.json").read_text())
     assert status["status"] == "done" and status["chunks"] > 1  # split into regions

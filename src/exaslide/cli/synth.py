@@ -11,8 +11,10 @@ from exaslide.cli.options import progress_bar
 
 @click.command("synth")
 @click.argument("out_dir", type=click.Path(file_okay=False))
-@click.option("--width", type=int, default=8192, show_default=True, help="Level-0 width.")
-@click.option("--height", type=int, default=6144, show_default=True, help="Level-0 height.")
+@click.option("--width", type=int, default=8192, show_default=True,
+              help="Level-0 width (in a cohort: the base, each slide varies by up to 25%).")
+@click.option("--height", type=int, default=6144, show_default=True,
+              help="Level-0 height (in a cohort: the base, varied like --width).")
 @click.option("--tumours", type=int, default=3, show_default=True,
               help="Tumours per slide (in a cohort: up to this many per tumour slide).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")

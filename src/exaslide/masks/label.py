@@ -154,12 +154,17 @@ def _fill_label(annotations, label: str, shape: tuple[int, int], downsample: flo
     return mask
 
 
-def annotation_area_um2(annotations, mpp: tuple[float, float] | None) -> float | None:
-    """Exact area of (tumour minus exclusion) from the geometries, in um^2."""
+def annotation_area_um2(annotations, mpp: tuple[float, float] | None,
+                        dimensions: tuple[int, int] | None = None) -> float | None:
+    """Exact area of (tumour minus exclusion) from the geometries, in um^2, within the
+    slide's ``dimensions`` when given (what the mask can show)."""
     if annotations is None or mpp is None:
         return None
     tumour = shapely.union_all([a.geometry for a in annotations
                                 if a.label == "tumour" and a.is_area])
     excluded = shapely.union_all([a.geometry for a in annotations
                                   if a.label == "exclusion" and a.is_area])
-    return float(shapely.difference(tumour, excluded).area * mpp[0] * mpp[1])
+    region = shapely.difference(tumour, excluded)
+    if dimensions is not None:
+        region = shapely.intersection(region, shapely.box(0, 0, *dimensions))
+    return float(region.area * mpp[0] * mpp[1])

@@ -1,12 +1,15 @@
 """The patch index: one Parquet file per slide, read together as one dataset.
 
 Schema (see ``docs/patches.md``): ``key, slide_id, x, y, level, mpp, size, footprint,
-label, tissue_fraction, tumour_fraction, split, centre, shard``. ``x, y`` are the level-0 top-left
-corner; ``level`` is the level read (the best level for ``mpp`` patches, whose ``mpp`` is
-set; null otherwise); ``centre`` comes from the manifest's ``centre`` column (null when
-absent); ``size`` is the patch side in output pixels and ``footprint`` its side
-in level-0 pixels; ``shard`` names the tar shard holding the pixels (null when not
-materialised), whose members are ``<key>.png|jpg`` and ``<key>.json``.
+label, tissue_fraction, tumour_fraction, split, centre, shard, member``.
+
+- ``x, y``: the level-0 top-left corner; ``level``: the level read (the best level for
+  ``mpp`` patches); ``mpp``: set for ``mpp`` patches, null otherwise.
+- ``size``: the patch side in output pixels; ``footprint``: its side in level-0 pixels.
+- ``centre``: the manifest's ``centre`` column (null when absent).
+- ``shard``: the tar shard holding the pixels and ``member`` the image's name in it
+  (``<key>.png`` or ``<key>.jpg``; the metadata is ``<key>.json``); null when not
+  materialised.
 
 ``open_index(DIR)`` returns a ``pyarrow.dataset.Dataset`` over ``DIR/*.parquet``: filters
 and column selections are pushed down to the files, so a 33 M-row index is never loaded
@@ -43,6 +46,7 @@ def schema():
         ("split", pa.string()),
         ("centre", pa.string()),
         ("shard", pa.string()),
+        ("member", pa.string()),
     ])
 
 

@@ -218,7 +218,10 @@ def _finish(state: _SlideState, out: Path, options: ExtractOptions, outcomes, em
     columns = {k: v[keep] for k, v in plan.columns.items()}
     spec = options.spec
     keys = patch_keys(entry.slide_id, columns["x"], columns["y"])
-    table = make_table(dict(columns, key=keys, shard=shard[keep], slide_id=entry.slide_id,
+    extension = {"png": "png", "jpeg": "jpg"}.get(options.materialize)
+    member = [f"{k}.{extension}" for k in keys] if extension else None
+    table = make_table(dict(columns, key=keys, shard=shard[keep], member=member,
+                            slide_id=entry.slide_id,
                             level=plan.level, size=spec.size, mpp=spec.mpp,
                             footprint=plan.footprint, **manifest_fields(entry)))
     write_slide_index(table, out / "index" / f"{entry.slide_id}.parquet")
