@@ -161,3 +161,20 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     summary = json.loads((tmp_path / "demo_slide_summary.json").read_text())
     assert summary["areas_um2"]["tumour"] == pytest.approx(
         summary["annotation_tumour_area_um2"], rel=0.01)
+
+
+def test_yaml_config_sets_defaults_and_the_command_line_wins(synth_slide, tmp_path):
+    config = tmp_path / "exaslide.yaml"
+    config.write_text("mask:\n  level: 2\n  no-tiff: true\n  min_tissue_area: 5000\n")
+    run("--config", config, "mask", synth_slide.path, "--out", tmp_path / "a")
+    summary = json.loads((tmp_path / "a" / "slide_summary.json").read_text())
+    assert summary["mask"]["level"] == 2 and not (tmp_path / "a" / "slide_mask.tif").exists()
+    assert summary["options"]["tissue"]["min_area_um2"] == 5000  # saved with the outputs
+    run("--config", config, "mask", synth_slide.path, "--out", tmp_path / "b", "--level", 1)
+    assert json.loads((tmp_path / "b" / "slide_summary.json").read_text())["mask"]["level"] == 1
+    config.write_text("mask:\n  levle: 2\n")
+    assert "has no option 'levle'" in run("--config", config, "info", synth_slide.path,
+                                          check_rc=2).stderr
+    config.write_text("mask: [1, 2\n")
+    assert "not valid YAML" in run("--config", config, "info", synth_slide.path,
+                                   check_rc=2).stderr

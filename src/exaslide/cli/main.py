@@ -50,16 +50,53 @@ class ExaslideGroup(click.Group):
 @click.version_option(__version__, prog_name="exaslide")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
 @click.option("-v", "--verbose", is_flag=True, help="Show informational logs.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True),
+              help="YAML file of option defaults, one section per command (e.g. "
+                   "'extract: {patch_size: 224, mpp: 0.5}'); command-line options win.")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
+def cli(ctx: click.Context, debug: bool, verbose: bool, config_file: str | None) -> None:
     """exaslide: whole-slide images to tumour masks, patches and models."""
     ctx.meta["exaslide.debug"] = debug
+    if config_file:
+        ctx.default_map = load_config(config_file, ctx.command)
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     if not debug:  # their complaints about damaged files become exaslide's own errors
         logging.getLogger("tifffile").setLevel(logging.CRITICAL)
         warnings.filterwarnings("ignore", module="PIL")
+
+
+def load_config(path: str, group: click.Group) -> dict:
+    """Read a YAML config: a mapping of command names to option defaults (keys are the
+    option names with ``_`` or ``-``). Unknown commands or options are usage errors."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        raise click.BadParameter(f"{path}: not valid YAML: {exc}",
+                                 param_hint="--config") from exc
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{path}: expected a mapping of command names",
+                                 param_hint="--config")
+    resolved = {}
+    for name, options in data.items():
+        command = group.commands.get(name)
+        if command is None or not isinstance(options, dict):
+            raise click.BadParameter(f"{path}: {name!r} is not a command with options "
+                                     f"(commands: {', '.join(sorted(group.commands))})",
+                                     param_hint="--config")
+        known = {p.name for p in command.params}
+        resolved[name] = {}
+        for key, value in options.items():
+            param = str(key).replace("-", "_")
+            if param not in known:
+                raise click.BadParameter(f"{path}: {name} has no option {key!r}",
+                                         param_hint="--config")
+            resolved[name][param] = value
+    return resolved
 
 
 def _register() -> None:
