@@ -101,3 +101,22 @@ def test_half_pixel_locations_round_half_up(synth_slide):
         for x0 in (2, 6, 10, 14):  # x / 4 = 0.5, 1.5, 2.5, 3.5 -> columns 1, 2, 3, 4
             got = slide.read_region((x0, 0), (4, 1), level=1)[0]
             np.testing.assert_array_equal(got, ref[(x0 + 2) // 4 : (x0 + 2) // 4 + 4])
+
+
+def test_ndpi_directories_are_not_walked(tmp_path):
+    """NDPI's 32-bit offsets wrap past 4 GB: a file with the NDPI tag is not refused by
+    the directory-chain check even when its next-directory offset looks out of range."""
+    from exaslide.slides.tifffile_backend import tiff_structure_problem
+
+    tifffile.imwrite(tmp_path / "plain.tif", _rgb(64, 64), tile=(64, 64))
+    tifffile.imwrite(tmp_path / "ndpi.tif", _rgb(64, 64), tile=(64, 64),
+                     extratags=[(65420, 4, 1, 1, True)])  # 4 = LONG
+    for name in ("plain.tif", "ndpi.tif"):  # point the first directory's "next" far away
+        data = bytearray((tmp_path / name).read_bytes())
+        first = int.from_bytes(data[4:8], "little")
+        count = int.from_bytes(data[first : first + 2], "little")
+        at = first + 2 + 12 * count
+        data[at : at + 4] = (10**9).to_bytes(4, "little")
+        (tmp_path / name).write_bytes(bytes(data))
+    assert "beyond the end" in tiff_structure_problem(str(tmp_path / "plain.tif"))
+    assert tiff_structure_problem(str(tmp_path / "ndpi.tif")) is None

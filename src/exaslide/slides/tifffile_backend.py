@@ -57,7 +57,8 @@ def tiff_structure_problem(path: str) -> str | None:
     """Walk the chain of image file directories (IFDs) of a TIFF / BigTIFF and describe the
     first problem (a directory beyond the end of the file, cut short, or a loop), or
     return ``None``. Catches truncated copies whose first levels are intact, which
-    readers would otherwise open as a smaller pyramid."""
+    readers would otherwise open as a smaller pyramid. Hamamatsu NDPI files (tag 65420)
+    are not checked: their 32-bit offsets wrap beyond 4 GB by design."""
     import struct
 
     size = os.path.getsize(path)
@@ -78,6 +79,9 @@ def tiff_structure_problem(path: str) -> str | None:
                        f"of the file ({size} bytes)"
             fh.seek(offset)
             count = struct.unpack(order + count_fmt, fh.read(count_size))[0]
+            if len(seen) == 1 and NDPI_TAG in _tags(fh.read(count * entry_size), order,
+                                                     entry_size):
+                return None
             next_at = offset + count_size + count * entry_size
             next_size = struct.calcsize(offset_fmt)
             if next_at + next_size > size:
@@ -86,6 +90,17 @@ def tiff_structure_problem(path: str) -> str | None:
             fh.seek(next_at)
             offset = struct.unpack(order + offset_fmt, fh.read(next_size))[0]
     return None
+
+
+NDPI_TAG = 65420
+
+
+def _tags(entries: bytes, order: str, entry_size: int) -> set[int]:
+    """Tag numbers of the raw entries of one image file directory."""
+    import struct
+
+    return {struct.unpack(order + "H", entries[i : i + 2])[0]
+            for i in range(0, len(entries) - 1, entry_size)}
 
 
 def prefers_tifffile(path: str) -> bool:
