@@ -72,13 +72,11 @@ def naive(path: Path, x, y, count: int) -> float:
 
 
 def dask_rate(path: Path, x, y, chunks, workers: int) -> tuple[float, float]:
-    import logging
+    from distributed import Client, wait
 
-    from distributed import Client, LocalCluster, wait
+    from exaslide.patches.run import local_cluster
 
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      dashboard_address=":0", silence_logs=logging.ERROR) as cluster, \
-            Client(cluster) as client:
+    with local_cluster(workers) as cluster, Client(cluster) as client:
         client.run(read_chunk, str(path), x[:1], y[:1])  # imports and page cache warm
 
         start = time.perf_counter()

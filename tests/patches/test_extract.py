@@ -194,3 +194,17 @@ def test_invalid_options_are_refused(cohort, tmp_path):
                 ExtractOptions(materialize="gif")):
         with pytest.raises(PatchError):
             run_extraction(read_manifest(cohort), tmp_path, bad, scheduler="inline")
+
+
+def test_local_cluster_workers_keep_freed_tiles_in_the_heap():
+    """Dask's default MALLOC_TRIM_THRESHOLD_ (64 KiB) makes every tile decode page-fault;
+    exaslide's LocalCluster raises it for its workers."""
+    import os
+
+    from distributed import Client
+
+    from exaslide.patches.run import WORKER_MALLOC_TRIM_THRESHOLD, local_cluster
+
+    with local_cluster(1) as cluster, Client(cluster) as client:
+        values = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+    assert list(values.values()) == [WORKER_MALLOC_TRIM_THRESHOLD]

@@ -74,7 +74,7 @@ class DaskExecutor:
 
     def __init__(self, workers: int | None = None, address: str | None = None,
                  quiet: bool = True):
-        from distributed import Client, LocalCluster, as_completed
+        from distributed import Client, as_completed
 
         if quiet:  # Dask logs every start-up step at INFO
             for name in list(logging.root.manager.loggerDict):
@@ -82,12 +82,7 @@ class DaskExecutor:
                     logging.getLogger(name).setLevel(logging.WARNING)
         self.cluster = None
         if address is None:
-            # quiet: a failing task is reported once, by exaslide, not with Dask's traceback
-            self.cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1,
-                                        threads_per_worker=1, processes=True,
-                                        dashboard_address=":0",
-                                        silence_logs=logging.CRITICAL if quiet
-                                        else logging.WARNING)
+            self.cluster = local_cluster(workers or os.cpu_count() or 1, quiet)
             self.client = Client(self.cluster)
         else:
             self.client = Client(address)
@@ -106,6 +101,26 @@ class DaskExecutor:
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+
+
+#: glibc trim threshold for worker processes. Dask sets 64 KiB by default, which returns
+#: every freed tile buffer (196 KB for a 256-px RGB tile) to the OS and page-faults it back
+#: on the next decode: extraction runs ~25% slower. 128 MiB keeps the buffers in the heap.
+WORKER_MALLOC_TRIM_THRESHOLD = str(128 << 20)
+
+
+def local_cluster(workers: int, quiet: bool = True):
+    """A ``LocalCluster`` of ``workers`` single-threaded worker processes, set up for
+    extraction (see :data:`WORKER_MALLOC_TRIM_THRESHOLD`). Quiet: a failing task is
+    reported once, by exaslide, not with Dask's traceback."""
+    import dask
+    from distributed import LocalCluster
+
+    environ = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
+    with dask.config.set({environ: WORKER_MALLOC_TRIM_THRESHOLD}):
+        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                            dashboard_address=":0",
+                            silence_logs=logging.CRITICAL if quiet else logging.WARNING)
 
 
 def make_executor(workers: int | None = None, scheduler: str | None = None):
