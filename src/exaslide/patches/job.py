@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,7 +79,6 @@ class SlidePlan:
     footprint: float
     requested: dict[str, int]
     found: dict[str, int]
-    seconds: float
 
 
 def patch_keys(slide_id: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -98,7 +95,6 @@ def plan_slide(entry, options: ExtractOptions) -> SlidePlan:
     from exaslide.patches.sampling import sample_patches
     from exaslide.slides import open_slide
 
-    started = time.perf_counter()
     annotations = None
     if entry.annotation is not None:
         annotations = read_annotations(entry.annotation, label_map=options.label_map)
@@ -123,8 +119,7 @@ def plan_slide(entry, options: ExtractOptions) -> SlidePlan:
     columns = {k: v[order] for k, v in columns.items()}
     return SlidePlan(entry.slide_id, columns, _chunks(columns["x"], columns["y"], block,
                                                       options.chunk_patches),
-                     level, sampled.footprint, sampled.requested, sampled.found,
-                     time.perf_counter() - started)
+                     level, sampled.footprint, sampled.requested, sampled.found)
 
 
 def _region_order(x: np.ndarray, y: np.ndarray, block: float) -> np.ndarray:
@@ -238,5 +233,3 @@ def is_finished(out: Path, entry, options: ExtractOptions) -> bool:
             and (out / "index" / f"{entry.slide_id}.parquet").exists()
             and all((out / "shards" / s).exists() for s in status.get("shards", [])))
 
-
-ProgressHook = Callable[[str, dict[str, Any]], None]

@@ -68,26 +68,22 @@ def tiff_structure_problem(path: str) -> str | None:
         big = head[2:4] in (b"+\x00", b"\x00+")
         count_fmt, entry_size, offset_fmt = ("Q", 20, "Q") if big else ("H", 12, "I")
         offset = struct.unpack(order + offset_fmt, head[8:16] if big else head[4:8])[0]
+        count_size, next_size = struct.calcsize(count_fmt), struct.calcsize(offset_fmt)
         seen: set[int] = set()
         while offset:
             if offset in seen:
                 return f"image directories form a loop at offset {offset}"
             seen.add(offset)
-            count_size = struct.calcsize(count_fmt)
+            where = f"image directory {len(seen)} at offset {offset}"
             if offset + count_size > size:
-                return f"image directory {len(seen)} at offset {offset} lies beyond the end " \
-                       f"of the file ({size} bytes)"
+                return f"{where} lies beyond the end of the file ({size} bytes)"
             fh.seek(offset)
             count = struct.unpack(order + count_fmt, fh.read(count_size))[0]
-            if len(seen) == 1 and NDPI_TAG in _tags(fh.read(count * entry_size), order,
-                                                     entry_size):
+            if offset + count_size + count * entry_size + next_size > size:
+                return f"{where} is cut short by the end of the file ({size} bytes)"
+            entries = fh.read(count * entry_size)
+            if len(seen) == 1 and NDPI_TAG in _tags(entries, order, entry_size):
                 return None
-            next_at = offset + count_size + count * entry_size
-            next_size = struct.calcsize(offset_fmt)
-            if next_at + next_size > size:
-                return f"image directory {len(seen)} at offset {offset} is cut short by the " \
-                       f"end of the file ({size} bytes)"
-            fh.seek(next_at)
             offset = struct.unpack(order + offset_fmt, fh.read(next_size))[0]
     return None
 
