@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from exaslide.errors import SlideOpenError
 from exaslide.slides import open_slide
 from exaslide.synth import SynthSpec, write_synthetic_slide
 
@@ -120,3 +121,6 @@ def test_ndpi_directories_are_not_walked(tmp_path):
         (tmp_path / name).write_bytes(bytes(data))
     assert "beyond the end" in tiff_structure_problem(str(tmp_path / "plain.tif"))
     assert tiff_structure_problem(str(tmp_path / "ndpi.tif")) is None
+    # open_slide refuses the damaged plain TIFF whatever its backends would make of it
+    with pytest.raises(SlideOpenError, match=r"plain\.tif: truncated or damaged TIFF"):
+        open_slide(tmp_path / "plain.tif")
