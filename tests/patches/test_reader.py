@@ -65,3 +65,14 @@ def test_real_aperio_patches_equal_openslide(shared_data):
         xs, ys = [0, 240, 1000, 2000], [0, 480, 1234, 2743]  # aligned, unaligned, edge
         for x, y, patch in zip(xs, ys, reader.iter_patches(xs, ys), strict=True):
             np.testing.assert_array_equal(patch, _openslide_patch(path, x, y, 0, 224))
+
+
+def test_tiles_leave_the_cache_after_their_last_patch(synth_slide):
+    """Memory stays at a couple of tile rows, whatever the slide size."""
+    xs, ys = np.meshgrid(np.arange(128, 2944, 256), np.arange(128, 2176, 256))  # unaligned
+    with PatchReader(synth_slide.path, PatchSpec(size=256)) as reader:
+        peak = 0
+        for _ in reader.iter_patches(xs.ravel(), ys.ravel()):
+            peak = max(peak, len(reader._cache))
+        assert reader.tile_decodes == 12 * 9  # each tile once
+        assert peak <= 2 * 12 + 2 and not reader._cache  # two rows at most; empty at the end
