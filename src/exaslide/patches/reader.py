@@ -5,7 +5,9 @@ decoded stored tiles kept in a small cache. :meth:`PatchReader.iter_patches` cou
 patches that need each tile before it starts and drops a tile as soon as its last patch is
 read, so every tile is decoded exactly once and, in raster order within region blocks,
 the cache holds about two rows of one block's tiles (an aligned grid holds none). Single
-:meth:`PatchReader.read` calls use an LRU cache bounded at 128 MB. Pixels are the same
+:meth:`PatchReader.read` calls use an LRU cache bounded at 128 MB, or the shared
+:class:`~exaslide.slides.tile_cache.TileCache` given as ``tile_cache`` (the data loaders
+give all readers of a process one cache with one byte limit). Pixels are the same
 as OpenSlide's ``read_region`` (both decode the same JPEG tiles with libjpeg-turbo).
 Every other format falls back to :meth:`Slide.read_region` per patch (OpenSlide).
 
@@ -58,9 +60,11 @@ class PatchReader:
     benchmarks).
     """
 
-    def __init__(self, path, spec: PatchSpec, backend: str | None = None):
+    def __init__(self, path, spec: PatchSpec, backend: str | None = None,
+                 tile_cache=None):
         spec.validate()
         self.spec = spec
+        self.shared_cache = tile_cache
         self.slide: Slide = open_slide(path, backend=backend)
         self.tiles = _tiled_source(self.slide, path, backend)
         if spec.mpp is not None:
@@ -161,12 +165,14 @@ class PatchReader:
         return out
 
     def _tile(self, tx: int, ty: int) -> np.ndarray:
+        if self._refs is None and self.shared_cache is not None:
+            return self.shared_cache.get_or_load(
+                ("patch-reader", self.slide.path, self.level, tx, ty),
+                lambda: self._decode(tx, ty))
         key = (tx, ty)
         tile = self._cache.get(key)
         if tile is None:
-            tile = self.tiles.read_tile(self.level, tx, ty)
-            tile.flags.writeable = False  # shared by the cache and the patches returned
-            self.tile_decodes += 1
+            tile = self._decode(tx, ty)
             self._cache[key] = tile
             self._cache_bytes += tile.nbytes
             while self._cache_bytes > TILE_CACHE_BYTES and len(self._cache) > 1:
@@ -174,6 +180,12 @@ class PatchReader:
                 self._cache_bytes -= old.nbytes
         else:
             self._cache.move_to_end(key)
+        return tile
+
+    def _decode(self, tx: int, ty: int) -> np.ndarray:
+        tile = self.tiles.read_tile(self.level, tx, ty)
+        tile.flags.writeable = False  # shared by the cache and the patches returned
+        self.tile_decodes += 1
         return tile
 
     def _release(self, keys: list[tuple[int, int]]) -> None:

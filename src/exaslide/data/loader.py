@@ -1,0 +1,67 @@
+"""DataLoaders that keep an accelerator fed: worker processes, pinned memory, prefetch.
+
+:func:`make_loader` wraps either dataset in a ``torch.utils.data.DataLoader`` with the
+settings that matter for throughput: ``workers`` processes (``persistent_workers`` so slide
+handles and tile caches survive between epochs), ``prefetch_factor`` batches in flight per
+worker, and pinned (page-locked) host memory when the target device is a GPU so that
+:func:`to_device` copies asynchronously. Each worker seeds Python, NumPy and torch from
+the loader's seed, so random transforms are reproducible.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed NumPy and ``random`` in a worker from torch's per-worker seed (which the
+    loader derives from its generator)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loader(dataset, *, batch_size: int = 64, workers: int = 2, sampler=None,
+                device: str | torch.device | None = None, prefetch_factor: int = 4,
+                drop_last: bool = False, seed: int = 0) -> DataLoader:
+    """A ``DataLoader`` over a :class:`SlidePatchDataset` or :class:`ShardDataset`.
+
+    Args:
+        dataset: the dataset.
+        batch_size: samples per batch.
+        workers: loader processes (0: load in the calling process).
+        sampler: e.g. a :class:`~exaslide.data.sampler.PatchSampler` (map-style datasets
+            only; the loader does not shuffle by itself, so without one the index order
+            is used).
+        device: where batches will go; pinned memory is used for CUDA devices.
+        prefetch_factor: batches loaded ahead per worker.
+        drop_last: drop the last incomplete batch.
+        seed: seeds the workers' random generators.
+    """
+    if sampler is not None and isinstance(dataset, IterableDataset):
+        raise ValueError("a ShardDataset orders itself: use its seed and set_epoch, "
+                         "not a sampler")
+    pin = device is not None and torch.device(device).type == "cuda"
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    options: dict[str, Any] = {}
+    if workers > 0:
+        options.update(prefetch_factor=prefetch_factor, persistent_workers=True,
+                       worker_init_fn=seed_worker)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      pin_memory=pin, drop_last=drop_last, generator=generator, **options)
+
+
+def to_device(images: torch.Tensor, device: str | torch.device, *,
+              channels_last: bool = True) -> torch.Tensor:
+    """Move a batch of images to ``device`` (asynchronously from pinned memory), in
+    channels-last layout by default (faster convolutions with mixed precision)."""
+    images = images.to(device, non_blocking=True)
+    if channels_last and images.dim() == 4:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images

@@ -1,0 +1,311 @@
+"""``ShardDataset``: stream materialised tar shards, each sample exactly once per epoch.
+
+Shards are the WebDataset-style tar files of ``exaslide extract --materialize``
+(``<key>.png`` or ``<key>.jpg`` + ``<key>.json`` per patch), local or remote (any fsspec
+URL, read through the exaslide disk cache).
+
+How an epoch is split (every rank and worker computes the same plan from the seed and the
+epoch, so no process talks to another):
+
+1. The shards are put in an order (a permutation drawn from ``(seed, epoch)``, or the
+   given order with ``shuffle=False``) and their samples numbered ``0 .. N-1`` in it.
+2. The ``world_size * num_workers`` readers ("slots") each take a contiguous range of that
+   numbering, ``[k*N/S, (k+1)*N/S)``: every sample falls in exactly one range, and the
+   ranges differ in size by at most one sample. A reader streams the shards that overlap
+   its range and skips the samples outside it, so at most two shards per reader are
+   shared with a neighbour.
+3. Each reader shuffles what it streams through a buffer of ``shuffle_buffer`` samples,
+   with a generator seeded by ``(seed, epoch, slot)``.
+
+Ranks may thus get one sample more than others; with ``drop_last`` batches this
+never changes the number of batches by more than one (use ``torch.distributed``'s
+``Join`` or ``drop_last`` in the training loop).
+
+With ``balance=True``, samples of over-represented classes are skipped with probability
+``1 - smallest_class / class_count``, decided by a hash of ``(seed, epoch, key)``: an
+undersampled, class-balanced epoch, the same for every world size (this needs the index,
+for the class counts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import tarfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from exaslide.data.sampler import distributed_context, epoch_rng
+from exaslide.data.sources import DatasetError, read_index_table, resolve_classes
+
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg")
+
+
+@dataclass(frozen=True, order=True)
+class Shard:
+    """One tar shard and the number of samples in it."""
+
+    url: str
+    count: int
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Part of a shard one reader streams: samples ``[start, stop)`` of the shard."""
+
+    shard: Shard
+    start: int
+    stop: int
+
+
+def plan_epoch(shards: Sequence[Shard], slots: int, slot: int, *, seed: int, epoch: int,
+               shuffle: bool) -> list[Segment]:
+    """The shard segments reader ``slot`` of ``slots`` streams in one epoch (module doc)."""
+    order = list(shards)
+    if shuffle:
+        order = [order[i] for i in epoch_rng(seed, epoch).permutation(len(order))]
+    total = sum(s.count for s in order)
+    lo, hi = slot * total // slots, (slot + 1) * total // slots
+    segments, first = [], 0
+    for shard in order:
+        last = first + shard.count
+        start, stop = max(lo, first), min(hi, last)
+        if start < stop:
+            segments.append(Segment(shard, start - first, stop - first))
+        first = last
+    return segments
+
+
+class ShardDataset(IterableDataset):
+    """Iterable dataset of ``(image, label, metadata)`` streamed from tar shards.
+
+    Args:
+        source: an ``exaslide extract --materialize`` output folder (``"out/"``: shards
+            and their sample counts come from its index), or a list of shard paths/URLs
+            (their samples are counted by reading the tar headers once).
+        shuffle: shuffle shard order and samples (see the module doc).
+        shuffle_buffer: samples held for shuffling per reader.
+        seed: the seed; with the epoch (:meth:`set_epoch`) it decides the order.
+        classes: label names in class-code order (default: the index's labels, ``normal``
+            and ``tumour`` first; with a shard list: ``normal``, ``tumour``).
+        filter: a pyarrow expression selecting the index rows whose shards are used
+            (e.g. ``pc.field("split") == "train"``); whole shards are kept or dropped,
+            so filter on something constant within a shard (slide-level columns).
+        transform: called on each image tensor.
+        dtype: ``"uint8"`` or ``"float"`` (0..1).
+        balance: undersample to equal classes (needs the index).
+        rank, world_size: this process's share (default: torch.distributed/torchrun).
+    """
+
+    def __init__(self, source, *, shuffle: bool = True, shuffle_buffer: int = 1000,
+                 seed: int = 0, classes: Sequence[str] | None = None, filter=None,
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 dtype: str = "uint8", balance: bool = False, rank: int | None = None,
+                 world_size: int | None = None):
+        if dtype not in ("uint8", "float"):
+            raise ValueError(f"dtype must be 'uint8' or 'float', got {dtype!r}")
+        if shuffle_buffer < 1:
+            raise ValueError("shuffle_buffer must be at least 1")
+        self.shuffle, self.shuffle_buffer, self.seed = shuffle, shuffle_buffer, seed
+        self.transform, self.dtype, self.balance = transform, dtype, balance
+        self.rank, self.world_size = distributed_context(rank, world_size)
+        # shared memory, so that persistent DataLoader workers see set_epoch()
+        self._epoch = multiprocessing.RawValue("q", 0)
+        self.keep_probability: dict[str, float] | None = None
+        if isinstance(source, (str, os.PathLike)) and Path(os.fspath(source)).is_dir():
+            self.shards, counts = _shards_from_index(Path(os.fspath(source)), filter)
+            self.classes = resolve_classes(list(counts), classes)
+        else:
+            if filter is not None:
+                raise DatasetError("filter needs an extraction folder (with its index)")
+            urls = [os.fspath(source)] if isinstance(source, (str, os.PathLike)) \
+                else [os.fspath(s) for s in source]
+            self.shards = [Shard(url, count_samples(url)) for url in urls]
+            counts = None
+            self.classes = list(classes) if classes is not None else ["normal", "tumour"]
+        if not self.shards or sum(s.count for s in self.shards) == 0:
+            raise DatasetError(f"{source}: no samples in the shards")
+        if balance:
+            if counts is None:
+                raise DatasetError("balance=True needs an extraction folder with its index")
+            smallest = min(counts.values())
+            self.keep_probability = {k: smallest / n for k, n in counts.items()}
+        self._lookup = {name: i for i, name in enumerate(self.classes)}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order the next iteration yields (also in persistent
+        ``DataLoader`` workers started before the call)."""
+        self._epoch.value = int(epoch)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iteration yields."""
+        return int(self._epoch.value)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        from multiprocessing import context
+
+        if context.get_spawning_popen() is None:  # a plain pickle: a snapshot of the epoch
+            state["_epoch"] = int(self._epoch.value)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state["_epoch"], int):
+            epoch = state["_epoch"]
+            state["_epoch"] = multiprocessing.RawValue("q", epoch)
+        self.__dict__.update(state)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples in all shards (one epoch over all ranks, before balancing)."""
+        return sum(s.count for s in self.shards)
+
+    def __len__(self) -> int:
+        """Samples this rank yields per epoch (before balancing)."""
+        total = self.num_samples
+        return (self.rank + 1) * total // self.world_size - self.rank * total // self.world_size
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, int, dict[str, Any]]]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        slots, slot = self.world_size * workers, self.rank * workers + worker
+        segments = plan_epoch(self.shards, slots, slot, seed=self.seed, epoch=self.epoch,
+                              shuffle=self.shuffle)
+        samples = (s for segment in segments for s in self._read_segment(segment))
+        if self.keep_probability is not None:
+            samples = (s for s in samples if self._keep(s[2]))
+        if self.shuffle:
+            samples = _shuffled(samples, self.shuffle_buffer,
+                                epoch_rng(self.seed, self.epoch, slots, slot))
+        for image_bytes, extension, meta in samples:
+            yield self._decode(image_bytes, extension, meta)
+
+    def _keep(self, meta: dict) -> bool:
+        p = self.keep_probability.get(meta.get("label"), 1.0)
+        if p >= 1.0:
+            return True
+        digest = hashlib.blake2b(f"{self.seed}/{self.epoch}/{meta['key']}".encode(),
+                                 digest_size=8).digest()
+        return int.from_bytes(digest, "little") / 2**64 < p
+
+    def _read_segment(self, segment: Segment) -> Iterator[tuple[bytes, str, dict]]:
+        for i, (image, extension, meta) in enumerate(iter_samples(segment.shard.url)):
+            if i >= segment.stop:
+                break
+            if i >= segment.start:
+                yield image, extension, meta
+
+    def _decode(self, data: bytes, extension: str, meta: dict):
+        import cv2
+
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if pixels is None:
+            raise DatasetError(f"cannot decode image {meta.get('key')}.{extension}")
+        image = torch.from_numpy(cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
+        if self.dtype == "float":
+            image = image.float().div_(255.0)
+        if self.transform is not None:
+            image = self.transform(image)
+        label = meta.get("label")
+        code = self._lookup.get(label, -1) if label is not None else -1
+        metadata = {"key": meta["key"], "slide_id": meta.get("slide_id", ""),
+                    "x": int(meta.get("x", -1)), "y": int(meta.get("y", -1)),
+                    "level": int(meta.get("level", -1))}
+        return image, code, metadata
+
+
+def _shards_from_index(out: Path, filter) -> tuple[list[Shard], dict[str, int]]:
+    import pyarrow.compute as pc
+
+    table = read_index_table(out, filter)
+    table = table.filter(pc.is_valid(table.column("shard")))
+    if table.num_rows == 0:
+        raise DatasetError(f"{out}: the index lists no materialised patches (run "
+                           "`exaslide extract --materialize png|jpeg`)")
+    shard_counts = table.group_by("shard").aggregate([("shard", "count")])
+    folder = out.parent if out.name == "index" else out
+    shards = sorted(Shard(str(folder / "shards" / name), int(n)) for name, n in
+                    zip(shard_counts.column("shard").to_pylist(),
+                        shard_counts.column("shard_count").to_pylist(), strict=True))
+    missing = [s.url for s in shards if not Path(s.url).exists()]
+    if missing:
+        raise DatasetError(f"{len(missing)} shard(s) listed in the index are missing, "
+                           f"e.g. {missing[0]}")
+    labels = table.group_by("label").aggregate([("label", "count")])
+    counts = {str(k): int(n) for k, n in zip(labels.column("label").to_pylist(),
+                                             labels.column("label_count").to_pylist(),
+                                             strict=True) if k is not None}
+    return shards, counts
+
+
+def _open_binary(url: str):
+    try:
+        from exaslide.storage import open_file
+    except ImportError:  # pragma: no cover - storage is part of the package
+        return open(url, "rb")
+    return open_file(url)
+
+
+def iter_samples(url: str) -> Iterator[tuple[bytes, str, dict]]:
+    """``(image bytes, extension, metadata)`` of every sample of a shard, in tar order.
+
+    Raises:
+        DatasetError: a truncated or corrupt shard, or a sample missing its image or its
+            JSON (the message names the shard and the key).
+    """
+    pending: dict[str, dict[str, bytes]] = {}
+    try:
+        with _open_binary(url) as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, extension = member.name.rpartition(".")
+                data = tar.extractfile(member).read()
+                parts = pending.setdefault(key, {})
+                parts[extension] = data
+                if "json" in parts and any(e in parts for e in IMAGE_EXTENSIONS):
+                    del pending[key]
+                    yield _sample(url, key, parts)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise DatasetError(f"{url}: corrupt or truncated shard ({exc})") from exc
+    if pending:
+        key = next(iter(pending))
+        raise DatasetError(f"{url}: sample {key!r} lacks its image or its .json")
+
+
+def _sample(url: str, key: str, parts: dict[str, bytes]) -> tuple[bytes, str, dict]:
+    extension = next(e for e in IMAGE_EXTENSIONS if e in parts)
+    try:
+        meta = json.loads(parts["json"])
+    except ValueError as exc:
+        raise DatasetError(f"{url}: {key}.json is not valid JSON") from exc
+    meta.setdefault("key", key)
+    return parts[extension], extension, meta
+
+
+def count_samples(url: str) -> int:
+    """Samples in one shard (reads the whole tar once)."""
+    return sum(1 for _ in iter_samples(url))
+
+
+def _shuffled(items: Iterator, size: int, rng: np.random.Generator) -> Iterator:
+    """Shuffle a stream through a buffer of ``size`` items."""
+    buffer: list = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        j = int(rng.integers(size))
+        buffer[j], item = item, buffer[j]
+        yield item
+    rng.shuffle(buffer)
+    yield from buffer
