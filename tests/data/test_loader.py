@@ -1,0 +1,42 @@
+"""make_loader / to_device: pinned memory for GPUs, worker seeding, channels-last."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from exaslide.data import PatchSampler, ShardDataset, make_loader, to_device
+
+
+class Randoms(Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return torch.rand(1).item(), i
+
+
+def test_pins_memory_only_for_gpu_targets():
+    assert make_loader(Randoms(), workers=0, device="cuda").pin_memory
+    assert not make_loader(Randoms(), workers=0, device="cpu").pin_memory
+    loader = make_loader(Randoms(), workers=2, prefetch_factor=3)
+    assert loader.prefetch_factor == 3 and loader.persistent_workers
+
+
+def test_worker_randomness_is_seeded():
+    def draws(seed):
+        return torch.cat([b[0] for b in make_loader(Randoms(), batch_size=2, workers=2,
+                                                    seed=seed)])
+
+    assert torch.equal(draws(1), draws(1)) and not torch.equal(draws(1), draws(2))
+
+
+def test_shard_datasets_refuse_a_sampler(extracted):
+    with pytest.raises(ValueError, match="orders itself"):
+        make_loader(ShardDataset(extracted), sampler=PatchSampler(4, rank=0, world_size=1))
+
+
+def test_to_device_gives_channels_last():
+    batch = to_device(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), "cpu")
+    assert batch.is_contiguous(memory_format=torch.channels_last)
