@@ -42,3 +42,9 @@ class MaskError(ExaslideError):
 
 class ManifestError(ExaslideError):
     """A cohort manifest is malformed."""
+
+
+class StorageError(ExaslideError, OSError):
+    """A remote file (fsspec URL) could not be read: unreachable server, missing object, a
+    body shorter than the advertised size. Also an ``OSError``, so code that treats an
+    unreadable input as an I/O failure treats a remote one the same way."""

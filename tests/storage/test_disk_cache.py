@@ -1,0 +1,120 @@
+"""DiskCache: sizes, layout, LRU eviction, damaged blocks, configuration."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from exaslide.errors import StorageError
+from exaslide.storage import (
+    DiskCache,
+    RemoteInfo,
+    default_cache,
+    format_size,
+    is_remote,
+    join_url,
+    parse_size,
+    to_local,
+    url_basename,
+)
+
+
+def test_parse_and_format_sizes():
+    assert parse_size("50GB") == 50 * 10**9
+    assert parse_size("500 MB") == 500 * 10**6
+    assert parse_size("1.5GiB") == int(1.5 * 2**30)
+    assert parse_size("123") == parse_size(123) == 123
+    assert format_size(12_345_678) == "12.3 MB" and format_size(999) == "999 B"
+    with pytest.raises(StorageError, match="not a size"):
+        parse_size("lots")
+
+
+def test_urls():
+    assert is_remote("https://host/a.svs") and is_remote("s3://bucket/a.svs")
+    assert not is_remote("/data/a.svs") and not is_remote("file:///data/a.svs")
+    assert not is_remote("C:\\slides\\a.svs") and not is_remote("relative/a.svs")
+    assert to_local("file:///data/my%20slide.svs") == "/data/my slide.svs"
+    assert url_basename("https://h/x/tumor_001.tif?sig=abc") == "tumor_001.tif"
+    assert join_url("s3://b/cohort/manifest.csv", "slides/a.tif") == "s3://b/cohort/slides/a.tif"
+    assert join_url("https://h/c/m.csv", "../x.tif") == "https://h/x.tif"
+    assert join_url("https://h/c/m.csv", "gs://other/y.tif") == "gs://other/y.tif"
+
+
+def test_default_cache_follows_the_environment(cache_dir, monkeypatch):
+    assert default_cache().root == cache_dir and default_cache().max_bytes == 50 * 10**9
+    monkeypatch.setenv("EXASLIDE_CACHE_SIZE", "2MB")
+    assert default_cache().max_bytes == 2 * 10**6
+    monkeypatch.delenv("EXASLIDE_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_dir / "xdg"))
+    assert default_cache().root == cache_dir / "xdg" / "exaslide"
+
+
+def _info(name: str, size: int = 10_000, etag: str = "a") -> RemoteInfo:
+    return RemoteInfo(url=f"https://host/{name}", size=size, etag=etag)
+
+
+def test_blocks_round_trip_and_damaged_blocks_are_dropped(tmp_path):
+    cache = DiskCache(tmp_path / "c", max_bytes="1MB", block_size=1000)
+    info = _info("a.tif")
+    cache.validate(info)
+    cache.write_block(info, 3, b"x" * 1000)
+    assert cache.read_block(info, 3) == b"x" * 1000 and cache.read_block(info, 4) is None
+    path = next(p for p in (tmp_path / "c").rglob("3"))
+    assert path.parent.parent.name == info.version and path.parent.name == "blocks-1000"
+    path.write_bytes(b"y" * 1004)  # a torn write: the checksum no longer matches
+    assert cache.read_block(info, 3) is None and not path.exists()
+
+
+def test_a_changed_version_drops_the_old_blocks(tmp_path):
+    cache = DiskCache(tmp_path / "c", block_size=1000)
+    old, new = _info("a.tif", etag="v1"), _info("a.tif", etag="v2")
+    cache.validate(old)
+    cache.write_block(old, 0, b"1" * 1000)
+    assert cache.validate(new) is True
+    assert cache.read_block(old, 0) is None and cache.read_block(new, 0) is None
+    assert cache.validate(new) is False
+    [entry] = cache.entries()
+    assert entry.etag == "v2" and entry.cached_bytes == 0
+
+
+def test_size_limit_evicts_least_recently_used(tmp_path):
+    cache = DiskCache(tmp_path / "c", max_bytes=10_040, block_size=1000)  # ten blocks
+    infos = [_info(f"{i}.tif") for i in range(3)]
+    stamp = time.time() - 1000
+    for k, info in enumerate(infos):
+        cache.validate(info)
+        for i in range(3):
+            cache.write_block(info, i, bytes([k]) * 1000)
+            block = cache._block_path(info, i)
+            os.utime(block, (stamp, stamp))  # deterministic ages: file 0 oldest
+            stamp += 10
+    assert cache.read_block(infos[0], 0) == bytes([0]) * 1000  # a hit makes it the newest
+    assert cache.total_bytes() == 9 * 1004
+    cache.validate(_info("3.tif"))
+    cache.write_block(_info("3.tif"), 0, b"n" * 1000)  # 10 blocks: still under the limit
+    cache.write_block(_info("3.tif"), 1, b"n" * 1000)  # 11 blocks: prune to 90% (9 blocks)
+    assert cache.total_bytes() == 9 * 1004 <= 0.9 * cache.max_bytes
+    assert cache.read_block(infos[0], 0) is not None  # touched: kept
+    assert cache.read_block(infos[0], 1) is None and cache.read_block(infos[0], 2) is None
+    assert all(cache.read_block(info, i) is not None for info in infos[1:] for i in range(3))
+    assert cache.read_block(_info("3.tif"), 1) is not None
+    assert {e.url for e in cache.entries()} == {i.url for i in (infos[0], infos[1], infos[2],
+                                                                _info("3.tif"))}
+
+
+def test_whole_file_larger_than_the_limit_is_refused(tmp_path):
+    cache = DiskCache(tmp_path / "c", max_bytes=1000)
+    with pytest.raises(StorageError, match="larger than the disk cache limit"):
+        cache.store_whole_file(_info("big.svs", size=5000), lambda tmp: None)
+
+
+def test_clear_by_pattern(tmp_path):
+    cache = DiskCache(tmp_path / "c", block_size=10)
+    for name in ("a/1.tif", "a/2.tif", "b/3.tif"):
+        cache.validate(_info(name, size=10))
+        cache.write_block(_info(name, size=10), 0, b"0123456789")
+    assert len(cache.clear("https://host/a/*")) == 2
+    assert [e.url for e in cache.entries()] == ["https://host/b/3.tif"]
+    assert len(cache.clear()) == 1 and cache.entries() == []
