@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exaslide.errors import LevelError, SlideOpenError, SlideReadError
+from exaslide.errors import LevelError, SlideOpenError, SlideReadError, StorageError
 from exaslide.slides import open_slide
 
 
@@ -93,8 +93,8 @@ def test_missing_unknown_and_truncated_files(tmp_path, synth_slide):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(SlideOpenError, match="not a recognised slide"):
         open_slide(tmp_path / "notes.txt")
-    with pytest.raises(SlideOpenError, match="remote URLs"):
-        open_slide("http://127.0.0.1/slide.svs")
+    with pytest.raises(StorageError, match=r"127\.0\.0\.1:9/slide\.svs: cannot reach"):
+        open_slide("http://127.0.0.1:9/slide.svs")  # nothing listens on the discard port
     with pytest.raises(SlideOpenError, match="unknown backend"):
         open_slide(synth_slide.path, backend="nonsense")
 

@@ -65,7 +65,8 @@ class PatchReader:
         spec.validate()
         self.spec = spec
         self.shared_cache = tile_cache
-        self.slide: Slide = open_slide(path, backend=backend)
+        # no slide tile cache: the reader's own (exact-refcount) cache holds the tiles
+        self.slide: Slide = open_slide(path, backend=backend, tile_cache=None)
         self.tiles = _tiled_source(self.slide, path, backend)
         if spec.mpp is not None:
             self.level = self.slide.best_level(mpp=spec.mpp)

@@ -20,11 +20,14 @@ import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from exaslide.errors import LevelError, SlideReadError
+from exaslide.errors import LevelError, SlideReadError, StorageError
+
+if TYPE_CHECKING:
+    from exaslide.slides.tile_cache import TileCache
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +70,14 @@ class Slide(ABC):
 
     #: Backend name, e.g. ``"openslide"``.
     backend: str = ""
+    #: True for backends whose constructor takes ``tile_cache=`` (see ``open_slide``).
+    accepts_tile_cache: bool = False
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, tile_cache: TileCache | None = None):
         self.path = str(path)
+        #: The :class:`~exaslide.slides.tile_cache.TileCache` of decoded tiles this handle
+        #: uses (``None``: no exaslide cache; OpenSlide handles use OpenSlide's own cache).
+        self.tile_cache = tile_cache
         # Metadata: backends fill these in while opening.
         self._mpp: tuple[float, float] | None = None
         self._objective_power: float | None = None
@@ -303,7 +311,7 @@ class Slide(ABC):
             )
         try:
             inner = self._read_pixels(level, x0, y0, x1 - x0, y1 - y0)
-        except SlideReadError:
+        except (SlideReadError, StorageError):  # a remote read failing is not bad data
             raise
         except Exception as exc:  # backend-specific decoder errors
             raise SlideReadError(

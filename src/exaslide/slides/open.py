@@ -1,4 +1,13 @@
-"""``open_slide``: pick a backend for a file, falling back to the next one on failure."""
+"""``open_slide``: pick a backend for a file, falling back to the next one on failure.
+
+Local paths and ``file://`` URLs are opened in place. Remote URLs (``http(s)://``,
+``s3://``, ``gs://``... through fsspec): a TIFF-family file is read by the tifffile
+backend over byte ranges (only the blocks that hold the tiles read are fetched, through
+the disk cache); anything else, a TIFF that tifffile cannot open, a TIFF vendor format
+whose pyramid OpenSlide assembles differently (NDPI, SCN, Philips, BIF) or a forced
+``openslide`` / ``image`` backend is first copied whole into the disk cache. Either way
+``slide.path`` is the URL.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +18,7 @@ from urllib.parse import unquote, urlparse
 
 from exaslide.errors import SlideOpenError
 from exaslide.slides.base import Slide
+from exaslide.slides.tile_cache import DEFAULT, TileCache, resolve_tile_cache
 
 logger = logging.getLogger(__name__)
 
@@ -40,18 +50,16 @@ def local_path(path_or_url: str | os.PathLike) -> str:
     """A local filesystem path for a path or ``file://`` URL.
 
     Raises:
-        SlideOpenError: for other URL schemes (remote reading is not part of this release)
-            or when the file does not exist.
+        SlideOpenError: for remote URLs (see :func:`open_slide` for those) or when the file
+            does not exist.
     """
     text = os.fspath(path_or_url)
     parsed = urlparse(text)
     if parsed.scheme == "file":
         text = unquote(parsed.path)
     elif len(parsed.scheme) > 1:  # one letter: a Windows drive
-        raise SlideOpenError(
-            f"{text}: remote URLs ({parsed.scheme}://) are not supported in this version; "
-            "copy the slide to a local disk"
-        )
+        raise SlideOpenError(f"{text}: a remote URL ({parsed.scheme}://) has no local path; "
+                             "open it with open_slide or exaslide.storage.local_copy")
     if not Path(text).exists():
         raise SlideOpenError(f"{text}: no such file")
     if Path(text).is_dir():
@@ -59,14 +67,19 @@ def local_path(path_or_url: str | os.PathLike) -> str:
     return text
 
 
-def _check_tiff_structure(path: str) -> None:
-    """Refuse a TIFF whose directory chain is damaged (usually a truncated copy)."""
+def _check_tiff_structure(path: str, source=None) -> None:
+    """Refuse a TIFF whose directory chain is damaged (usually a truncated copy).
+    ``source``: the file's byte source when it is remote (``path`` is then its URL)."""
+    from exaslide.errors import StorageError
     from exaslide.slides.tifffile_backend import is_tiff, tiff_structure_problem
 
-    if not is_tiff(path):
+    target = path if source is None else source
+    if not is_tiff(target):
         return
     try:
-        problem = tiff_structure_problem(path)
+        problem = tiff_structure_problem(target)
+    except StorageError:
+        raise
     except OSError as exc:
         raise SlideOpenError(f"{path}: cannot read: {exc}") from exc
     except Exception as exc:  # struct errors on garbage headers
@@ -87,15 +100,22 @@ def _auto_order(path: str) -> list[str]:
     return ["openslide", "tifffile"]
 
 
-def open_slide(path_or_url: str | os.PathLike, backend: str | None = None) -> Slide:
+def open_slide(path_or_url: str | os.PathLike, backend: str | None = None,
+               tile_cache: TileCache | int | None = DEFAULT) -> Slide:
     """Open a whole-slide image with the first backend that can read it.
 
     Args:
-        path_or_url: a local path or ``file://`` URL.
+        path_or_url: a local path, a ``file://`` URL or a remote fsspec URL
+            (``https://``, ``s3://``, ``gs://``, ``az://``...; see ``docs/storage.md``).
         backend: force one backend (``"openslide"``, ``"tifffile"`` or ``"image"``);
             by default each backend whose format check accepts the file is tried in
             :data:`BACKEND_NAMES` order (tifffile first for OME-TIFF, QPTIFF, SubIFD
             pyramids and non-8-bit or multi-channel TIFF) and the first that opens it wins.
+        tile_cache: decoded-tile cache of the handle: a :class:`TileCache` (shared with
+            other handles), a number of bytes (a private cache of that size) or ``None`` /
+            ``0`` (none). Default: a private cache of
+            :data:`~exaslide.slides.tile_cache.DEFAULT_TILE_CACHE_BYTES` (64 MiB). OpenSlide
+            handles give the same budget to OpenSlide's own cache.
 
     Returns:
         An open :class:`Slide`; use it as a context manager to close it.
@@ -103,9 +123,21 @@ def open_slide(path_or_url: str | os.PathLike, backend: str | None = None) -> Sl
     Raises:
         SlideOpenError: no backend could open the file. The message names the file and
             what each backend reported.
+        StorageError: a remote file cannot be reached, or is truncated.
     """
+    from exaslide.storage.urls import is_remote
+
+    cache = resolve_tile_cache(tile_cache)
+    if backend is not None:
+        backend_class(backend)  # an unknown name fails before any download
+    if is_remote(path_or_url):
+        return _open_remote(str(path_or_url), backend, cache)
     path = local_path(path_or_url)
     _check_tiff_structure(path)
+    return _open_local(path, backend, cache)
+
+
+def _open_local(path: str, backend: str | None, cache: TileCache | None) -> Slide:
     names = [backend] if backend else _auto_order(path)
     failures = []
     for name in names:
@@ -113,10 +145,41 @@ def open_slide(path_or_url: str | os.PathLike, backend: str | None = None) -> Sl
         if not backend and not cls.can_open(path):
             continue
         try:
-            return cls(path)
+            return cls(path, tile_cache=cache) if cls.accepts_tile_cache else cls(path)
         except SlideOpenError as exc:
             logger.debug("backend %s failed on %s: %s", name, path, exc)
             failures.append(f"{name}: {str(exc).removeprefix(path + ': ')}")
     if not failures:
         raise SlideOpenError(f"{path}: not a recognised slide or image format")
     raise SlideOpenError(f"{path}: cannot open as a slide ({'; '.join(failures)})")
+
+
+def _open_remote(url: str, backend: str | None, cache: TileCache | None) -> Slide:
+    """Byte ranges through the tifffile backend when possible, else a whole-file copy."""
+    from exaslide.slides.tifffile_backend import TiffFileSlide, is_tiff, is_vendor_tiff
+    from exaslide.storage import RemoteFile, local_copy
+
+    remote = RemoteFile(url)
+    try:
+        if is_tiff(remote):
+            _check_tiff_structure(url, remote)
+            if backend == "tifffile" or (backend is None and not is_vendor_tiff(remote)):
+                try:
+                    slide, remote = TiffFileSlide(url, source=remote, tile_cache=cache), None
+                    return slide
+                except SlideOpenError as exc:
+                    if backend:
+                        raise
+                    logger.info("%s: tifffile cannot read it by byte ranges (%s); fetching "
+                                "the whole file", url, exc)
+    finally:
+        if remote is not None:
+            remote.close()
+    local = str(local_copy(url))
+    try:
+        _check_tiff_structure(local)
+        slide = _open_local(local, backend, cache)
+    except SlideOpenError as exc:
+        raise SlideOpenError(str(exc).replace(local, url)) from exc
+    slide.path = url
+    return slide

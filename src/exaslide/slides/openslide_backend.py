@@ -4,7 +4,9 @@ so no system package is needed."""
 
 from __future__ import annotations
 
+import logging
 import math
+import weakref
 from collections.abc import Mapping
 
 import numpy as np
@@ -12,6 +14,9 @@ import numpy as np
 from exaslide.errors import SlideOpenError
 from exaslide.slides.base import LazyImages, Slide
 from exaslide.slides.pixels import rgba_to_rgb
+from exaslide.slides.tile_cache import TileCache
+
+logger = logging.getLogger(__name__)
 
 
 class OpenSlideSlide(Slide):
@@ -29,7 +34,13 @@ class OpenSlideSlide(Slide):
         except Exception:
             return False
 
-    def __init__(self, path: str):
+    accepts_tile_cache = True
+
+    def __init__(self, path: str, tile_cache: TileCache | None = None):
+        """Open ``path``. With a ``tile_cache``, OpenSlide's own tile cache gets the same
+        byte budget (one OpenSlide cache per :class:`TileCache`, shared by the handles
+        that share it); OpenSlide keeps no counters, so :attr:`tile_cache` stays ``None``.
+        Without one, OpenSlide's default per-handle cache is used."""
         import openslide
 
         super().__init__(path)
@@ -39,6 +50,10 @@ class OpenSlideSlide(Slide):
             raise SlideOpenError(f"{path}: format not supported by OpenSlide") from exc
         except openslide.OpenSlideError as exc:
             raise SlideOpenError(f"{path}: OpenSlide cannot open it: {exc}") from exc
+        #: Bytes of the OpenSlide cache set from ``tile_cache`` (``None``: OpenSlide's default).
+        self.openslide_cache_bytes: int | None = None
+        if tile_cache is not None:
+            self._set_cache(tile_cache)
         props = self._osr.properties
         self._properties = dict(props)
         self._vendor = props.get(openslide.PROPERTY_NAME_VENDOR, "unknown")
@@ -69,6 +84,23 @@ class OpenSlideSlide(Slide):
         region = self._osr.read_region(location, level, (width, height))
         return rgba_to_rgb(np.asarray(region))
 
+    def _set_cache(self, tile_cache: TileCache) -> None:
+        import openslide
+
+        try:
+            cache = _OPENSLIDE_CACHES.get(tile_cache)
+            if cache is None:
+                cache = _OPENSLIDE_CACHES[tile_cache] = openslide.OpenSlideCache(
+                    tile_cache.max_bytes)
+            self._osr.set_cache(cache)
+            self.openslide_cache_bytes = tile_cache.max_bytes
+        except (AttributeError, openslide.OpenSlideError) as exc:  # OpenSlide < 4.0
+            logger.debug("OpenSlide cannot take a cache: %s", exc)
+
     def close(self) -> None:
         """Close the OpenSlide handle."""
         self._osr.close()
+
+
+#: One OpenSlide cache per TileCache, so handles sharing a TileCache share its budget.
+_OPENSLIDE_CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

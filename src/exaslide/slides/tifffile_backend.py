@@ -1,7 +1,10 @@
 """tifffile backend: pyramidal and flat TIFF, SVS, OME-TIFF and QPTIFF, decoded tile by tile.
 
-Only the tiles (or strips) that intersect a region are read (``os.pread``) and decoded
-(``TiffPage.decode``, i.e. imagecodecs), so memory is bounded by the region, not the level.
+Only the tiles (or strips) that intersect a region are read and decoded (``TiffPage.decode``,
+i.e. imagecodecs), so memory is bounded by the region, not the level. Bytes come from a
+byte source (:mod:`exaslide.storage.source`): ``os.pread`` on a local file, or byte ranges
+of a remote file through the disk cache. Decoded segments go through the slide's
+:class:`~exaslide.slides.tile_cache.TileCache` when it has one.
 
 Channel mapping to RGB (documented in ``docs/formats.md``):
 
@@ -27,9 +30,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from exaslide.errors import SlideOpenError
+from exaslide.errors import SlideOpenError, StorageError
 from exaslide.slides.base import LazyImages, Slide
 from exaslide.slides.pixels import stretch_to_uint8, to_rgb
+from exaslide.slides.tile_cache import TileCache
 
 logger = logging.getLogger(__name__)
 
@@ -44,47 +48,61 @@ SKIPPED_TAGS = ("StripOffsets", "StripByteCounts", "TileOffsets", "TileByteCount
                 "JPEGTables")
 
 
-def is_tiff(path: str) -> bool:
-    """True when the file starts with a TIFF or BigTIFF signature."""
+def is_tiff(path) -> bool:
+    """True when the file starts with a TIFF or BigTIFF signature. ``path`` may also be a
+    byte source (:mod:`exaslide.storage.source`), e.g. a remote file."""
     try:
+        if hasattr(path, "pread"):
+            return path.pread(4, 0) in TIFF_MAGIC
         with open(path, "rb") as fh:
             return fh.read(4) in TIFF_MAGIC
+    except StorageError:
+        raise  # a remote file that cannot be read is an error, not "not a TIFF"
     except OSError:
         return False
 
 
-def tiff_structure_problem(path: str) -> str | None:
+def tiff_structure_problem(path) -> str | None:
     """Walk the chain of image file directories (IFDs) of a TIFF / BigTIFF and describe the
     first problem (a directory beyond the end of the file, cut short, or a loop), or
     return ``None``. Catches truncated copies whose first levels are intact, which
     readers would otherwise open as a smaller pyramid. Hamamatsu NDPI files (tag 65420)
-    are not checked: their 32-bit offsets wrap beyond 4 GB by design."""
+    are not checked: their 32-bit offsets wrap beyond 4 GB by design. ``path`` may also be
+    a byte source (its ``size`` is the size the store reports)."""
+    if hasattr(path, "pread"):
+        return _ifd_chain_problem(path.pread, path.size)
+    with open(path, "rb") as fh:
+        fd = fh.fileno()
+        return _ifd_chain_problem(lambda n, offset: os.pread(fd, n, offset),
+                                  os.fstat(fd).st_size)
+
+
+def _ifd_chain_problem(read_at, size: int) -> str | None:
+    """:func:`tiff_structure_problem` over ``read_at(nbytes, offset)``."""
     import struct
 
-    size = os.path.getsize(path)
-    with open(path, "rb") as fh:
-        head = fh.read(16)
-        order = "<" if head[:2] == b"II" else ">"
-        big = head[2:4] in (b"+\x00", b"\x00+")
-        count_fmt, entry_size, offset_fmt = ("Q", 20, "Q") if big else ("H", 12, "I")
-        offset = struct.unpack(order + offset_fmt, head[8:16] if big else head[4:8])[0]
-        count_size, next_size = struct.calcsize(count_fmt), struct.calcsize(offset_fmt)
-        seen: set[int] = set()
-        while offset:
-            if offset in seen:
-                return f"image directories form a loop at offset {offset}"
-            seen.add(offset)
-            where = f"image directory {len(seen)} at offset {offset}"
-            if offset + count_size > size:
-                return f"{where} lies beyond the end of the file ({size} bytes)"
-            fh.seek(offset)
-            count = struct.unpack(order + count_fmt, fh.read(count_size))[0]
-            if offset + count_size + count * entry_size + next_size > size:
-                return f"{where} is cut short by the end of the file ({size} bytes)"
-            entries = fh.read(count * entry_size)
-            if len(seen) == 1 and NDPI_TAG in _tags(entries, order, entry_size):
-                return None
-            offset = struct.unpack(order + offset_fmt, fh.read(next_size))[0]
+    head = read_at(16, 0)
+    order = "<" if head[:2] == b"II" else ">"
+    big = head[2:4] in (b"+\x00", b"\x00+")
+    count_fmt, entry_size, offset_fmt = ("Q", 20, "Q") if big else ("H", 12, "I")
+    offset = struct.unpack(order + offset_fmt, head[8:16] if big else head[4:8])[0]
+    count_size, next_size = struct.calcsize(count_fmt), struct.calcsize(offset_fmt)
+    seen: set[int] = set()
+    while offset:
+        if offset in seen:
+            return f"image directories form a loop at offset {offset}"
+        seen.add(offset)
+        where = f"image directory {len(seen)} at offset {offset}"
+        if offset + count_size > size:
+            return f"{where} lies beyond the end of the file ({size} bytes)"
+        count = struct.unpack(order + count_fmt, read_at(count_size, offset))[0]
+        end = offset + count_size + count * entry_size
+        if end + next_size > size:
+            return f"{where} is cut short by the end of the file ({size} bytes)"
+        entries = read_at(count * entry_size, offset + count_size)
+        if len(seen) == 1 and NDPI_TAG in _tags(entries, order, entry_size):
+            return None
+        offset = struct.unpack(order + offset_fmt, read_at(next_size, end))[0]
     return None
 
 
@@ -99,17 +117,43 @@ def _tags(entries: bytes, order: str, entry_size: int) -> set[int]:
             for i in range(0, len(entries) - 1, entry_size)}
 
 
-def prefers_tifffile(path: str) -> bool:
+def prefers_tifffile(path) -> bool:
     """True for TIFFs that OpenSlide would open but misread: OME-TIFF and QPTIFF (pyramids
-    in SubIFDs, channels as pages), and anything that is not 8-bit grey/RGB(A)."""
+    in SubIFDs, channels as pages), and anything that is not 8-bit grey/RGB(A). ``path``
+    may also be a seekable binary file."""
     import tifffile
 
     try:
+        if hasattr(path, "seek"):
+            path.seek(0)
         with tifffile.TiffFile(path) as tif:
             page = tif.pages.first
             return bool(tif.is_ome or tif.is_qpi or page.subifds
                         or np.dtype(page.dtype) != np.uint8
                         or page.samplesperpixel not in (1, 3, 4))
+    except StorageError:
+        raise
+    except Exception:
+        return False
+
+
+#: TIFF-based vendor formats whose pyramid OpenSlide assembles differently from tifffile's
+#: series (tifffile flag names): a remote file of these kinds is copied whole and opened
+#: like a local one, so that it reads the same as its local copy.
+VENDOR_TIFF_FLAGS = ("ndpi", "scn", "philips", "bif")
+
+
+def is_vendor_tiff(file) -> bool:
+    """True for a TIFF of one of :data:`VENDOR_TIFF_FLAGS` (a path or seekable file)."""
+    import tifffile
+
+    try:
+        if hasattr(file, "seek"):
+            file.seek(0)
+        with tifffile.TiffFile(file) as tif:
+            return any(getattr(tif, f"is_{flag}", False) for flag in VENDOR_TIFF_FLAGS)
+    except StorageError:
+        raise
     except Exception:
         return False
 
@@ -147,18 +191,31 @@ class TiffFileSlide(Slide):
         """True for TIFF / BigTIFF files (SVS, OME-TIFF, QPTIFF and generic TIFF included)."""
         return is_tiff(path)
 
-    def __init__(self, path: str):
+    accepts_tile_cache = True
+
+    def __init__(self, path: str, *, source=None, tile_cache: TileCache | None = None):
+        """Open ``path`` (a local path or a remote URL); ``source`` is its byte source when
+        the caller already opened one (the slide then owns and closes it)."""
         import tifffile
 
-        super().__init__(path)
-        self._tif = self._fd = None
+        from exaslide.storage.source import open_source
+
+        super().__init__(path, tile_cache=tile_cache)
+        self._tif = self._source = None
         try:
-            self._tif = tifffile.TiffFile(path)
+            self._source = source if source is not None else open_source(path)
+            if self._source.remote:
+                self._source.seek(0)
+                self._tif = tifffile.TiffFile(self._source)
+            else:
+                self._tif = tifffile.TiffFile(self._source.path)
             self._series = self._main_series()
             self._levels = [_Level(s) for s in self._series.levels]
-            _check_complete(self._levels, os.path.getsize(path))
-            self._fd = os.open(path, os.O_RDONLY)
+            _check_complete(self._levels, self._source.size)
             self._parse_metadata()
+        except StorageError:
+            self.close()
+            raise
         except Exception as exc:
             self.close()
             reason = str(exc) if isinstance(exc, SlideOpenError) else \
@@ -171,6 +228,9 @@ class TiffFileSlide(Slide):
             self._colors = self._channel_colors()
         try:  # decode one tile now, so unsupported compression fails at open, not later
             self._read_pixels(self.level_count - 1, 0, 0, 1, 1)
+        except StorageError:
+            self.close()
+            raise
         except Exception as exc:
             self.close()
             raise SlideOpenError(f"{path}: tifffile cannot decode its pixels: {exc}") from exc
@@ -227,10 +287,7 @@ class TiffFileSlide(Slide):
         """``(width, height)`` of the stored segments (tiles, or full-width strips) of a
         level: reading a region aligned to this grid decodes each segment once."""
         self.check_level(level)
-        page = self._levels[level].pages[0].keyframe
-        if page.is_tiled:
-            return page.tilewidth, page.tilelength
-        return page.imagewidth, min(page.rowsperstrip or page.imagelength, page.imagelength)
+        return _segment_size(self._levels[level].pages[0].keyframe)
 
     def read_tile(self, level: int, tx: int, ty: int) -> np.ndarray:
         """The RGB pixels of stored tile ``(tx, ty)`` of a level, cropped at the level's
@@ -246,17 +303,74 @@ class TiffFileSlide(Slide):
             return self._read_pixels(level, x, y, w, h)
         index = ty * -(-lv.width // tw) + tx
         frame = lv.pages[0]
-        nbytes = frame.databytecounts[index]
-        if not nbytes:
+        if not frame.databytecounts[index]:
             return self._read_pixels(level, x, y, w, h)
-        data = os.pread(self._fd, nbytes, frame.dataoffsets[index])
-        tile = page.decode(data, index, jpegtables=getattr(page, "jpegtables", None))[0]
-        return tile.reshape(tile.shape[-3:])[:h, :w]
+        return self._segment(frame, index)[:h, :w]
+
+    def _segment(self, frame, index: int) -> np.ndarray:
+        """Decoded segment ``index`` (tile or strip) of a page or frame, as
+        ``(rows, columns, samples)``, through the tile cache (read-only when cached)."""
+        key = (self._source.token, frame.offset, index)
+        cache = self.tile_cache
+        if cache is not None:
+            segment = cache.get(key)
+            if segment is not None:
+                return segment
+        page = frame.keyframe
+        data = self._source.pread(frame.databytecounts[index], frame.dataoffsets[index])
+        segment = page.decode(data, index, jpegtables=getattr(page, "jpegtables", None))[0]
+        segment = segment.reshape(segment.shape[-3:])
+        if cache is not None:
+            cache.put(key, segment)
+        return segment
+
+    def _prefetch(self, frame, indices: list[int]) -> None:
+        """Fetch the bytes of the segments not yet decoded in one go (remote files)."""
+        if not self._source.remote:
+            return
+        cache = self.tile_cache
+        token = self._source.token
+        self._source.prefetch(
+            (frame.dataoffsets[i], frame.databytecounts[i]) for i in indices
+            if frame.databytecounts[i] and (cache is None or (token, frame.offset, i)
+                                            not in cache))
+
+    def _read_page_region(self, frame, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """Decode the segments (tiles or strips) of a page that cover a region.
+
+        ``frame`` may be a ``TiffFrame`` (OME-TIFF planes): its layout comes from its
+        keyframe. Planar-separate pages store each sample in its own run of segments.
+        """
+        page = frame.keyframe
+        seg_w, seg_h = _segment_size(page)
+        across = -(-page.imagewidth // seg_w)
+        per_plane = across * -(-page.imagelength // seg_h)
+        separate = page.planarconfig == 2 and page.samplesperpixel > 1
+        samples = page.samplesperpixel
+        wanted = [(tx, ty, s, ty * across + tx + s * per_plane)
+                  for ty in range(y // seg_h, (y + height - 1) // seg_h + 1)
+                  for tx in range(x // seg_w, (x + width - 1) // seg_w + 1)
+                  for s in range(samples if separate else 1)]
+        self._prefetch(frame, [i for *_, i in wanted])
+        out = np.empty((height, width, samples), dtype=page.dtype)
+        for tx, ty, s, i in wanted:
+            sx0, sy0 = tx * seg_w, ty * seg_h
+            ox0, oy0 = max(x, sx0), max(y, sy0)
+            if frame.databytecounts[i]:
+                segment = self._segment(frame, i)
+            else:  # sparse segment: no data stored, TIFF says it is zero
+                segment = np.zeros((seg_h, seg_w, 1 if separate else samples), page.dtype)
+            ox1 = min(x + width, sx0 + segment.shape[1])
+            oy1 = min(y + height, sy0 + segment.shape[0])
+            channels = slice(s, s + 1) if separate else slice(None)
+            out[oy0 - y : oy1 - y, ox0 - x : ox1 - x, channels] = \
+                segment[oy0 - sy0 : oy1 - sy0, ox0 - sx0 : ox1 - sx0]
+        return out
 
     def _planes(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         """``(height, width, channels)`` raw samples of every channel page of a level."""
         lv = self._levels[level]
-        planes = [_read_page_region(p, self._fd, x, y, width, height) for p in lv.pages]
+        planes = [self._read_page_region(p, x, y, width, height) for p in lv.pages]
         return planes[0] if len(planes) == 1 else np.concatenate(planes, axis=2)
 
     def _read_pixels(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
@@ -308,13 +422,13 @@ class TiffFileSlide(Slide):
         return np.asarray(colors, dtype=np.float32)
 
     def close(self) -> None:
-        """Close the file handles. Idempotent."""
-        if getattr(self, "_fd", None) is not None:
-            os.close(self._fd)
-            self._fd = None
+        """Close the file handles (and the byte source). Idempotent."""
         if getattr(self, "_tif", None) is not None:
             self._tif.close()
             self._tif = None
+        if getattr(self, "_source", None) is not None:
+            self._source.close()
+            self._source = None
 
 
 def _check_complete(levels: list[_Level], file_size: int) -> None:
@@ -333,44 +447,11 @@ def _check_complete(levels: list[_Level], file_size: int) -> None:
                 )
 
 
-def _read_page_region(page, fd: int, x: int, y: int, width: int, height: int) -> np.ndarray:
-    """Decode the segments (tiles or strips) of ``page`` that cover a region.
-
-    ``page`` may be a ``TiffFrame`` (OME-TIFF planes): its layout comes from its keyframe.
-    Planar-separate pages store each sample in its own run of segments.
-    """
-    frame, page = page, page.keyframe
+def _segment_size(page) -> tuple[int, int]:
+    """``(width, height)`` of a page's segments: its tiles, or full-width strips."""
     if page.is_tiled:
-        seg_h, seg_w = page.tilelength, page.tilewidth
-    else:
-        seg_h = min(page.rowsperstrip or page.imagelength, page.imagelength)
-        seg_w = page.imagewidth
-    across = -(-page.imagewidth // seg_w)
-    per_plane = across * -(-page.imagelength // seg_h)
-    separate = page.planarconfig == 2 and page.samplesperpixel > 1
-    samples = page.samplesperpixel
-    out = np.empty((height, width, samples), dtype=page.dtype)
-    tables = getattr(page, "jpegtables", None)
-    for ty in range(y // seg_h, (y + height - 1) // seg_h + 1):
-        for tx in range(x // seg_w, (x + width - 1) // seg_w + 1):
-            index = ty * across + tx
-            sx0, sy0 = tx * seg_w, ty * seg_h
-            ox0, oy0 = max(x, sx0), max(y, sy0)
-            for s in range(samples if separate else 1):
-                i = index + s * per_plane
-                nbytes = frame.databytecounts[i]
-                if nbytes:
-                    data = os.pread(fd, nbytes, frame.dataoffsets[i])
-                    segment = page.decode(data, i, jpegtables=tables)[0]
-                    segment = segment.reshape(segment.shape[-3:])
-                else:  # sparse segment: no data stored, TIFF says it is zero
-                    segment = np.zeros((seg_h, seg_w, 1 if separate else samples), page.dtype)
-                ox1 = min(x + width, sx0 + segment.shape[1])
-                oy1 = min(y + height, sy0 + segment.shape[0])
-                channels = slice(s, s + 1) if separate else slice(None)
-                out[oy0 - y : oy1 - y, ox0 - x : ox1 - x, channels] = \
-                    segment[oy0 - sy0 : oy1 - sy0, ox0 - sx0 : ox1 - sx0]
-    return out
+        return page.tilewidth, page.tilelength
+    return page.imagewidth, min(page.rowsperstrip or page.imagelength, page.imagelength)
 
 
 def _number(value) -> float | None:
