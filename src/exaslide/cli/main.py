@@ -100,9 +100,9 @@ def load_config(path: str, group: click.Group) -> dict:
 
 
 def _register() -> None:
-    from exaslide.cli import balance, demo, extract, info, mask, synth
+    from exaslide.cli import balance, cache, demo, extract, info, mask, synth
 
-    for module in (info, mask, extract, balance, synth, demo):
+    for module in (info, mask, extract, balance, synth, demo, cache):
         cli.add_command(module.command)
 
 

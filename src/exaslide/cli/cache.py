@@ -1,0 +1,68 @@
+"""``exaslide cache info|clear``: show and empty the disk cache of remote files."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+
+@click.group("cache")
+@click.option("--dir", "cache_dir", default=None,
+              help="Cache folder (default: $EXASLIDE_CACHE_DIR, else ~/.cache/exaslide).")
+@click.option("--size", "cache_size", default=None,
+              help="Size limit, e.g. 50GB or 500MB (default: $EXASLIDE_CACHE_SIZE, else 50GB).")
+@click.pass_context
+def command(ctx: click.Context, cache_dir: str | None, cache_size: str | None) -> None:
+    """Show or clear the disk cache of remote slides, annotations and manifests."""
+    from exaslide.storage import configure_cache
+
+    ctx.obj = configure_cache(root=cache_dir, max_bytes=cache_size)
+
+
+@command.command("info")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.pass_obj
+def info(cache, as_json: bool) -> None:
+    """Location, size limit, total size and one line per cached file."""
+    from exaslide.storage import format_size
+
+    entries = cache.entries()
+    total = sum(e.cached_bytes for e in entries)
+    if as_json:
+        click.echo(json.dumps({
+            "location": str(cache.root), "limit_bytes": cache.max_bytes, "total_bytes": total,
+            "block_size": cache.block_size, "files": len(entries),
+            "entries": [e.to_dict() for e in entries]}, indent=2))
+        return
+    click.echo(f"{cache.root}")
+    click.echo(f"  limit {format_size(cache.max_bytes)}, used {format_size(total)} "
+               f"in {len(entries)} file{'s' if len(entries) != 1 else ''}")
+    for e in entries:
+        of = format_size(e.size) if e.size is not None else "?"
+        kind = "whole file" if e.whole_file else "blocks"
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))
+        click.echo(f"  {format_size(e.cached_bytes):>9} / {of:<9} {kind:<10} {used}  {e.url}")
+
+
+@command.command("clear")
+@click.argument("pattern", required=False)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def clear(cache, pattern: str | None, yes: bool) -> None:
+    """Delete every cached file, or those whose URL matches the glob PATTERN (e.g.
+    's3://bucket/*')."""
+    from fnmatch import fnmatch
+
+    from exaslide.storage import format_size
+
+    if not yes:
+        matching = [e for e in cache.entries() if pattern is None or fnmatch(e.url, pattern)]
+        size = format_size(sum(e.cached_bytes for e in matching))
+        click.confirm(f"Delete {len(matching)} cached file(s) ({size}) from {cache.root}?",
+                      abort=True)
+    removed = cache.clear(pattern)
+    size = format_size(sum(e.cached_bytes for e in removed))
+    click.echo(f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'} ({size}) "
+               f"from {cache.root}")
