@@ -84,7 +84,12 @@ def read_annotations(
     Raises:
         AnnotationError: Unknown format, unreadable or malformed file.
         HostileXMLError: An XML file with DTDs / entities / external references.
+        StorageError: A remote file that cannot be fetched.
     """
+    from exaslide.storage import is_remote
+
+    if is_remote(path):
+        return _read_remote(str(path), format, label_map)
     path = Path(path)
     if label_map is not None and not isinstance(label_map, Mapping):
         label_map = load_label_map(label_map)
@@ -97,6 +102,25 @@ def read_annotations(
     if fmt == "ncrf" or (format is None and is_ncrf(data)):
         return parse_ncrf(data, path, label_map=label_map)
     return parse_geojson(data, path, label_map=label_map)
+
+
+def _read_remote(url: str, format: str | None, label_map) -> AnnotationSet:
+    """A remote annotation file: fetched whole through the disk cache, read locally; the
+    format comes from the URL's suffix and messages name the URL."""
+    from exaslide.storage import local_copy, url_basename
+
+    name = url_basename(url)
+    try:  # an unknown format fails before the download
+        _normalise_format(format, Path(name)) or _format_from_suffix(Path(name))
+    except AnnotationError as exc:
+        raise AnnotationError(str(exc).replace(name, url, 1)) from exc
+    local = str(local_copy(url))  # keeps the URL's file name, hence its suffix
+    try:
+        result = read_annotations(local, format=format, label_map=label_map)
+    except AnnotationError as exc:
+        raise type(exc)(str(exc).replace(local, url)) from exc
+    result.path = url
+    return result
 
 
 def write_annotations(

@@ -87,10 +87,15 @@ class SlideResult:
 
 def input_fingerprint(slide_path, annotation_path) -> dict[str, Any]:
     """Path, size and modification time of a slide and its annotation file, so that a
-    re-run notices a changed or replaced input."""
+    re-run notices a changed or replaced input. A URL is fingerprinted by the size, ETag
+    and last-modified time its store reports (no data is read)."""
+    from exaslide.storage import is_remote, remote_fingerprint
+
     def one(path):
         if path is None:
             return None
+        if is_remote(path):
+            return remote_fingerprint(str(path))
         stat = Path(path).stat()
         return {"path": str(Path(path).resolve()), "size": stat.st_size,
                 "mtime_ns": stat.st_mtime_ns}

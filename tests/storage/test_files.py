@@ -1,0 +1,106 @@
+"""open_file / local_copy / RemoteFile, and URLs in manifests, annotations and the
+resume fingerprint (over the test HTTP server)."""
+
+from __future__ import annotations
+
+import io
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from exaslide.errors import StorageError
+from exaslide.storage import DiskCache, RemoteFile, local_copy, open_file
+
+
+@pytest.fixture
+def blob(tmp_path):
+    data = np.random.default_rng(0).integers(0, 256, 3_000_000, dtype=np.uint8).tobytes()
+    (tmp_path / "blob.bin").write_bytes(data)
+    return tmp_path / "blob.bin", data
+
+
+def test_remote_file_reads_like_a_local_file(server, blob):
+    path, data = blob
+    url = server.publish(path)
+    with open_file(url) as fh:
+        assert isinstance(fh, RemoteFile) and fh.size == len(data)
+        fh.seek(1_000_000)
+        assert fh.read(10) == data[1_000_000:1_000_010] and fh.tell() == 1_000_010
+        fh.seek(-5, io.SEEK_END)
+        assert fh.read() == data[-5:] and fh.read(10) == b""
+        assert fh.pread(600_000, 100_000) == data[100_000:700_000]  # across three blocks
+        buffer = bytearray(7)
+        fh.seek(42)
+        assert fh.readinto(buffer) == 7 and bytes(buffer) == data[42:49]
+        fetched = fh.bytes_fetched
+        assert fetched == server.sent() and fetched < len(data)
+        fh.pread(10, 100_005)  # cached
+        assert fh.bytes_fetched == fetched
+    with open_file(path) as local:  # local paths: a plain file
+        assert local.read(3) == data[:3]
+
+
+def test_threads_share_one_remote_file(server, blob):
+    path, data = blob
+    with RemoteFile(server.publish(path)) as fh:
+        offsets = list(range(0, len(data) - 5000, 37_000))
+        with ThreadPoolExecutor(8) as pool:
+            chunks = list(pool.map(lambda o: fh.pread(5000, o), offsets))
+        assert all(c == data[o : o + 5000] for c, o in zip(chunks, offsets, strict=True))
+        assert server.sent() == len(data)  # each block fetched once, whatever the threads
+        fh.prefetch([(0, len(data))])
+        assert server.sent() == len(data)
+
+
+def test_local_copy_reuses_cached_blocks(server, blob):
+    path, data = blob
+    url = server.publish(path)
+    with open_file(url) as fh:
+        fh.pread(10, 0)
+    first = server.sent()
+    copy = local_copy(url)
+    assert copy.read_bytes() == data and copy.name == "blob.bin"
+    assert server.sent() == len(data)  # the block already cached was not fetched again
+    assert first > 0 and local_copy(url) == copy and server.sent() == len(data)
+    assert local_copy(path) == path
+    [entry] = DiskCache().entries()
+    assert entry.whole_file and entry.cached_bytes == len(data)  # blocks dropped
+
+
+def test_remote_files_are_read_only(server, blob):
+    with pytest.raises(StorageError, match="read-only"):
+        open_file(server.publish(blob[0]), "wb")
+
+
+def test_manifest_annotations_and_fingerprint_from_urls(server, synth_slide, tmp_path):
+    from exaslide.annotations import read_annotations
+    from exaslide.manifest import read_manifest
+    from exaslide.masks.run import input_fingerprint
+
+    server.publish(synth_slide.path)
+    xml_url = server.publish(synth_slide.annotation_path, "slide.xml")
+    (server.folder / "manifest.csv").write_text(
+        "slide_id,path,annotation,label,split\n"
+        "s1,slide.tif,slide.xml,tumour,train\n"
+        "s2,https://elsewhere.org/b.svs,,normal,test\n")
+    entries = read_manifest(server.url("manifest.csv"))
+    assert entries[0].path == server.url("slide.tif") and entries[0].annotation == xml_url
+    assert entries[1].path == "https://elsewhere.org/b.svs" and entries[1].annotation is None
+    remote = read_annotations(xml_url)
+    local = read_annotations(synth_slide.annotation_path)
+    assert remote.path == xml_url and len(remote) == len(local) > 0
+    assert [a.geometry.wkb for a in remote] == [a.geometry.wkb for a in local]
+    sent = server.sent()
+    fingerprint = input_fingerprint(entries[0].path, entries[0].annotation)
+    assert server.sent() == sent  # HEAD requests only
+    assert fingerprint["slide"]["size"] == os.path.getsize(synth_slide.path)
+    assert fingerprint["slide"]["etag"] and fingerprint["slide"]["path"] == entries[0].path
+    server.replace("slide.xml", synth_slide.annotation_path.read_bytes() + b"\n")
+    assert input_fingerprint(entries[0].path, entries[0].annotation) != fingerprint
+    (tmp_path / "bad.xml").write_text("<ASAP_Annotations><Annotations>")
+    from exaslide.errors import AnnotationError
+
+    with pytest.raises(AnnotationError, match=r"http://127\.0\.0\.1:\d+/bad\.xml"):
+        read_annotations(server.publish(tmp_path / "bad.xml"))
