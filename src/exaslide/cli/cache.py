@@ -9,16 +9,19 @@ import click
 
 
 @click.group("cache")
-@click.option("--dir", "cache_dir", default=None,
+@click.option("--dir", "dir", default=None,
               help="Cache folder (default: $EXASLIDE_CACHE_DIR, else ~/.cache/exaslide).")
-@click.option("--size", "cache_size", default=None,
+@click.option("--size", "size", default=None,
               help="Size limit, e.g. 50GB or 500MB (default: $EXASLIDE_CACHE_SIZE, else 50GB).")
 @click.pass_context
-def command(ctx: click.Context, cache_dir: str | None, cache_size: str | None) -> None:
-    """Show or clear the disk cache of remote slides, annotations and manifests."""
-    from exaslide.storage import configure_cache
+def command(ctx: click.Context, dir: str | None, size: str | None) -> None:
+    """Show or clear the disk cache of remote slides, annotations and manifests.
 
-    ctx.obj = configure_cache(root=cache_dir, max_bytes=cache_size)
+    Remote files (http(s)://, s3://, gs://... URLs) are cached block by block, or whole
+    for readers that need a local path; see docs/storage.md."""
+    from exaslide.storage import DiskCache
+
+    ctx.obj = DiskCache(dir, size)
 
 
 @command.command("info")
