@@ -1,6 +1,7 @@
 """A small threaded HTTP server for tests: serves a folder on 127.0.0.1 with HEAD, single
 byte ranges (``Range: bytes=a-b``, ``a-``, ``-n`` -> 206 + Content-Range, 416 when out of
-range), Content-Length, ETag and Last-Modified, and counts the body bytes sent per file.
+range), Content-Length, ETag and Last-Modified (``If-Match`` -> 412 when the ETag differs),
+and counts the body bytes sent per file.
 
 Faults it can simulate:
 
@@ -100,6 +101,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         stat = path.stat()
         size = stat.st_size
+        etag = f'"{stat.st_size:x}-{stat.st_mtime_ns:x}"'
+        if body and self.headers.get("If-Match", etag) not in (etag, "*"):
+            self._empty(412)
+            return
         available = min(size, self.server.truncate.get(name, size))
         start, end, status = 0, size - 1, 200
         match = re.fullmatch(r"bytes=(\d*)-(\d*)", header.strip())
@@ -117,7 +122,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("ETag", f'"{stat.st_size:x}-{stat.st_mtime_ns:x}"')
+        self.send_header("ETag", etag)
         self.send_header("Last-Modified", formatdate(stat.st_mtime, usegmt=True))
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")

@@ -79,9 +79,11 @@ def test_changed_remote_file_is_detected(server, synth_slide, tmp_path, caplog):
     url = server.publish(synth_slide.path, "slide.tif")
     with open_slide(url) as slide:
         before = slide.read_region((0, 0), (768, 576), level=1)
-    other = write_synthetic_slide(tmp_path / "other.tif",
-                                  SynthSpec(width=3072, height=2304, tumours=1, seed=11))
-    server.replace("slide.tif", other.path.read_bytes())
+        other = write_synthetic_slide(tmp_path / "other.tif",
+                                      SynthSpec(width=3072, height=2304, tumours=1, seed=11))
+        server.replace("slide.tif", other.path.read_bytes())
+        with pytest.raises(StorageError, match="changed while it was open"):
+            slide.read_region((0, 0), (3072, 2304))  # an open handle never mixes versions
     with caplog.at_level(logging.WARNING, logger="exaslide.storage"), open_slide(url) as slide:
         after = slide.read_region((0, 0), (768, 576), level=1)
     assert "changed since it was cached" in caplog.text

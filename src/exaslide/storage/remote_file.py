@@ -284,17 +284,28 @@ class RemoteFile(io.RawIOBase):
     def _get_ranges(self, starts: list[int], ends: list[int]) -> list[bytes]:
         fs, path = self._filesystem()
         where = f"bytes {starts[0]}-{ends[-1] - 1}"
+        extra = self._if_match(fs)
         try:
             if len(starts) == 1:
-                results = [fs.cat_file(path, start=starts[0], end=ends[0])]
+                results = [fs.cat_file(path, start=starts[0], end=ends[0], **extra)]
             else:
-                results = fs.cat_ranges([path] * len(starts), starts, ends, on_error="return")
+                results = fs.cat_ranges([path] * len(starts), starts, ends, on_error="return",
+                                        **extra)
         except Exception as exc:
             raise self._error(exc, where) from exc
         for result, start, end in zip(results, starts, ends, strict=True):
             if isinstance(result, BaseException):
                 raise self._error(result, f"bytes {start}-{end - 1}") from result
         return results
+
+    def _if_match(self, fs) -> dict:
+        """HTTP only: ask for the version that was opened (``If-Match: <strong ETag>``), so
+        a file replaced while a handle is open fails with 412 instead of mixing versions."""
+        protocols = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)
+        etag = self.info.etag
+        if etag and not etag.startswith("W/") and {"http", "https"} & set(protocols):
+            return {"headers": {"If-Match": etag}}
+        return {}
 
     def _error(self, exc: BaseException, where: str) -> StorageError:
         if isinstance(exc, FileNotFoundError):
@@ -303,6 +314,9 @@ class RemoteFile(io.RawIOBase):
         if "payload" in type(exc).__name__.lower():  # aiohttp: body shorter than announced
             return StorageError(f"{self.url}: truncated remote file: the connection closed "
                                 f"before the end of {where} ({exc})")
+        if getattr(exc, "status", None) == 412:
+            return StorageError(f"{self.url}: the remote file changed while it was open "
+                                f"(HTTP 412 for {where}); open it again")
         if getattr(exc, "status", None) == 416:
             return StorageError(f"{self.url}: truncated remote file: the server refuses {where} "
                                 f"of a file it reports as {self.size} bytes (HTTP 416)")
