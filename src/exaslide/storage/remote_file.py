@@ -238,15 +238,17 @@ class RemoteFile(io.RawIOBase):
     def _fetch_once(self, indices: list[int]) -> dict[int, bytes]:
         """Fetch blocks that no other thread is fetching; wait for those that one is."""
         mine, waits = [], []
+        out: dict[int, bytes] = {}
         with self._lock:
             for i in indices:
                 event = self._inflight.get(i)
-                if event is None:
+                if i in self._memory:  # fetched by another thread since we looked
+                    out[i] = self._memory[i]
+                elif event is None:
                     self._inflight[i] = threading.Event()
                     mine.append(i)
                 else:
                     waits.append((i, event))
-        out: dict[int, bytes] = {}
         try:
             if mine:
                 out.update(self._fetch(mine, True))
