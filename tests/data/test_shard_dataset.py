@@ -102,3 +102,29 @@ def test_ddp_two_ranks_two_workers_with_torchrun(extracted, tmp_path):
     first = json.loads((tmp_path / "epoch0-rank0.json").read_text())["keys"]
     second = json.loads((tmp_path / "epoch1-rank0.json").read_text())["keys"]
     assert first != second
+
+
+def test_remote_shards_stream_over_http_and_hit_the_disk_cache(extracted, tmp_path,
+                                                               monkeypatch):
+    from http_server import RangeServer
+
+    monkeypatch.setenv("EXASLIDE_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "www").mkdir()
+    server = RangeServer(tmp_path / "www").start()
+    try:
+        urls = [server.publish(p) for p in sorted((extracted / "shards").glob("*.tar"))]
+        local = ShardDataset(extracted, shuffle=False, rank=0, world_size=1)
+        remote = ShardDataset(urls, shuffle=False, rank=0, world_size=1)
+        assert remote.num_samples == local.num_samples
+        pairs = zip(_iter_items(local), _iter_items(remote), strict=True)
+        assert all(a[2]["key"] == b[2]["key"] and torch.equal(a[0], b[0]) for a, b in pairs)
+        sent = server.sent()
+        assert sent >= sum(p.stat().st_size for p in (extracted / "shards").glob("*.tar"))
+        assert len(list(ShardDataset(urls, rank=0, world_size=1))) == local.num_samples
+        assert server.sent() == sent  # the second epoch reads the disk cache only
+    finally:
+        server.stop()
+
+
+def _iter_items(dataset):
+    return sorted(dataset, key=lambda item: item[2]["key"])

@@ -94,8 +94,8 @@ class ShardDataset(IterableDataset):
         shuffle: shuffle shard order and samples (see the module doc).
         shuffle_buffer: samples held for shuffling per reader.
         seed: the seed; with the epoch (:meth:`set_epoch`) it decides the order.
-        classes: label names in class-code order (default: the index's labels, ``normal``
-            and ``tumour`` first; with a shard list: ``normal``, ``tumour``).
+        classes: label names in class-code order (default: ``normal``, ``tumour``, then
+            the index's other labels, sorted; with a shard list: ``normal``, ``tumour``).
         filter: a pyarrow expression selecting the index rows whose shards are used
             (e.g. ``pc.field("split") == "train"``); whole shards are kept or dropped,
             so filter on something constant within a shard (slide-level columns).

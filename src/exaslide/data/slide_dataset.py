@@ -38,8 +38,8 @@ class SlidePatchDataset(Dataset):
         slides: ``slide_id -> path or URL``; by default taken from ``manifest`` or from
             the extraction's status files.
         manifest: a cohort manifest CSV giving the slide paths.
-        classes: label names in class-code order (default: labels present, ``normal``
-            and ``tumour`` first). Patches without a label get ``-1``.
+        classes: label names in class-code order (default: ``normal``, ``tumour``, then
+            other labels present, sorted). Patches without a label get ``-1``.
         filter: a pyarrow expression selecting rows (``pc.field("split") == "train"``).
         size: read ``size`` x ``size`` pixels centred on each indexed patch, at the same
             resolution (e.g. 224 from a 256 index); default: the indexed size.

@@ -22,7 +22,7 @@ import numpy as np
 
 from exaslide.errors import ExaslideError
 
-#: Label order used when a dataset is not given ``classes``: the usual two first.
+#: Class codes 0 and 1 when a dataset is not given ``classes``.
 PREFERRED_CLASSES = ("normal", "tumour")
 
 
@@ -51,12 +51,11 @@ class PatchTable:
 
 
 def resolve_classes(labels: Sequence[str], classes: Sequence[str] | None) -> list[str]:
-    """``classes`` if given (every label must be in it), else the labels present, with
-    ``normal`` and ``tumour`` first."""
+    """``classes`` if given (every label must be in it), else ``normal``, ``tumour`` and
+    then any other label present, sorted: codes do not change with a row filter."""
     present = sorted({str(v) for v in labels if v is not None})
     if classes is None:
-        return [c for c in PREFERRED_CLASSES if c in present] + \
-               [c for c in present if c not in PREFERRED_CLASSES]
+        return [*PREFERRED_CLASSES, *(c for c in present if c not in PREFERRED_CLASSES)]
     unknown = [c for c in present if c not in classes]
     if unknown:
         raise DatasetError(f"labels {unknown} are not in classes {list(classes)}")
