@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/synth_memory.py
 	$(BIN)/python bench/extract.py
 	$(BIN)/python bench/index_scale.py
+	$(BIN)/python bench/loader.py
 
 clean:
 	rm -rf $(VENV) demo-out build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -40,3 +40,15 @@ def test_shard_datasets_refuse_a_sampler(extracted):
 def test_to_device_gives_channels_last():
     batch = to_device(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), "cpu")
     assert batch.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_batches_are_channels_last_and_equal_the_items(extracted):
+    from exaslide.data import SlidePatchDataset
+
+    dataset = SlidePatchDataset(extracted)
+    images, labels, meta = next(iter(make_loader(dataset, batch_size=4, workers=0)))
+    assert images.shape == (4, 3, 64, 64)
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    assert all(torch.equal(images[i], dataset[i][0]) for i in range(4))
+    assert labels.tolist() == [dataset[i][1] for i in range(4)]
+    assert meta["key"] == [dataset[i][2]["key"] for i in range(4)]

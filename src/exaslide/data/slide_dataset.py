@@ -97,8 +97,7 @@ class SlidePatchDataset(Dataset):
         if self.size is not None and self.size != p.size[index]:
             shift = (p.size[index] - self.size) / 2 * reader.scale * reader.downsample
             x, y = x + math.floor(shift + 0.5), y + math.floor(shift + 0.5)
-        pixels = np.array(reader.read(x, y))  # a writable copy (the read shares the cache)
-        image = torch.from_numpy(pixels).permute(2, 0, 1)
+        image = torch.from_numpy(reader.read(x, y, writable=True)).permute(2, 0, 1)
         if self.dtype == "float":
             image = image.float().div_(255.0)
         if self.transform is not None:

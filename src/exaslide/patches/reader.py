@@ -87,12 +87,14 @@ class PatchReader:
         """True when patches are assembled from decoded tiles (TIFF-based slides)."""
         return self.tiles is not None
 
-    def read(self, x: int, y: int) -> np.ndarray:
+    def read(self, x: int, y: int, writable: bool = False) -> np.ndarray:
         """One ``(size, size, 3)`` RGB patch with top-left ``(x, y)`` in level-0 pixels.
 
-        The array is read-only (it may be shared with the tile cache): copy it before
-        modifying it."""
+        The array is read-only (it may be shared with the tile cache) unless
+        ``writable``: then it is the caller's own (copied only when it is a cached tile)."""
         patch = self._read(x, y)
+        if writable:
+            return patch if patch.flags.writeable else patch.copy()
         patch.flags.writeable = False
         return patch
 
