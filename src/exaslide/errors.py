@@ -48,3 +48,12 @@ class StorageError(ExaslideError, OSError):
     """A remote file (fsspec URL) could not be read: unreachable server, missing object, a
     body shorter than the advertised size. Also an ``OSError``, so code that treats an
     unreadable input as an I/O failure treats a remote one the same way."""
+
+
+class AugmentError(ExaslideError):
+    """A transform was built with invalid parameters or given an unsupported input."""
+
+
+class DatasetError(ExaslideError):
+    """A training dataset cannot be built or read: no index, unknown slides, corrupt
+    shards."""

@@ -179,3 +179,15 @@ def test_cache_cli_info_and_clear(server, synth_slide, cache_dir):
     assert "1 entry" in cli("clear", "--yes").stdout
     assert json.loads(cli("info", "--json").stdout)["files"] == 0
     assert "cache size" in cli("--size", "lots", "info", rc=2).stderr
+
+
+def test_a_config_files_cache_section_applies_to_every_command(server, synth_slide,
+                                                               tmp_path):
+    url = server.publish(synth_slide.path)
+    config = tmp_path / "exaslide.yaml"
+    config.write_text(f"cache:\n  dir: {tmp_path / 'from-config'}\n  size: 1GB\n")
+    done = subprocess.run([sys.executable, "-m", "exaslide", "--config", str(config), "info",
+                           url, "--json"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["level_count"] >= 2
+    assert any((tmp_path / "from-config").rglob("meta.json"))

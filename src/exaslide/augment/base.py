@@ -25,13 +25,9 @@ from __future__ import annotations
 import torch
 from torch.utils.data import get_worker_info
 
-from exaslide.errors import ExaslideError
+from exaslide.errors import AugmentError
 
 _SEED_MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: spreads (seed, worker) pairs apart
-
-
-class AugmentError(ExaslideError):
-    """A transform was built with invalid parameters or given an unsupported input."""
 
 
 def as_batch(x: torch.Tensor) -> tuple[torch.Tensor, bool]:

@@ -59,12 +59,24 @@ def cli(ctx: click.Context, debug: bool, verbose: bool, config_file: str | None)
     ctx.meta["exaslide.debug"] = debug
     if config_file:
         ctx.default_map = load_config(config_file, ctx.command)
+        apply_cache_config(ctx.default_map.get("cache", {}))
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     if not debug:  # their complaints about damaged files become exaslide's own errors
         logging.getLogger("tifffile").setLevel(logging.CRITICAL)
         warnings.filterwarnings("ignore", module="PIL")
+
+
+def apply_cache_config(section: dict) -> None:
+    """A config file's ``cache: {dir, size}`` applies to every command (and to the Dask
+    workers they start): it sets ``EXASLIDE_CACHE_DIR`` / ``EXASLIDE_CACHE_SIZE`` for this
+    process, over values inherited from the environment."""
+    import os
+
+    for key, variable in (("dir", "EXASLIDE_CACHE_DIR"), ("size", "EXASLIDE_CACHE_SIZE")):
+        if section.get(key) is not None:
+            os.environ[variable] = str(section[key])
 
 
 def load_config(path: str, group: click.Group) -> dict:

@@ -20,14 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from exaslide.errors import ExaslideError
+from exaslide.errors import DatasetError
 
 #: Class codes 0 and 1 when a dataset is not given ``classes``.
 PREFERRED_CLASSES = ("normal", "tumour")
-
-
-class DatasetError(ExaslideError):
-    """A dataset cannot be built from what it was given."""
 
 
 @dataclass
