@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import pytest
-from http_server import RangeServer
 
 from exaslide.synth import SynthSpec, write_synthetic_slide
+from http_server import RangeServer
 
 
 @pytest.fixture(autouse=True)
