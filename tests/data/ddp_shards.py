@@ -1,5 +1,6 @@
-"""Run by test_shard_dataset under torchrun: each rank streams one epoch with 2 workers
-and writes the keys it saw; the ranks all-reduce their counts over gloo."""
+"""Run by test_shard_dataset under torchrun: each rank streams two exactly-once epochs with
+2 workers and writes the keys it saw (the ranks all-reduce their counts over gloo), then
+one ``even`` epoch with an all-reduce after every batch, like DDP's gradient sync."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ class Tagged(torch.nn.Module):
 def main(out_dir: str, results: str) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    dataset = ShardDataset(out_dir, seed=7, shuffle_buffer=16, transform=Tagged())
+    dataset = ShardDataset(out_dir, seed=7, shuffle_buffer=16, transform=Tagged(),
+                           even=False)
     loader = make_loader(dataset, batch_size=8, workers=2)
     for epoch in range(2):
         dataset.set_epoch(epoch)
@@ -39,6 +41,15 @@ def main(out_dir: str, results: str) -> None:
         dist.all_reduce(count)
         Path(results, f"epoch{epoch}-rank{rank}.json").write_text(json.dumps(
             {"keys": keys, "workers": sorted(workers), "gathered_total": int(count)}))
+    even = ShardDataset(out_dir, seed=7, shuffle_buffer=16)
+    keys, batches = [], 0
+    for _, _, meta in make_loader(even, batch_size=8, workers=2):
+        step = torch.ones(1)
+        dist.all_reduce(step)  # every rank must reach every batch's collective
+        keys += meta["key"]
+        batches += 1
+    Path(results, f"even-rank{rank}.json").write_text(json.dumps(
+        {"keys": keys, "batches": batches}))
     dist.barrier()
     dist.destroy_process_group()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import pickle
 
+import numpy as np
 import pytest
 
 from exaslide.slides import open_slide
@@ -33,8 +34,10 @@ def test_keeps_the_most_recently_used_and_closes_the_rest():
         HandlePool(0)
 
 
-def _child_count(pool, queue):
-    queue.put(len(pool))
+def _child_reads(pool, path, queue):
+    inherited = len(pool)
+    slide = pool.get("s", lambda: open_slide(path))
+    queue.put((inherited, pool.opened, slide.read_region((0, 0), (8, 8), level=0)))
 
 
 def test_a_forked_child_does_not_use_its_parents_handles(synth_slide):
@@ -42,11 +45,13 @@ def test_a_forked_child_does_not_use_its_parents_handles(synth_slide):
     slide = pool.get("s", lambda: open_slide(synth_slide.path))
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
-    child = context.Process(target=_child_count, args=(pool, queue))
+    child = context.Process(target=_child_reads, args=(pool, synth_slide.path, queue))
     child.start()
+    inherited, opened, pixels = queue.get(timeout=60)
     child.join(30)
-    assert queue.get(timeout=5) == 0
-    assert slide.read_region((0, 0), (8, 8), level=0).shape == (8, 8, 3)  # still usable
+    assert inherited == 0 and opened == 1  # the child opened its own handle
+    np.testing.assert_array_equal(pixels, slide.read_region((0, 0), (8, 8), level=0))
+    assert pool.opened == 1 and pool.get("s", lambda: None) is slide  # parent unaffected
     clone = pickle.loads(pickle.dumps(pool))
     assert len(clone) == 0 and clone.max_open == 4
     pool.close()

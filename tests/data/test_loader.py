@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import Dataset
@@ -14,7 +17,7 @@ class Randoms(Dataset):
         return 8
 
     def __getitem__(self, i):
-        return torch.rand(1).item(), i
+        return torch.rand(1).item(), float(np.random.rand()), random.random(), i
 
 
 def test_pins_memory_only_for_gpu_targets():
@@ -24,12 +27,15 @@ def test_pins_memory_only_for_gpu_targets():
     assert loader.prefetch_factor == 3 and loader.persistent_workers
 
 
-def test_worker_randomness_is_seeded():
+def test_worker_randomness_is_seeded_for_torch_numpy_and_random():
     def draws(seed):
-        return torch.cat([b[0] for b in make_loader(Randoms(), batch_size=2, workers=2,
-                                                    seed=seed)])
+        batches = list(make_loader(Randoms(), batch_size=2, workers=2, seed=seed))
+        return [torch.cat([b[k] for b in batches]) for k in range(3)]
 
-    assert torch.equal(draws(1), draws(1)) and not torch.equal(draws(1), draws(2))
+    one, again, other = draws(1), draws(1), draws(2)
+    for k in range(3):
+        assert torch.equal(one[k], again[k]) and not torch.equal(one[k], other[k])
+    assert len(set(one[1].tolist())) == 8  # the two workers do not repeat each other
 
 
 def test_shard_datasets_refuse_a_sampler(extracted):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pytest
 import torch
 
@@ -44,21 +45,52 @@ def test_items_are_tensors_labels_and_metadata(extracted):
 def test_two_ranks_times_two_workers_cover_each_sample_once(extracted):
     seen = []
     for rank in range(2):
-        dataset = ShardDataset(extracted, seed=4, rank=rank, world_size=2)
+        dataset = ShardDataset(extracted, seed=4, rank=rank, world_size=2, even=False)
         keys = _keys(dataset, workers=2)
         assert len(keys) == len(dataset)
         seen += keys
     assert len(seen) == len(set(seen)) == ShardDataset(extracted).num_samples
 
 
-def test_plan_splits_contiguously_and_evenly():
-    shards = [Shard(f"s{i}", n) for i, n in enumerate([5, 7, 1, 9])]
-    plans = [plan_epoch(shards, 3, k, seed=0, epoch=0, shuffle=False) for k in range(3)]
+def test_even_ranks_get_the_same_number_of_batches(extracted):
+    total = ShardDataset(extracted).num_samples
+    world = 3 if total % 3 else 4  # a world size that does not divide the samples
+    batches, seen = [], []
+    for rank in range(world):
+        dataset = ShardDataset(extracted, seed=4, rank=rank, world_size=world)
+        assert dataset.even and len(dataset) == total // world
+        loader = make_loader(dataset, batch_size=8, workers=2)
+        batches.append(sum(1 for _ in loader))
+        seen += [k for _, _, meta in loader for k in meta["key"]]
+    assert len(set(batches)) == 1
+    assert len(seen) == len(set(seen)) == total - total % world
+
+
+def _plan_sizes(shards, world, workers, even):
+    plans = [plan_epoch(shards, rank=r, world_size=world, worker=w, workers=workers, seed=0,
+                        epoch=0, shuffle=False, even=even)
+             for r in range(world) for w in range(workers)]
     sizes = [sum(s.stop - s.start for s in plan) for plan in plans]
-    assert sizes == [7, 7, 8]
     covered = collections.Counter((s.shard.url, i) for plan in plans for s in plan
                                   for i in range(s.start, s.stop))
-    assert len(covered) == 22 and set(covered.values()) == {1}
+    return sizes, covered
+
+
+def test_plan_splits_contiguously_exactly_once_or_evenly():
+    shards = [Shard(f"s{i}", n) for i, n in enumerate([5, 7, 1, 9])]  # 22 samples
+    sizes, covered = _plan_sizes(shards, 2, 2, even=False)
+    assert sizes == [5, 6, 5, 6] and len(covered) == 22 and set(covered.values()) == {1}
+    sizes, covered = _plan_sizes(shards, 3, 2, even=True)
+    assert sizes == [3, 4, 3, 4, 3, 4] and len(covered) == 21
+    assert set(covered.values()) == {1}
+
+
+def test_filters_must_select_whole_shards(extracted):
+    slide = ShardDataset(extracted, filter=pc.field("slide_id") == "synth_000", rank=0,
+                         world_size=1)
+    assert {meta["slide_id"] for _, _, meta in slide} == {"synth_000"}
+    with pytest.raises(DatasetError, match="selects part of shard"):
+        ShardDataset(extracted, filter=pc.field("label") == "tumour")
 
 
 def test_list_of_shards_and_balance(extracted):
@@ -66,6 +98,8 @@ def test_list_of_shards_and_balance(extracted):
     by_list = ShardDataset(paths, rank=0, world_size=1)
     assert by_list.num_samples == ShardDataset(extracted).num_samples
     balanced = ShardDataset(extracted, balance=True, seed=0, rank=0, world_size=1)
+    with pytest.raises(DatasetError, match="needs even=False"):
+        ShardDataset(extracted, balance=True, rank=0, world_size=2)
     labels = collections.Counter(int(label) for _, label, _ in balanced)
     assert 0.6 < labels[0] / labels[1] < 1.6
     with pytest.raises(DatasetError, match="needs an extraction folder"):
@@ -85,7 +119,9 @@ def test_truncated_and_incomplete_shards_are_clear_errors(extracted, tmp_path):
 
 
 def test_ddp_two_ranks_two_workers_with_torchrun(extracted, tmp_path):
-    """Real torchrun, gloo: every sample exactly once per epoch, over two epochs."""
+    """Real torchrun, gloo: every sample exactly once per epoch over two epochs
+    (``even=False``), then an ``even`` epoch with an all-reduce after every batch, as DDP
+    training does (unequal batch counts would hang it)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc-per-node", "2", str(DDP_SCRIPT), str(extracted), str(tmp_path)]
@@ -99,6 +135,9 @@ def test_ddp_two_ranks_two_workers_with_torchrun(extracted, tmp_path):
         assert len(keys) == len(set(keys)) == total
         assert ranks[0]["gathered_total"] == total  # all_reduce over gloo agrees
         assert {w for r in ranks for w in r["workers"]} == {0, 1}
+    even = [json.loads((tmp_path / f"even-rank{r}.json").read_text()) for r in range(2)]
+    assert even[0]["batches"] == even[1]["batches"] > 0
+    assert len(set(even[0]["keys"] + even[1]["keys"])) == total - total % 2
     first = json.loads((tmp_path / "epoch0-rank0.json").read_text())["keys"]
     second = json.loads((tmp_path / "epoch1-rank0.json").read_text())["keys"]
     assert first != second

@@ -4,16 +4,15 @@
 settings that matter for throughput: ``workers`` processes (``persistent_workers`` so slide
 handles and tile caches survive between epochs), ``prefetch_factor`` batches in flight per
 worker, and pinned (page-locked) host memory when the target device is a GPU so that
-:func:`to_device` copies asynchronously. Each worker seeds Python, NumPy and torch from
-the loader's seed, so random transforms are reproducible.
+:func:`to_device` copies asynchronously. The loader's generator is seeded with ``seed``;
+PyTorch derives each worker's Python, NumPy and torch seeds from it, so random transforms
+are reproducible.
 """
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 
@@ -37,14 +36,6 @@ def collate_patches(batch: list) -> tuple[torch.Tensor, torch.Tensor, dict]:
     else:
         stacked = default_collate(list(images))
     return stacked, default_collate(labels), default_collate(metadata)
-
-
-def seed_worker(worker_id: int) -> None:
-    """Seed NumPy and ``random`` in a worker from torch's per-worker seed (which the
-    loader derives from its generator)."""
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
 
 
 def make_loader(dataset, *, batch_size: int = 64, workers: int = 2, sampler=None,
@@ -74,8 +65,7 @@ def make_loader(dataset, *, batch_size: int = 64, workers: int = 2, sampler=None
     generator.manual_seed(seed)
     options: dict[str, Any] = {}
     if workers > 0:
-        options.update(prefetch_factor=prefetch_factor, persistent_workers=True,
-                       worker_init_fn=seed_worker)
+        options.update(prefetch_factor=prefetch_factor, persistent_workers=True)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       pin_memory=pin, drop_last=drop_last, generator=generator,
                       collate_fn=collate_patches, **options)

@@ -9,22 +9,27 @@ epoch, so no process talks to another):
 
 1. The shards are put in an order (a permutation drawn from ``(seed, epoch)``, or the
    given order with ``shuffle=False``) and their samples numbered ``0 .. N-1`` in it.
-2. The ``world_size * num_workers`` readers ("slots") each take a contiguous range of that
-   numbering, ``[k*N/S, (k+1)*N/S)``: every sample falls in exactly one range, and the
-   ranges differ in size by at most one sample. A reader streams the shards that overlap
-   its range and skips the samples outside it, so at most two shards per reader are
-   shared with a neighbour.
-3. Each reader shuffles what it streams through a buffer of ``shuffle_buffer`` samples,
-   with a generator seeded by ``(seed, epoch, slot)``.
+2. Rank ``r`` of ``W`` takes a contiguous range of that numbering and splits it into
+   contiguous sub-ranges, one per ``DataLoader`` worker. A worker streams the shards that
+   overlap its range and skips the samples outside it, so at most two shards per worker
+   are shared with a neighbour.
 
-Ranks may thus get one sample more than others; with ``drop_last`` batches this
-never changes the number of batches by more than one (use ``torch.distributed``'s
-``Join`` or ``drop_last`` in the training loop).
+   - ``even=False`` (exactly once): rank ``r`` takes ``[rN/W, (r+1)N/W)``; every sample
+     is read exactly once per epoch, and ranks differ by at most one sample.
+   - ``even=True`` (the default when ``world_size > 1``): every rank takes ``M = N // W``
+     samples, ``[rM, (r+1)M)``. Ranks then have identical worker ranges, hence the same
+     number of batches, which DDP needs (a rank with one batch more waits forever in its
+     gradient all-reduce). The last ``N - W*M < W`` samples of the epoch's order are
+     skipped; the order changes every epoch, so different ones each time.
+3. Each worker shuffles what it streams through a buffer of ``shuffle_buffer`` samples,
+   with a generator seeded by ``(seed, epoch, rank, worker)``.
 
 With ``balance=True``, samples of over-represented classes are skipped with probability
 ``1 - smallest_class / class_count``, decided by a hash of ``(seed, epoch, key)``: an
 undersampled, class-balanced epoch, the same for every world size (this needs the index,
-for the class counts).
+for the class counts). Workers then yield different numbers of samples, so ``balance``
+needs ``even=False`` (for balanced DDP training use ``SlidePatchDataset`` with
+``PatchSampler(balance=True)``).
 """
 
 from __future__ import annotations
@@ -66,14 +71,25 @@ class Segment:
     stop: int
 
 
-def plan_epoch(shards: Sequence[Shard], slots: int, slot: int, *, seed: int, epoch: int,
-               shuffle: bool) -> list[Segment]:
-    """The shard segments reader ``slot`` of ``slots`` streams in one epoch (module doc)."""
+def rank_range(total: int, rank: int, world_size: int, even: bool) -> tuple[int, int]:
+    """The samples ``[lo, hi)`` of an epoch's order that one rank reads (module doc)."""
+    if even:
+        share = total // world_size
+        return rank * share, (rank + 1) * share
+    return rank * total // world_size, (rank + 1) * total // world_size
+
+
+def plan_epoch(shards: Sequence[Shard], *, rank: int, world_size: int, worker: int,
+               workers: int, seed: int, epoch: int, shuffle: bool,
+               even: bool) -> list[Segment]:
+    """The shard segments one worker of one rank streams in one epoch (module doc)."""
     order = list(shards)
     if shuffle:
         order = [order[i] for i in epoch_rng(seed, epoch).permutation(len(order))]
     total = sum(s.count for s in order)
-    lo, hi = slot * total // slots, (slot + 1) * total // slots
+    start, stop = rank_range(total, rank, world_size, even)
+    lo = start + worker * (stop - start) // workers
+    hi = start + (worker + 1) * (stop - start) // workers
     segments, first = [], 0
     for shard in order:
         last = first + shard.count
@@ -96,20 +112,23 @@ class ShardDataset(IterableDataset):
         seed: the seed; with the epoch (:meth:`set_epoch`) it decides the order.
         classes: label names in class-code order (default: ``normal``, ``tumour``, then
             the index's other labels, sorted; with a shard list: ``normal``, ``tumour``).
-        filter: a pyarrow expression selecting the index rows whose shards are used
-            (e.g. ``pc.field("split") == "train"``); whole shards are kept or dropped,
-            so filter on something constant within a shard (slide-level columns).
+        filter: a pyarrow expression selecting the shards to use through their index rows
+            (e.g. ``pc.field("split") == "train"``); shards are read whole, so a filter
+            that selects part of a shard is an error: filter on slide-level columns.
         transform: called on each image tensor.
         dtype: ``"uint8"`` or ``"float"`` (0..1).
-        balance: undersample to equal classes (needs the index).
+        balance: undersample to equal classes (needs the index and ``even=False``).
         rank, world_size: this process's share (default: torch.distributed/torchrun).
+        even: give every rank the same number of samples, skipping fewer than
+            ``world_size`` per epoch (default: on when ``world_size > 1``); off: every
+            sample exactly once, ranks may differ by one.
     """
 
     def __init__(self, source, *, shuffle: bool = True, shuffle_buffer: int = 1000,
                  seed: int = 0, classes: Sequence[str] | None = None, filter=None,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  dtype: str = "uint8", balance: bool = False, rank: int | None = None,
-                 world_size: int | None = None):
+                 world_size: int | None = None, even: bool | None = None):
         if dtype not in ("uint8", "float"):
             raise ValueError(f"dtype must be 'uint8' or 'float', got {dtype!r}")
         if shuffle_buffer < 1:
@@ -117,6 +136,11 @@ class ShardDataset(IterableDataset):
         self.shuffle, self.shuffle_buffer, self.seed = shuffle, shuffle_buffer, seed
         self.transform, self.dtype, self.balance = transform, dtype, balance
         self.rank, self.world_size = distributed_context(rank, world_size)
+        self.even = self.world_size > 1 if even is None else bool(even)
+        if balance and self.even:
+            raise DatasetError("balance=True gives workers unequal sample counts, so it "
+                               "needs even=False; for balanced DDP training use "
+                               "SlidePatchDataset with PatchSampler(balance=True)")
         # shared memory, so that persistent DataLoader workers see set_epoch()
         self._epoch = multiprocessing.RawValue("q", 0)
         self.keep_probability: dict[str, float] | None = None
@@ -171,21 +195,21 @@ class ShardDataset(IterableDataset):
 
     def __len__(self) -> int:
         """Samples this rank yields per epoch (before balancing)."""
-        total = self.num_samples
-        return (self.rank + 1) * total // self.world_size - self.rank * total // self.world_size
+        lo, hi = rank_range(self.num_samples, self.rank, self.world_size, self.even)
+        return hi - lo
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, int, dict[str, Any]]]:
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
-        slots, slot = self.world_size * workers, self.rank * workers + worker
-        segments = plan_epoch(self.shards, slots, slot, seed=self.seed, epoch=self.epoch,
-                              shuffle=self.shuffle)
+        segments = plan_epoch(self.shards, rank=self.rank, world_size=self.world_size,
+                              worker=worker, workers=workers, seed=self.seed,
+                              epoch=self.epoch, shuffle=self.shuffle, even=self.even)
         samples = (s for segment in segments for s in self._read_segment(segment))
         if self.keep_probability is not None:
             samples = (s for s in samples if self._keep(s[2]))
         if self.shuffle:
             samples = _shuffled(samples, self.shuffle_buffer,
-                                epoch_rng(self.seed, self.epoch, slots, slot))
+                                epoch_rng(self.seed, self.epoch, self.rank, worker))
         for image_bytes, extension, meta in samples:
             yield self._decode(image_bytes, extension, meta)
 
@@ -223,6 +247,12 @@ class ShardDataset(IterableDataset):
         return image, code, metadata
 
 
+def _shard_counts(table) -> dict[str, int]:
+    counts = table.group_by("shard").aggregate([("shard", "count")])
+    return dict(zip(counts.column("shard").to_pylist(),
+                    counts.column("shard_count").to_pylist(), strict=True))
+
+
 def _shards_from_index(out: Path, filter) -> tuple[list[Shard], dict[str, int]]:
     import pyarrow.compute as pc
 
@@ -231,11 +261,19 @@ def _shards_from_index(out: Path, filter) -> tuple[list[Shard], dict[str, int]]:
     if table.num_rows == 0:
         raise DatasetError(f"{out}: the index lists no materialised patches (run "
                            "`exaslide extract --materialize png|jpeg`)")
-    shard_counts = table.group_by("shard").aggregate([("shard", "count")])
+    counts = _shard_counts(table)
+    if filter is not None:  # samples are taken by position: only whole shards can be used
+        full = _shard_counts(read_index_table(out).select(["shard"]))
+        partial = sorted(name for name, n in counts.items() if full.get(name) != n)
+        if partial:
+            raise DatasetError(
+                f"the filter selects part of shard {partial[0]} ({counts[partial[0]]} of "
+                f"{full.get(partial[0])} samples; {len(partial)} shard(s) in all): shards "
+                "are read whole, so filter on columns constant within a slide (slide_id, "
+                "split, centre), or use SlidePatchDataset for row-level selections")
     folder = out.parent if out.name == "index" else out
-    shards = sorted(Shard(str(folder / "shards" / name), int(n)) for name, n in
-                    zip(shard_counts.column("shard").to_pylist(),
-                        shard_counts.column("shard_count").to_pylist(), strict=True))
+    shards = sorted(Shard(str(folder / "shards" / name), int(n))
+                    for name, n in counts.items())
     missing = [s.url for s in shards if not Path(s.url).exists()]
     if missing:
         raise DatasetError(f"{len(missing)} shard(s) listed in the index are missing, "

@@ -5,9 +5,10 @@ the extraction engine's :class:`~exaslide.patches.reader.PatchReader`, so the pi
 exactly those ``exaslide extract`` would write. Readers (one per slide and patch
 resolution) live in a per-process :class:`~exaslide.slides.pool.HandlePool` opened lazily
 inside each ``DataLoader`` worker: the dataset pickles without open files, and a forked
-worker never uses its parent's handles. All readers of a process share one decoded-tile
-LRU cache with a byte limit, so neighbouring and repeated patches decode no tile twice
-while it is cached.
+worker never uses its parent's handles. For TIFF-based slides (TIFF, SVS, OME-TIFF...)
+all readers of a process share one decoded-tile LRU cache with a byte limit, so
+neighbouring and repeated patches decode no tile twice while it is cached; other formats
+are read through OpenSlide, whose own cache (32 MiB per open slide) applies instead.
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ Opening a slide costs milliseconds (TIFF directories, OpenSlide's vendor parsing
 file descriptors and caches, so a data loader that reads patches of thousands of slides in
 random order keeps the most recently used ``max_open`` handles open and closes the rest.
 
+Threads: the bookkeeping is locked, but a handle evicted by one thread is closed even if
+another thread is still reading it; give each thread its own pool (a ``DataLoader``
+worker is one thread) or make ``max_open`` cover every slide the threads read at once.
+
 Fork safety: a pool remembers the process that created it. In a forked child (a
 ``DataLoader`` worker) it forgets the parent's handles without closing them (they belong
 to the parent) and opens its own. Pickling a pool (spawned workers) carries only its
