@@ -11,7 +11,13 @@ Faults it can simulate:
   size (HEAD) but serves only the first ``n`` bytes of the file (ranges past ``n`` get
   416, ranges across it come back short);
 - a connection cut mid-body: ``server.abort[name] = n`` announces the full Content-Length
-  of every response but closes the connection after ``n`` body bytes.
+  of every response but closes the connection after ``n`` body bytes;
+- an authenticated server: ``RangeServer(folder, require_header=("Authorization",
+  "Bearer x"))`` answers 401 to every request without that header and value;
+- a server that reports no size: ``server.no_length.add(name)`` sends no Content-Length
+  (HEAD and full GET; the body of a GET ends when the connection closes) and ignores
+  ``Range``;
+- a slow server: ``server.throttle[name] = bytes_per_second`` paces the body.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from collections import Counter
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,9 +37,13 @@ class RangeServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, folder: str | os.PathLike):
+    def __init__(self, folder: str | os.PathLike,
+                 require_header: tuple[str, str] | None = None):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.folder = Path(folder)
+        self.require_header = require_header
+        self.no_length: set[str] = set()
+        self.throttle: dict[str, float] = {}
         self.bytes_sent: Counter[str] = Counter()
         self.requests: list[tuple[str, str, str]] = []  # (method, name, range header)
         self.truncate: dict[str, int] = {}
@@ -96,6 +107,10 @@ class _Handler(BaseHTTPRequestHandler):
         header = self.headers.get("Range", "")
         with self.server.lock:
             self.server.requests.append((self.command, name, header))
+        required = self.server.require_header
+        if required and self.headers.get(required[0]) != required[1]:
+            self._empty(401)
+            return
         if not path.is_file():
             self._empty(404)
             return
@@ -104,6 +119,9 @@ class _Handler(BaseHTTPRequestHandler):
         etag = f'"{stat.st_size:x}-{stat.st_mtime_ns:x}"'
         if body and self.headers.get("If-Match", etag) not in (etag, "*"):
             self._empty(412)
+            return
+        if name in self.server.no_length:
+            self._serve_without_length(name, path, body)
             return
         available = min(size, self.server.truncate.get(name, size))
         start, end, status = 0, size - 1, 200
@@ -136,9 +154,27 @@ class _Handler(BaseHTTPRequestHandler):
         if name in self.server.abort:
             data = data[: self.server.abort[name]]
             self.close_connection = True
-        self.wfile.write(data)
-        with self.server.lock:
-            self.server.bytes_sent[name] += len(data)
+        self._send(name, data)
+
+    def _send(self, name: str, data: bytes) -> None:
+        rate = self.server.throttle.get(name)
+        step = 64 << 10 if rate else max(1, len(data))
+        for start in range(0, len(data), step):
+            chunk = data[start : start + step]
+            self.wfile.write(chunk)
+            with self.server.lock:
+                self.server.bytes_sent[name] += len(chunk)
+            if rate:
+                time.sleep(len(chunk) / rate)
+
+    def _serve_without_length(self, name: str, path: Path, body: bool) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        if body:
+            self._send(name, path.read_bytes())
 
     def _empty(self, status: int, headers: dict | None = None) -> None:
         self.send_response(status)

@@ -104,3 +104,32 @@ def test_manifest_annotations_and_fingerprint_from_urls(server, synth_slide, tmp
 
     with pytest.raises(AnnotationError, match=r"http://127\.0\.0\.1:\d+/bad\.xml"):
         read_annotations(server.publish(tmp_path / "bad.xml"))
+
+
+def test_storage_options_headers_reach_every_request(tmp_path, blob, synth_slide):
+    """The caller's headers (credentials) are sent with the range requests too, merged
+    with the If-Match header, not replaced by it."""
+    from exaslide.slides import open_slide
+    from exaslide.slides.tifffile_backend import TiffFileSlide
+    from http_server import RangeServer
+
+    (tmp_path / "private").mkdir()
+    server = RangeServer(tmp_path / "private", require_header=("Authorization", "Bearer x"))
+    server.start()
+    try:
+        path, data = blob
+        url = server.publish(path)
+        options = {"headers": {"Authorization": "Bearer x"}}
+        with pytest.raises(StorageError):
+            open_file(url)  # no credentials: 401
+        with open_file(url, storage_options=options) as fh:
+            assert fh.pread(600_000, 100_000) == data[100_000:700_000]
+        slide_url = server.publish(synth_slide.path)
+        source = RemoteFile(slide_url, storage_options=options)
+        with TiffFileSlide(slide_url, source=source) as slide, \
+                open_slide(synth_slide.path) as local:
+            np.testing.assert_array_equal(slide.read_region((1000, 700), (300, 200)),
+                                          local.read_region((1000, 700), (300, 200)))
+        assert local_copy(url, storage_options=options).read_bytes() == data
+    finally:
+        server.stop()

@@ -302,11 +302,17 @@ class RemoteFile(io.RawIOBase):
 
     def _if_match(self, fs) -> dict:
         """HTTP only: ask for the version that was opened (``If-Match: <strong ETag>``), so
-        a file replaced while a handle is open fails with 412 instead of mixing versions."""
+        a file replaced while a handle is open fails with 412 instead of mixing versions.
+
+        fsspec's HTTP file system replaces (does not merge) its ``headers`` request option
+        with one given per call, so the caller's headers (``storage_options={"headers":
+        {"Authorization": ...}}``, kept in ``fs.kwargs``) are copied in."""
         protocols = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)
         etag = self.info.etag
         if etag and not etag.startswith("W/") and {"http", "https"} & set(protocols):
-            return {"headers": {"If-Match": etag}}
+            headers = dict((getattr(fs, "kwargs", None) or {}).get("headers") or {})
+            headers["If-Match"] = etag
+            return {"headers": headers}
         return {}
 
     def _error(self, exc: BaseException, where: str) -> StorageError:
