@@ -118,3 +118,111 @@ def test_clear_by_pattern(tmp_path):
     assert len(cache.clear("https://host/a/*")) == 2
     assert [e.url for e in cache.entries()] == ["https://host/b/3.tif"]
     assert len(cache.clear()) == 1 and cache.entries() == []
+
+
+def _write(data: bytes):
+    return lambda tmp: tmp.write_bytes(data)
+
+
+def test_a_remote_file_named_meta_json_is_cached_counted_and_evicted(tmp_path):
+    cache = DiskCache(tmp_path / "c", max_bytes=10_000, block_size=1000)
+    info = _info("cohort/meta.json", size=3000)
+    cache.validate(info)
+    copy = cache.store_whole_file(info, _write(b"{" * 3000))
+    assert copy.name == "meta.json" and cache.whole_file(info) == copy
+    assert cache.total_bytes() == 3000
+    [entry] = cache.entries()
+    assert entry.whole_file and entry.cached_bytes == 3000
+    cache._remove_empty_entries()  # the entry holds data: kept
+    assert copy.is_file()
+    assert cache.prune(0) == 3000 and not copy.exists()  # evictable like any file
+    assert cache.entries() == [] and cache.total_bytes() == 0
+
+
+def test_temporaries_being_written_count_but_are_not_evicted(tmp_path):
+    cache = DiskCache(tmp_path / "c", max_bytes=10_000, block_size=1000)
+    info = _info("a.tif")
+    cache.validate(info)
+    cache.write_block(info, 0, b"0" * 1000)
+    tmp = cache.whole_file_path(info).parent / ".a.0123abcd.tmp.tif"
+    tmp.parent.mkdir(parents=True)
+    tmp.write_bytes(b"t" * 5000)  # another process's whole-file copy in progress
+    assert cache.total_bytes() == 1004 + 5000
+    assert cache.prune(0) == 1004 and tmp.exists()
+    old = time.time() - 2 * 3600  # but a temporary left by a killed process is deleted
+    os.utime(tmp, (old, old))
+    assert cache.total_bytes() == 0 and not tmp.exists()
+
+
+def test_the_running_total_subtracts_the_blocks_a_whole_copy_replaces(tmp_path):
+    cache = DiskCache(tmp_path / "c", max_bytes=100_000, block_size=1000)
+    info = _info("a.tif", size=5000)
+    cache.validate(info)
+    for i in range(5):
+        cache.write_block(info, i, b"b" * 1000)
+    cache.store_whole_file(info, _write(b"w" * 5000))
+    assert cache.total_bytes() == 5000
+    assert cache._estimate == 5000  # not 5000 + the 5 x 1004 bytes of deleted blocks
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_whole_file_locks_are_removed(tmp_path, caplog):
+    import json
+    import socket
+
+    cache = DiskCache(tmp_path / "c", block_size=1000)
+    info = _info("a.tif", size=100)
+    cache.validate(info)
+    lock = cache.whole_file_path(info).parent.parent / "whole.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": _dead_pid(),
+                                "time": time.time()}))
+    copy = cache.store_whole_file(info, _write(b"x" * 100))  # the owner died: taken over
+    assert copy.read_bytes() == b"x" * 100 and not lock.exists()
+    assert "stale whole-file lock" in caplog.text and "is gone" in caplog.text
+    other = _info("b.tif", size=100)  # another host's lock, untouched for too long
+    cache.validate(other)
+    lock = cache.whole_file_path(other).parent.parent / "whole.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"host": "elsewhere", "pid": 1, "time": 0}))
+    old = time.time() - 3600
+    os.utime(lock, (old, old))
+    assert cache.store_whole_file(other, _write(b"y" * 100)).read_bytes() == b"y" * 100
+    assert not lock.exists()
+
+
+def test_a_live_whole_file_lock_makes_others_wait_for_the_copy(tmp_path, monkeypatch):
+    import json
+    import threading
+
+    from exaslide.storage import disk_cache
+
+    monkeypatch.setattr(disk_cache, "LOCK_POLL_SECONDS", 0.02)
+    cache = DiskCache(tmp_path / "c", block_size=1000)
+    info = _info("a.tif", size=100)
+    cache.validate(info)
+    lock = cache.whole_file_path(info).parent.parent / "whole.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"host": "elsewhere", "pid": 1, "time": time.time()}))
+    calls = []
+    result = {}
+    waiter = threading.Thread(target=lambda: result.update(
+        path=cache.store_whole_file(info, lambda tmp: calls.append(tmp))))
+    waiter.start()
+    time.sleep(0.3)
+    assert waiter.is_alive() and calls == []  # waiting for the lock's owner
+    target = cache.whole_file_path(info)  # the owner finishes its copy
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"z" * 100)
+    assert cache.total_bytes() == 100  # (the lock itself is not cached data)
+    lock.unlink()
+    waiter.join(10)
+    assert result["path"] == target and calls == []  # the copy was not made twice

@@ -8,8 +8,10 @@ Layout (see ``docs/storage.md``)::
 
 ``<version>`` is a hash of the remote size, ETag and last-modified time, so blocks of two
 versions of a file never mix. Every file is written under a temporary name and renamed,
-so any number of processes share one cache without locks (at worst two fetch the same
-block). Eviction: least recently used first, by file mtime (a hit touches the file).
+so any number of processes share one cache (at worst two fetch the same block); only a
+whole-file copy takes a lock (``<version>/whole.lock``), so that one process downloads it
+while the others wait for it. Eviction: least recently used first, by file mtime (a hit
+touches the file).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import threading
 import time
 import zlib
@@ -48,6 +51,13 @@ DEFAULT_BLOCK_SIZE = 256 * 1024
 PRUNE_TO = 0.9
 #: Temporary files older than this are leftovers of killed processes and are deleted.
 STALE_TEMP_SECONDS = 3600
+#: A whole-file lock not touched for this long is stale (its owner died on another host
+#: or hangs); the owner touches it every ``LOCK_STALE_SECONDS / 20`` while it downloads.
+LOCK_STALE_SECONDS = 600
+#: How often a process waiting for another's whole-file copy looks again.
+LOCK_POLL_SECONDS = 0.2
+LOCK_NAME = "whole.lock"
+META_NAME = "meta.json"
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
           "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
@@ -232,6 +242,12 @@ class DiskCache:
         which is renamed into place. Room is made first (LRU eviction); the now redundant
         blocks of this version are deleted afterwards.
 
+        One process (or thread) at a time fills a given version: it holds
+        ``<version>/whole.lock`` (its host, pid and start time; touched while it works),
+        the others wait for its copy and return it. A lock whose owner is dead (same host)
+        or that has not been touched for :data:`LOCK_STALE_SECONDS` is removed and the copy
+        made again; when the owner fails, a waiter takes over.
+
         Raises:
             StorageError: the file is larger than the cache limit.
         """
@@ -239,35 +255,54 @@ class DiskCache:
             raise StorageError(
                 f"{info.url}: the file ({format_size(info.size)}) is larger than the disk "
                 f"cache limit ({format_size(self.max_bytes)}); raise {CACHE_SIZE_ENV}")
-        if info.size:
-            self.prune(int(self.max_bytes * PRUNE_TO) - info.size, only_if_over=True)
         target = self.whole_file_path(info)
-        with atomic_path(target) as tmp:
-            fill(tmp)
-        blocks = target.parent.parent
-        for folder in _subdirs(blocks):
-            if folder.name.startswith("blocks-"):
-                shutil.rmtree(folder, ignore_errors=True)
-        self._account(target.stat().st_size)
-        return target
+        lock = target.parent.parent / LOCK_NAME
+        held = _acquire_whole_file_lock(lock, target, info.url)
+        if held is None:  # another process made the copy while we waited
+            _touch(target)
+            return target
+        try:
+            if target.is_file():  # made between our last look and taking the lock
+                _touch(target)
+                return target
+            if info.size:
+                self.prune(int(self.max_bytes * PRUNE_TO) - info.size, only_if_over=True)
+            with _heartbeat(lock), atomic_path(target) as tmp:
+                fill(tmp)
+            freed = 0
+            for folder in _subdirs(target.parent.parent):
+                if folder.name.startswith("blocks-"):
+                    freed += sum(_size(f) for f in _walk_files(folder))
+                    shutil.rmtree(folder, ignore_errors=True)
+            self._account(target.stat().st_size, freed=freed)
+            return target
+        finally:
+            _release_whole_file_lock(lock, held)
 
     # --------------------------------------------------------------- size and eviction
-    def _account(self, nbytes: int) -> None:
-        """Add a write to the running total; measure the total by a scan the first time and
-        after every tenth of the limit written; prune when over the limit."""
+    def _account(self, written: int, freed: int = 0) -> None:
+        """Add a write of ``written`` bytes (which deleted ``freed`` bytes) to the running
+        total; measure the total by a scan the first time and after every tenth of the
+        limit written; prune when over the limit."""
         with self._lock:
             if self._estimate is None or self._since_scan > self.max_bytes // 10:
                 self._estimate, self._since_scan = self.total_bytes(), 0
             else:
-                self._estimate += nbytes
-                self._since_scan += nbytes
+                self._estimate += written - freed
+                self._since_scan += written
             over = self._estimate > self.max_bytes
         if over:
             self.prune()
 
-    def _files(self) -> Iterator[tuple[Path, int, float]]:
-        """``(path, size, mtime)`` of every cached data file (not ``meta.json``); deletes
-        temporaries left by killed processes."""
+    def _is_meta(self, path: Path) -> bool:
+        """True for an entry's ``meta.json`` (not for a cached file of that name)."""
+        return path.name == META_NAME and path.parent.parent == self.root
+
+    def _files(self) -> Iterator[tuple[Path, int, float, bool]]:
+        """``(path, size, mtime, evictable)`` of every cached data file, and of every
+        temporary being written (counted toward the limit, but not evictable: a process is
+        writing it). Entries' ``meta.json`` and whole-file locks are left out. Temporaries
+        and locks left by killed processes are deleted."""
         now = time.time()
         for folder, _, names in os.walk(self.root):
             for name in names:
@@ -276,28 +311,37 @@ class DiskCache:
                     stat = path.stat()
                 except OSError:
                     continue
+                if name == LOCK_NAME and path.parent.parent.parent == self.root:
+                    if now - stat.st_mtime > LOCK_STALE_SECONDS:
+                        with contextlib.suppress(OSError):
+                            path.unlink()
+                    continue
                 if _TEMP.match(name):
                     if now - stat.st_mtime > STALE_TEMP_SECONDS:
                         with contextlib.suppress(OSError):
                             path.unlink()
+                    else:
+                        yield path, stat.st_size, stat.st_mtime, False
                     continue
-                if name != "meta.json":
-                    yield path, stat.st_size, stat.st_mtime
+                if not self._is_meta(path):
+                    yield path, stat.st_size, stat.st_mtime, True
 
     def total_bytes(self) -> int:
-        """Bytes of cached data on disk (a scan of the cache folder)."""
-        return sum(size for _, size, _ in self._files())
+        """Bytes of cached data on disk, temporaries being written included (a scan of the
+        cache folder)."""
+        return sum(size for _, size, _, _ in self._files())
 
     def prune(self, target_bytes: int | None = None, *, only_if_over: bool = False) -> int:
         """Delete the least recently used files (oldest mtime first) until the total is at
         most ``target_bytes`` (default 90% of the limit); returns the bytes deleted. With
         ``only_if_over``, nothing is deleted unless the total exceeds ``target_bytes``."""
         target = int(self.max_bytes * PRUNE_TO) if target_bytes is None else target_bytes
-        files = sorted(self._files(), key=lambda f: f[2])
-        total = sum(size for _, size, _ in files)
+        files = list(self._files())
+        total = sum(size for _, size, _, _ in files)
         freed = 0
         if not only_if_over or total > target:
-            for path, size, _ in files:
+            evictable = sorted((f for f in files if f[3]), key=lambda f: f[2])
+            for path, size, _, _ in evictable:
                 if total - freed <= target:
                     break
                 with contextlib.suppress(OSError):
@@ -313,7 +357,8 @@ class DiskCache:
 
     def _remove_empty_entries(self) -> None:
         for entry in _subdirs(self.root):
-            if not any(f.name != "meta.json" for f in _walk_files(entry)):
+            meta = entry / META_NAME
+            if not any(f != meta for f in _walk_files(entry)):
                 shutil.rmtree(entry, ignore_errors=True)
 
     # ------------------------------------------------------------------ listing, clear
@@ -324,7 +369,8 @@ class DiskCache:
             meta = _read_json(entry / "meta.json") or {}
             cached, newest, whole = 0, 0.0, False
             for path in _walk_files(entry):
-                if path.name == "meta.json" or _TEMP.match(path.name):
+                if path == entry / META_NAME or _TEMP.match(path.name) or (
+                        path.name == LOCK_NAME and path.parent.parent == entry):
                     continue
                 with contextlib.suppress(OSError):
                     stat = path.stat()
@@ -352,6 +398,119 @@ class DiskCache:
 def _touch(path: Path) -> None:
     with contextlib.suppress(OSError):
         os.utime(path)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+# ------------------------------------------------------------------- whole-file locks
+def _acquire_whole_file_lock(lock: Path, target: Path, url: str) -> int | None:
+    """Create ``lock`` (returns its inode) or wait until ``target`` exists (returns
+    ``None``). Stale locks are removed on the way."""
+    waiting = False
+    while True:
+        if target.is_file():
+            return None
+        inode = _try_lock(lock)
+        if inode is not None:
+            return inode
+        if not waiting:
+            logger.info("%s: another process is copying the whole file into the cache; "
+                        "waiting for it", url)
+            waiting = True
+        _remove_if_stale(lock)
+        time.sleep(LOCK_POLL_SECONDS)
+
+
+def _try_lock(lock: Path) -> int | None:
+    """Create the lock file with our host, pid and time; its inode, or None if it exists."""
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return None
+    except FileNotFoundError:  # the version folder was just removed (a newer version)
+        return None
+    try:
+        owner = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+        os.write(fd, json.dumps(owner).encode())
+        return os.fstat(fd).st_ino
+    finally:
+        os.close(fd)
+
+
+def _remove_if_stale(lock: Path) -> bool:
+    """Delete a lock whose owner is dead (same host) or that has not been touched for
+    :data:`LOCK_STALE_SECONDS`; True when it was deleted."""
+    try:
+        stat = lock.stat()
+        text = lock.read_text(encoding="utf-8")
+    except OSError:
+        return False
+    age = time.time() - stat.st_mtime
+    reason = None
+    if age > LOCK_STALE_SECONDS:
+        reason = f"not touched for {age:.0f} s"
+    else:
+        try:
+            owner = json.loads(text)
+        except ValueError:
+            return False  # being written
+        if isinstance(owner, dict) and owner.get("host") == socket.gethostname() \
+                and not _pid_alive(owner.get("pid")):
+            reason = f"its process {owner.get('pid')} is gone"
+    if reason is None:
+        return False
+    try:  # only the lock judged stale, not one another waiter has created since
+        now = lock.stat()
+        if (now.st_ino, now.st_mtime_ns) != (stat.st_ino, stat.st_mtime_ns):
+            return False
+        lock.unlink()
+    except OSError:
+        return False
+    logger.warning("removed the stale whole-file lock %s (%s)", lock, reason)
+    return True
+
+
+def _pid_alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return True  # unknown: rely on the age of the lock
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
+
+
+def _release_whole_file_lock(lock: Path, inode: int) -> None:
+    with contextlib.suppress(OSError):
+        if lock.stat().st_ino == inode:  # still ours (not removed as stale and retaken)
+            lock.unlink()
+
+
+@contextlib.contextmanager
+def _heartbeat(lock: Path) -> Iterator[None]:
+    """Touch ``lock`` regularly while the block runs, so that waiters never take a long
+    download for a dead one."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(LOCK_STALE_SECONDS / 20):
+            _touch(lock)
+
+    thread = threading.Thread(target=beat, name="exaslide-cache-lock", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _read_json(path: Path) -> dict | None:
