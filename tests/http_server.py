@@ -161,7 +161,11 @@ class _Handler(BaseHTTPRequestHandler):
         step = 64 << 10 if rate else max(1, len(data))
         for start in range(0, len(data), step):
             chunk = data[start : start + step]
-            self.wfile.write(chunk)
+            try:
+                self.wfile.write(chunk)
+            except (BrokenPipeError, ConnectionResetError):  # the client hung up
+                self.close_connection = True
+                return
             with self.server.lock:
                 self.server.bytes_sent[name] += len(chunk)
             if rate:

@@ -6,12 +6,20 @@ from __future__ import annotations
 import io
 import os
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from exaslide.errors import StorageError
-from exaslide.storage import DiskCache, RemoteFile, local_copy, open_file
+from exaslide.storage import (
+    DiskCache,
+    RemoteFile,
+    io_stats,
+    local_copy,
+    open_file,
+    reset_io_stats,
+)
 
 
 @pytest.fixture
@@ -133,3 +141,95 @@ def test_storage_options_headers_reach_every_request(tmp_path, blob, synth_slide
         assert local_copy(url, storage_options=options).read_bytes() == data
     finally:
         server.stop()
+
+
+def test_pread_refuses_negative_offsets_and_sizes(server, blob):
+    path, data = blob
+    with open_file(server.publish(path)) as fh:
+        with pytest.raises(ValueError, match="offset >= 0"):
+            fh.pread(10, -5)
+        with pytest.raises(ValueError, match="offset >= 0"):
+            fh.pread(-1, 100)
+        assert fh.pread(0, 100) == b"" and fh.pread(10, len(data)) == b""
+    assert server.sent() == 0  # no request with a nonsense Range went out
+
+
+def _descriptors_of(path) -> int:
+    """How many of this process's file descriptors are open on ``path``."""
+    found = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found += os.readlink(f"/proc/self/fd/{fd}") == str(path)
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_whole_file_copy_is_opened_once_per_handle(server, blob):
+    path, data = blob
+    url = server.publish(path)
+    fh = RemoteFile(url)
+    copy = local_copy(url)  # another handle makes the copy: this one switches on a miss
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(lambda _: fh._use_whole_file(), range(32)))
+    offsets = range(0, len(data) - 1000, 250_000)
+    with ThreadPoolExecutor(8) as pool:
+        chunks = list(pool.map(lambda o: fh.pread(1000, o), offsets))
+    assert chunks == [data[o : o + 1000] for o in offsets]
+    assert _descriptors_of(copy.resolve()) == 1
+    fh.close()
+    assert _descriptors_of(copy.resolve()) == 0  # no descriptor leaked
+
+
+def test_a_server_that_reports_no_size_is_streamed_whole(server, blob):
+    path, data = blob
+    url = server.publish(path)
+    server.no_length.add("blob.bin")
+    reset_io_stats()
+    with open_file(url) as fh:
+        assert fh.size == len(data) and fh.stats()["bytes_fetched"] == len(data)
+        assert fh.pread(1000, 2_000_000) == data[2_000_000:2_001_000]
+        fh.seek(-10, io.SEEK_END)
+        assert fh.read() == data[-10:]
+    # (fsspec asks for the size by HEAD, then by a GET it drops after the headers, at
+    # every open: the test server counts what it wrote to that socket too, so bytes are
+    # counted on the client's side)
+    assert io_stats()["bytes_fetched"] == len(data)  # one streaming download
+    with open_file(url) as again:  # the copy in the cache serves a new handle
+        assert again.read(100) == data[:100]
+    assert local_copy(url).read_bytes() == data
+    assert io_stats()["bytes_fetched"] == len(data)
+    [entry] = DiskCache().entries()
+    assert entry.whole_file and entry.size is None
+
+
+_COPY_AT = """
+import sys, time
+from exaslide.storage import local_copy
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+print(local_copy(sys.argv[1]))
+"""
+
+
+def test_processes_copying_one_file_download_it_once(server, cache_dir, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    data = np.random.default_rng(1).integers(0, 256, 6_000_000, dtype=np.uint8).tobytes()
+    (tmp_path / "six.bin").write_bytes(data)
+    url = server.publish(tmp_path / "six.bin")
+    server.throttle["six.bin"] = 4e6  # 1.5 s per download: the copies overlap
+    start = time.time() + 3.0  # all four begin at once
+    env = dict(os.environ, EXASLIDE_CACHE_DIR=str(cache_dir))
+    procs = [subprocess.Popen([sys.executable, "-c", _COPY_AT, url, str(start)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
+    paths = {out.strip() for out, _ in outputs}
+    assert len(paths) == 1
+    assert Path(paths.pop()).read_bytes() == data
+    assert server.sent("six.bin") == len(data)  # fetched once, not four times
+    assert not list(cache_dir.rglob("whole.lock"))

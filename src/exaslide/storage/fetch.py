@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 from pathlib import Path
 from typing import IO, Any
 
 from exaslide.errors import StorageError
 from exaslide.storage.disk_cache import DiskCache, default_cache
 from exaslide.storage.info import remote_info
-from exaslide.storage.remote_file import RemoteFile
+from exaslide.storage.remote_file import RemoteFile, stream_whole_file
 from exaslide.storage.urls import filesystem, is_remote, to_local
 
 
@@ -57,7 +56,7 @@ def local_copy(path_or_url: str | os.PathLike, *, cache: DiskCache | None = None
     if existing is not None:
         return existing
     if info.size is None:  # no size: stream it (no byte ranges, no truncation check)
-        return cache.store_whole_file(info, lambda tmp: _stream(fs, path, url, tmp))
+        return cache.store_whole_file(info, lambda tmp: stream_whole_file(fs, path, url, tmp))
 
     def fill(tmp: Path) -> None:
         with RemoteFile(url, cache=cache, info=info, storage_options=options) as remote, \
@@ -65,16 +64,6 @@ def local_copy(path_or_url: str | os.PathLike, *, cache: DiskCache | None = None
             remote.copy_to(out)
 
     return cache.store_whole_file(info, fill)
-
-
-def _stream(fs, path: str, url: str, tmp: Path) -> None:
-    try:
-        with fs.open(path, "rb") as src, open(tmp, "wb") as out:
-            shutil.copyfileobj(src, out, 8 << 20)
-    except OSError:
-        raise
-    except Exception as exc:
-        raise StorageError(f"{url}: cannot download: {type(exc).__name__}: {exc}") from exc
 
 
 def remote_fingerprint(url: str, **storage_options) -> dict[str, Any]:

@@ -60,8 +60,14 @@ class RemoteFile(io.RawIOBase):
         info: the file's :class:`RemoteInfo` when the caller already has it.
         storage_options: passed to fsspec (credentials, endpoint, ...).
 
+    A store that does not report the file's size (an HTTP server sending no
+    Content-Length) cannot be read by byte ranges: the whole file is then streamed into
+    the disk cache once (like :func:`~exaslide.storage.fetch.local_copy`) and read from
+    that copy; ``size`` is the copy's size.
+
     Raises:
-        StorageError: the file cannot be reached, or its size is unknown.
+        StorageError: the file cannot be reached (or, without a reported size, cannot be
+            downloaded).
     """
 
     remote = True
@@ -76,9 +82,6 @@ class RemoteFile(io.RawIOBase):
         self._fs_pid = -1
         self.cache = cache if cache is not None else default_cache()
         self.info = info if info is not None else remote_info(self.url, *self._filesystem())
-        if self.info.size is None:
-            raise StorageError(f"{self.url}: the store does not report the file's size, so it "
-                               "cannot be read by byte ranges; fetch it with local_copy()")
         self.size = self.info.size
         self.block_size = self.cache.block_size
         self.token = ("url", self.url, self.info.version)  # tile cache keys
@@ -91,7 +94,10 @@ class RemoteFile(io.RawIOBase):
         self._whole_fd: int | None = None
         self._warned_no_range = False
         self.bytes_fetched = self.bytes_from_cache = self.requests = 0
-        self._use_whole_file()
+        if self.info.size is None:
+            self._stream_whole_file()
+        else:
+            self._use_whole_file()
 
     def __repr__(self) -> str:
         return f"RemoteFile({self.url!r}, size={self.size})"
@@ -130,9 +136,14 @@ class RemoteFile(io.RawIOBase):
         return len(data)
 
     def close(self) -> None:
-        if self._whole_fd is not None:
-            os.close(self._whole_fd)
-            self._whole_fd = None
+        lock = getattr(self, "_lock", None)  # None: __init__ failed early
+        if lock is None:
+            super().close()
+            return
+        with lock:
+            fd, self._whole_fd = self._whole_fd, None
+        if fd is not None:
+            os.close(fd)
         super().close()
 
     # ---------------------------------------------------------------- block access
@@ -141,7 +152,10 @@ class RemoteFile(io.RawIOBase):
         not moved, so concurrent threads may call it."""
         if self.closed:
             raise ValueError(f"{self.url}: read of a closed file")
-        end = min(self.size, offset + max(size, 0))
+        if offset < 0 or size < 0:
+            raise ValueError(f"{self.url}: pread needs a size and offset >= 0, got size "
+                             f"{size} at offset {offset}")
+        end = min(self.size, offset + size)
         if offset >= end:
             return b""
         if self._whole_fd is not None:
@@ -171,6 +185,10 @@ class RemoteFile(io.RawIOBase):
     def copy_to(self, out, chunk_bytes: int = 16 << 20) -> None:
         """Write the whole file to the binary file ``out``: blocks already cached are used,
         the rest is fetched in large range requests and not added to the block cache."""
+        if self._whole_fd is not None:
+            for offset in range(0, self.size, chunk_bytes):
+                out.write(self.pread(chunk_bytes, offset))
+            return
         bs = self.block_size
         per_chunk = max(1, chunk_bytes // bs)
         count = -(-self.size // bs)
@@ -193,14 +211,43 @@ class RemoteFile(io.RawIOBase):
         return self._fs, self._path
 
     def _use_whole_file(self) -> bool:
+        """Read from the whole-file copy from now on, if there is one (True)."""
+        if self._whole_fd is not None:
+            return True
         path = self.cache.whole_file(self.info)
         if path is None:
             return False
         try:
-            self._whole_fd = os.open(path, os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY)
         except OSError:
             return False
-        return True
+        with self._lock:  # two threads may get here at once: keep one descriptor
+            if self._whole_fd is None and not self.closed:
+                self._whole_fd, fd = fd, None
+        if fd is not None:
+            os.close(fd)
+        return self._whole_fd is not None
+
+    def _stream_whole_file(self) -> None:
+        """No reported size, so no byte ranges: copy the whole file into the cache by one
+        streaming download (unless it is there already) and read from the copy."""
+        if self.cache.whole_file(self.info) is None:
+            fs, path = self._filesystem()
+            logger.info("%s: the store does not report the file's size; downloading the "
+                        "whole file", self.url)
+
+            def fill(tmp) -> None:
+                stream_whole_file(fs, path, self.url, tmp)
+                with self._lock:
+                    self.bytes_fetched += os.path.getsize(tmp)
+                    self.requests += 1
+
+            self.cache.store_whole_file(self.info, fill)
+        if not self._use_whole_file():
+            raise StorageError(f"{self.url}: the store does not report the file's size, and "
+                               "its whole-file copy left the cache at once (is the cache "
+                               "limit too small?)")
+        self.size = os.fstat(self._whole_fd).st_size
 
     def _block_length(self, index: int) -> int:
         return min(self.block_size, self.size - index * self.block_size)
@@ -363,6 +410,21 @@ class RemoteFile(io.RawIOBase):
             _totals["bytes_fetched"] += fetched
             _totals["bytes_from_cache"] += cached
             _totals["requests"] += requests
+
+
+def stream_whole_file(fs, path: str, url: str, tmp) -> None:
+    """Download a whole file to ``tmp`` with one streaming read (no byte ranges, no size
+    check: for stores that report no size). ``fs.get_file`` is one GET for HTTP, where
+    ``fs.open`` would first probe the size again."""
+    try:
+        fs.get_file(path, os.fspath(tmp))
+    except OSError:
+        raise
+    except Exception as exc:
+        raise StorageError(f"{url}: cannot download: {type(exc).__name__}: {exc}") from exc
+    with _totals_lock:
+        _totals["bytes_fetched"] += os.path.getsize(tmp)
+        _totals["requests"] += 1
 
 
 def _runs(indices: list[int], max_len: int) -> list[list[int]]:
