@@ -96,6 +96,37 @@ def test_macenko_float_input_and_saved_target(he_image, tmp_path):
         MacenkoNormalizer.load(ReinhardNormalizer().fit(source).save(tmp_path / "r.json"))
 
 
+def test_macenko_matches_torchstain_on_the_cpu(he_image):
+    normalizer = MacenkoNormalizer().fit(he_image(seed=0))
+    source = he_image(seed=1, stains="other", h_scale=1.4, e_scale=0.7)
+    theirs = torchstain.normalizers.MacenkoNormalizer(backend="torch")
+    theirs.HERef, theirs.maxCRef = normalizer.stain_matrix, normalizer.max_concentrations
+    expected, _, _ = theirs.normalize(source, Io=240, alpha=1, beta=0.15, stains=False)
+    assert torch.equal(normalizer(source), expected.permute(2, 0, 1).to(torch.uint8))
+
+
+def test_macenko_nan_is_caught_before_the_integer_cast(he_image, device, monkeypatch):
+    """A normalisation that comes out NaN returns the image unchanged and counts in
+    ``skipped``, whatever NaN becomes when cast to an integer: a negative value on the
+    CPU, 0 on CUDA (emulated on the CPU, where a NaN-to-int cast would else be caught by
+    its sign)."""
+    normalizer = MacenkoNormalizer().fit(he_image(seed=0))
+    source = he_image(seed=1, stains="other", size=32).to(device)
+    assert not torch.equal(normalizer(source), source) and normalizer.skipped == 0
+
+    def nan_lstsq(a, b, *args, **kwargs):  # least squares that failed: NaN concentrations
+        return (torch.full((a.shape[-1], b.shape[-1]), float("nan"), device=b.device),)
+
+    def int_like_cuda(tensor):
+        return torch.nan_to_num(tensor, nan=0.0).to(torch.int32)
+
+    monkeypatch.setattr(torch.linalg, "lstsq", nan_lstsq)
+    monkeypatch.setattr(torch.Tensor, "int", int_like_cuda)
+    for image in (source, source.float() / 255):
+        assert torch.equal(normalizer(image), image)
+    assert normalizer.skipped == 2
+
+
 # ---------------------------------------------------------------------------- Reinhard
 
 

@@ -116,19 +116,42 @@ class MacenkoNormalizer(StainNormalizer):
             return image
         try:
             with torch.no_grad():
-                result, _, _ = self._backend_on(image.device).normalize(
-                    values, Io=self.Io, alpha=self.alpha, beta=self.beta, stains=False)
+                result = self._normalized_float(self._backend_on(image.device), values)
         except (RuntimeError, ValueError, IndexError) as exc:
             self.skip(f"torchstain failed: {exc}")
             return image
-        result = result.permute(2, 0, 1)
-        # torchstain clips above 255 and casts to int32; a NaN becomes a negative integer.
-        if bool((result < 0).any()):
+        if result is None:
             self.skip("non-finite result")
             return image
+        result = result.to(torch.int32).permute(2, 0, 1)  # torchstain's truncation
         if image.dtype == torch.uint8:
             return result.to(torch.uint8)
         return (result.to(torch.float32) / 255.0).to(image.dtype)
+
+    def _normalized_float(self, backend: Any, values: torch.Tensor) -> torch.Tensor | None:
+        """torchstain's ``normalize`` up to, not including, its cast to int32: the ``(H, W,
+        3)`` float image clipped above 255, or ``None`` when it is not finite.
+
+        The check must come before any integer cast: NaN becomes a negative int32 on the
+        CPU but 0 on CUDA, where a failed image would come out black and uncounted.
+        torchstain's concentrations come from its (name-mangled) ``__compute_matrices``;
+        where that is missing (another torchstain version) its ``normalize`` is used and
+        only NaNs cast to negative values (CPU) are caught."""
+        compute = getattr(backend, "_TorchMacenkoNormalizer__compute_matrices", None)
+        if compute is None:
+            result, _, _ = backend.normalize(values, Io=self.Io, alpha=self.alpha,
+                                             beta=self.beta, stains=False)
+            return None if bool((result < 0).any()) else result.to(torch.float32)
+        c, h, w = values.shape
+        _, concentrations, max_concentrations = compute(values, self.Io, self.alpha,
+                                                        self.beta)
+        concentrations = concentrations * (backend.maxCRef / max_concentrations).unsqueeze(-1)
+        if not bool(torch.isfinite(concentrations).all()):
+            return None
+        result = self.Io * torch.exp(-torch.matmul(backend.HERef, concentrations))
+        if not bool(torch.isfinite(result).all()):
+            return None
+        return result.clamp(max=255).T.reshape(h, w, c)
 
     def state_dict(self) -> dict[str, Any]:
         if not self.fitted:
