@@ -226,3 +226,38 @@ def test_a_live_whole_file_lock_makes_others_wait_for_the_copy(tmp_path, monkeyp
     lock.unlink()
     waiter.join(10)
     assert result["path"] == target and calls == []  # the copy was not made twice
+
+
+def test_cache_key_drops_only_presigning_parameters():
+    from exaslide.storage import cache_key
+
+    s3 = ("https://b.s3.amazonaws.com/c/a.svs?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+          "&X-Amz-Credential=K%2F20260101&X-Amz-Date=20260101T000000Z&X-Amz-Expires=3600"
+          "&X-Amz-SignedHeaders=host&X-Amz-Signature=abc123")
+    assert cache_key(s3) == "https://b.s3.amazonaws.com/c/a.svs"
+    assert cache_key("https://h/a.svs?versionId=7&X-Goog-Signature=ff&x-goog-date=1") == \
+        "https://h/a.svs?versionId=7"
+    assert cache_key("https://h/a.svs?AWSAccessKeyId=K&Expires=99&Signature=s%3D") == \
+        "https://h/a.svs"
+    assert cache_key("https://acct.blob.core.windows.net/c/a.svs?sv=2022-11-02&ss=b&srt=o"
+                     "&sp=r&se=2026-01-01T00%3A00%3A00Z&spr=https&sig=abc%3D") == \
+        "https://acct.blob.core.windows.net/c/a.svs"
+    # without their signature, short names such as sp / se / Expires are the file's own
+    assert cache_key("https://h/api?sp=3&se=4&Expires=5") == "https://h/api?sp=3&se=4&Expires=5"
+    assert cache_key("https://h/a.svs") == "https://h/a.svs"
+
+
+def test_a_file_presigned_twice_is_cached_once(tmp_path):
+    cache = DiskCache(tmp_path / "c", block_size=1000)
+    first = RemoteInfo(url="https://h/a.svs?X-Amz-Date=1&X-Amz-Signature=aa", size=1000,
+                       etag="e")
+    second = RemoteInfo(url="https://h/a.svs?X-Amz-Date=2&X-Amz-Signature=bb", size=1000,
+                        etag="e")
+    cache.validate(first)
+    cache.write_block(first, 0, b"1" * 1000)
+    assert cache.validate(second) is False and cache.read_block(second, 0) == b"1" * 1000
+    [entry] = cache.entries()
+    assert entry.url == "https://h/a.svs"  # no signature written to the cache
+    assert "Signature" not in (entry.path / "meta.json").read_text()
+    other = RemoteInfo(url="https://h/a.svs?versionId=2", size=1000, etag="e")
+    assert cache.entry_dir(other.url) != cache.entry_dir(first.url)

@@ -233,3 +233,16 @@ def test_processes_copying_one_file_download_it_once(server, cache_dir, tmp_path
     assert Path(paths.pop()).read_bytes() == data
     assert server.sent("six.bin") == len(data)  # fetched once, not four times
     assert not list(cache_dir.rglob("whole.lock"))
+
+
+def test_a_presigned_url_hits_the_cache_after_its_signature_changes(server, blob):
+    path, data = blob
+    url = server.publish(path)
+    with open_file(f"{url}?X-Amz-Date=1&X-Amz-Signature=aa") as fh:
+        assert fh.pread(1000, 5000) == data[5000:6000]
+    sent = server.sent()
+    with open_file(f"{url}?X-Amz-Date=2&X-Amz-Signature=bb") as fh:
+        assert fh.pread(1000, 5000) == data[5000:6000]
+    assert server.sent() == sent  # the block cached under the first signature served it
+    [entry] = DiskCache().entries()
+    assert entry.url == url

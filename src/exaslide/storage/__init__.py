@@ -26,12 +26,12 @@ from exaslide.storage.fetch import local_copy, open_file, remote_fingerprint
 from exaslide.storage.info import RemoteInfo, remote_info
 from exaslide.storage.remote_file import RemoteFile, io_stats, reset_io_stats
 from exaslide.storage.source import LocalSource, open_source
-from exaslide.storage.urls import is_remote, join_url, to_local, url_basename
+from exaslide.storage.urls import cache_key, is_remote, join_url, to_local, url_basename
 
 __all__ = [
     "CACHE_DIR_ENV", "CACHE_SIZE_ENV", "DEFAULT_BLOCK_SIZE", "DEFAULT_CACHE_BYTES",
-    "CacheEntry", "DiskCache", "LocalSource", "RemoteFile", "RemoteInfo", "configure_cache",
-    "default_cache", "default_cache_dir", "format_size", "io_stats", "is_remote", "join_url",
-    "local_copy", "open_file", "open_source", "parse_size", "remote_fingerprint",
-    "remote_info", "reset_io_stats", "to_local", "url_basename",
+    "CacheEntry", "DiskCache", "LocalSource", "RemoteFile", "RemoteInfo", "cache_key",
+    "configure_cache", "default_cache", "default_cache_dir", "format_size", "io_stats",
+    "is_remote", "join_url", "local_copy", "open_file", "open_source", "parse_size",
+    "remote_fingerprint", "remote_info", "reset_io_stats", "to_local", "url_basename",
 ]

@@ -2,9 +2,13 @@
 
 Layout (see ``docs/storage.md``)::
 
-    <root>/<sha256(url)[:32]>/meta.json               url, size, etag, last_modified, version
-    <root>/<sha256(url)[:32]>/<version>/blocks-<B>/<i> block i (bytes [i*B, (i+1)*B)) + CRC32
-    <root>/<sha256(url)[:32]>/<version>/file/<name>    whole-file copy (for OpenSlide & co.)
+    <root>/<sha256(key)[:32]>/meta.json               key, size, etag, last_modified, version
+    <root>/<sha256(key)[:32]>/<version>/blocks-<B>/<i> block i (bytes [i*B, (i+1)*B)) + CRC32
+    <root>/<sha256(key)[:32]>/<version>/file/<name>    whole-file copy (for OpenSlide & co.)
+    <root>/<sha256(key)[:32]>/<version>/whole.lock     held while one process makes the copy
+
+``key`` is the URL without the query parameters of presigned URLs
+(:func:`~exaslide.storage.urls.cache_key`), so a file presigned again hits the cache.
 
 ``<version>`` is a hash of the remote size, ETag and last-modified time, so blocks of two
 versions of a file never mix. Every file is written under a temporary name and renamed,
@@ -153,8 +157,12 @@ class DiskCache:
 
     # ----------------------------------------------------------------------- layout
     def entry_dir(self, url: str) -> Path:
-        """The folder of one URL."""
-        return self.root / hashlib.sha256(url.encode()).hexdigest()[:32]
+        """The folder of one URL (named by a hash of its
+        :func:`~exaslide.storage.urls.cache_key`: the URL without presigning
+        parameters)."""
+        from exaslide.storage.urls import cache_key
+
+        return self.root / hashlib.sha256(cache_key(url).encode()).hexdigest()[:32]
 
     def _block_path(self, info: RemoteInfo, index: int) -> Path:
         return self.entry_dir(info.url) / info.version / f"blocks-{self.block_size}" / str(index)
@@ -171,12 +179,15 @@ class DiskCache:
         """Record ``info`` as the current version of its URL and delete the cached data of
         any other version (the remote file changed). Returns True when something was
         dropped."""
+        from exaslide.storage.urls import cache_key
+
         entry = self.entry_dir(info.url)
-        meta = _read_json(entry / "meta.json")
+        key = cache_key(info.url)
+        meta = _read_json(entry / META_NAME)
         if meta is not None and meta.get("version") == info.version:
             return False
         stale = [d for d in _subdirs(entry) if d.name != info.version]
-        if meta is not None and meta.get("url") == info.url:
+        if meta is not None and meta.get("url") == key:
             logger.warning("%s changed since it was cached (size %s -> %s, etag %s -> %s, "
                            "last modified %s -> %s): dropping the cached copy", info.url,
                            meta.get("size"), info.size, meta.get("etag"), info.etag,
@@ -184,7 +195,8 @@ class DiskCache:
         for folder in stale:
             shutil.rmtree(folder, ignore_errors=True)
         try:
-            write_text(entry / "meta.json", json.dumps(info.to_dict(), indent=1) + "\n")
+            record = {**info.to_dict(), "url": key}  # no signature in the cache's files
+            write_text(entry / META_NAME, json.dumps(record, indent=1) + "\n")
         except OSError as exc:
             logger.warning("cannot write to the cache %s: %s", self.root, exc)
         return bool(stale)
@@ -366,7 +378,7 @@ class DiskCache:
         """Every cached URL, most recently used first."""
         found = []
         for entry in _subdirs(self.root):
-            meta = _read_json(entry / "meta.json") or {}
+            meta = _read_json(entry / META_NAME) or {}
             cached, newest, whole = 0, 0.0, False
             for path in _walk_files(entry):
                 if path == entry / META_NAME or _TEMP.match(path.name) or (

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from exaslide.errors import StorageError
 from exaslide.storage.disk_cache import DiskCache, default_cache
 from exaslide.storage.info import RemoteInfo, remote_info
-from exaslide.storage.urls import filesystem
+from exaslide.storage.urls import cache_key, filesystem
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class RemoteFile(io.RawIOBase):
         self.info = info if info is not None else remote_info(self.url, *self._filesystem())
         self.size = self.info.size
         self.block_size = self.cache.block_size
-        self.token = ("url", self.url, self.info.version)  # tile cache keys
+        self.token = ("url", cache_key(self.url), self.info.version)  # tile cache keys
         self.cache.validate(self.info)
         self._lock = threading.Lock()
         self._memory: OrderedDict[int, bytes] = OrderedDict()

@@ -41,6 +41,43 @@ def url_basename(url: str) -> str:
     return name or "file"
 
 
+# Query parameters that sign a URL rather than name the file: they change at every
+# presigning, so they are left out of the disk cache's key (see :func:`cache_key`).
+_SIGNATURE_PREFIXES = ("x-amz-", "x-goog-")  # S3 / GCS V4 presigned URLs
+# Groups removed only when their signature parameter is present, since these short names
+# may mean something else on other servers: S3 V2, GCS V2 and CloudFront (``Signature``);
+# Azure shared access signatures (``sig``).
+_SIGNATURE_GROUPS = {
+    "signature": {"signature", "expires", "awsaccesskeyid", "googleaccessid", "key-pair-id",
+                  "policy", "x-amz-security-token"},
+    "sig": {"sig", "sv", "ss", "srt", "sp", "se", "st", "spr", "sip", "si", "sr", "sdd",
+            "skoid", "sktid", "skt", "ske", "sks", "skv", "saoid", "suoid", "scid", "ses",
+            "rscc", "rscd", "rsce", "rscl", "rsct"},
+}
+
+
+def cache_key(url: str) -> str:
+    """The URL that names a remote file in the disk cache: ``url`` without the query
+    parameters of a presigned URL (S3 and GCS ``X-Amz-*`` / ``X-Goog-*``; ``Signature``
+    with ``Expires``, ``AWSAccessKeyId``, ``GoogleAccessId``, ``Key-Pair-Id``, ``Policy``;
+    an Azure SAS's ``sig`` with ``sv``, ``se``, ``sp``, ...), so that the same file
+    presigned twice is cached once. Other query parameters are kept (they may select the
+    file), and so are the names of a group whose signature parameter is absent."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    pairs = [pair for pair in parts.query.split("&") if pair]
+    names = [unquote(pair.split("=", 1)[0]).lower() for pair in pairs]
+    drop = {name for name in names if name.startswith(_SIGNATURE_PREFIXES)}
+    for signature, group in _SIGNATURE_GROUPS.items():
+        if signature in names:
+            drop |= group
+    if not drop:
+        return url
+    kept = [pair for pair, name in zip(pairs, names, strict=True) if name not in drop]
+    return urlunsplit(parts._replace(query="&".join(kept)))
+
+
 def join_url(base: str, relative: str) -> str:
     """``relative`` resolved against the folder of the URL ``base`` (like a relative path in
     a remote manifest); an absolute URL is returned unchanged."""
