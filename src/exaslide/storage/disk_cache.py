@@ -555,7 +555,10 @@ _instances_lock = threading.Lock()
 def configure_cache(root: str | os.PathLike | None = None, max_bytes: int | str | None = None,
                     block_size: int | None = None) -> DiskCache:
     """Set this process's default cache (arguments left ``None`` keep the environment's or
-    built-in value) and return it. Used by the CLI's ``cache`` config section."""
+    built-in value) and return it. For library code; the settings stay in this process
+    (worker processes that it spawns do not see them: set ``EXASLIDE_CACHE_DIR`` /
+    ``EXASLIDE_CACHE_SIZE`` for those). The CLI does not use it: a config file's ``cache``
+    section sets those environment variables, so that Dask workers inherit them."""
     _settings.update({k: v for k, v in (("root", root), ("max_bytes", max_bytes),
                                         ("block_size", block_size)) if v is not None})
     return default_cache()
