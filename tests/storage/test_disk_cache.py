@@ -261,3 +261,16 @@ def test_a_file_presigned_twice_is_cached_once(tmp_path):
     assert "Signature" not in (entry.path / "meta.json").read_text()
     other = RemoteInfo(url="https://h/a.svs?versionId=2", size=1000, etag="e")
     assert cache.entry_dir(other.url) != cache.entry_dir(first.url)
+
+
+def test_local_path_follows_the_storage_url_rules(tmp_path, monkeypatch):
+    from exaslide.errors import SlideOpenError
+    from exaslide.slides.open import local_path
+
+    odd = tmp_path / "scan:2026.svs"  # a colon, but no "://": a local name
+    odd.write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    assert local_path("scan:2026.svs") == "scan:2026.svs"
+    assert local_path("file://" + str(odd).replace(":", "%3A")) == str(odd)
+    with pytest.raises(SlideOpenError, match=r"remote URL \(s3://\)"):
+        local_path("s3://bucket/a.svs")

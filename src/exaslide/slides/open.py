@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 from exaslide.errors import SlideOpenError
 from exaslide.slides.base import Slide
@@ -53,13 +52,14 @@ def local_path(path_or_url: str | os.PathLike) -> str:
         SlideOpenError: for remote URLs (see :func:`open_slide` for those) or when the file
             does not exist.
     """
+    from exaslide.storage.urls import is_remote, to_local
+
     text = os.fspath(path_or_url)
-    parsed = urlparse(text)
-    if parsed.scheme == "file":
-        text = unquote(parsed.path)
-    elif len(parsed.scheme) > 1:  # one letter: a Windows drive
-        raise SlideOpenError(f"{text}: a remote URL ({parsed.scheme}://) has no local path; "
+    if is_remote(text):  # exaslide.storage's rules: Windows drives and "ab:c" names are local
+        scheme = text.split("://", 1)[0]
+        raise SlideOpenError(f"{text}: a remote URL ({scheme}://) has no local path; "
                              "open it with open_slide or exaslide.storage.local_copy")
+    text = to_local(text)
     if not Path(text).exists():
         raise SlideOpenError(f"{text}: no such file")
     if Path(text).is_dir():
