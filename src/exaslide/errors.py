@@ -57,3 +57,13 @@ class AugmentError(ExaslideError):
 class DatasetError(ExaslideError):
     """A training dataset cannot be built or read: no index, unknown slides, corrupt
     shards."""
+
+
+class ModelError(ExaslideError):
+    """A model cannot be built or its weights loaded: unknown name, missing optional
+    package, a missing, corrupt or mismatched weights file."""
+
+
+class InferenceError(ExaslideError):
+    """Inference cannot run: a model whose metadata lacks what inference needs (classes,
+    patch size), an unknown class, an unavailable device."""

@@ -1,0 +1,44 @@
+"""Models: a registry of classifiers for patches, and model checkpoint files.
+
+>>> from exaslide.models import create_model, save_model, load_model
+>>> model = create_model("small-cnn", num_classes=2)            # doctest: +SKIP
+>>> save_model("model.pt", model, {"classes": ["normal", "tumour"]})  # doctest: +SKIP
+>>> model, meta = load_model("model.pt")                        # doctest: +SKIP
+
+Registered names: ``"small-cnn"`` (a 2.75 M-parameter CNN), ``"resnet18"``,
+``"resnet50"`` (torchvision), and ``"timm:<name>"`` for any timm model when timm is
+installed. Weights are random unless ``pretrained`` names a local file: nothing is ever
+downloaded. torch is imported only when a model is built. See ``docs/models.md``.
+"""
+
+from exaslide.models.checkpoint import (
+    CHECKPOINT_FORMAT,
+    load_model,
+    load_pretrained,
+    read_state_dict,
+    save_model,
+)
+from exaslide.models.features import embedding_dim, forward_features, unwrap
+from exaslide.models.registry import (
+    ModelError,
+    available_models,
+    create_model,
+    model_name,
+    register_model,
+)
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "ModelError",
+    "available_models",
+    "create_model",
+    "embedding_dim",
+    "forward_features",
+    "load_model",
+    "load_pretrained",
+    "model_name",
+    "read_state_dict",
+    "register_model",
+    "save_model",
+    "unwrap",
+]
