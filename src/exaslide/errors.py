@@ -67,3 +67,8 @@ class ModelError(ExaslideError):
 class InferenceError(ExaslideError):
     """Inference cannot run: a model whose metadata lacks what inference needs (classes,
     patch size), an unknown class, an unavailable device."""
+
+
+class EvaluationError(ExaslideError):
+    """Predictions or ground truth cannot be evaluated: a missing or malformed heatmap, a
+    stage CSV with unknown patients or stage names, metrics that need data not given."""
