@@ -112,9 +112,9 @@ def load_config(path: str, group: click.Group) -> dict:
 
 
 def _register() -> None:
-    from exaslide.cli import balance, cache, demo, extract, info, mask, synth
+    from exaslide.cli import balance, cache, demo, evaluate, extract, info, mask, synth
 
-    for module in (info, mask, extract, balance, synth, demo, cache):
+    for module in (info, mask, extract, balance, synth, demo, cache, evaluate):
         cli.add_command(module.command)
 
 
