@@ -59,6 +59,11 @@ class DatasetError(ExaslideError):
     shards."""
 
 
+class TrainingError(ExaslideError):
+    """A training run cannot start or continue: bad configuration, no data, a checkpoint
+    that does not match."""
+
+
 class ModelError(ExaslideError):
     """A model cannot be built or its weights loaded: unknown name, missing optional
     package, a missing, corrupt or mismatched weights file."""

@@ -1,0 +1,391 @@
+"""The training loop: one function for 1 CPU, 1 GPU and many GPUs under ``torchrun``.
+
+Per epoch: shuffle by ``(seed, epoch)`` (class-balanced by default), augment the uint8
+batch on the device with per-sample parameters from a ``(seed, epoch)`` generator,
+normalise, forward under bf16 autocast on CUDA, step; validate (loss, accuracy, ROC AUC
+over all ranks' predictions); write ``metrics.csv``, TensorBoard scalars and
+``checkpoints/last.pt`` (atomically); save ``model.pt`` when validation AUC improves; stop
+early after ``patience`` epochs without improvement.
+
+Outputs in ``config.out``: ``config.yaml`` (resolved), ``metrics.csv``, ``tensorboard/``,
+``checkpoints/last.pt`` and ``model.pt`` (loadable with
+:func:`exaslide.models.load_model`, used by ``exaslide infer``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from exaslide.errors import TrainingError
+from exaslide.train.checkpoint import (
+    load_training_state,
+    rng_state,
+    save_training_state,
+    set_rng_state,
+)
+from exaslide.train.config import TrainConfig, save_config
+from exaslide.train.distributed import Context, all_gather_objects, setup, teardown
+
+logger = logging.getLogger(__name__)
+
+METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+                  "val_auc", "lr", "images_per_s", "seconds")
+
+
+@dataclass
+class TrainResult:
+    """What a run produced."""
+
+    out: Path
+    model_path: Path
+    best_epoch: int
+    best_val_auc: float | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
+    weights_digest: str = ""  #: SHA-256 of this process's final weights (DDP: same on all)
+
+
+def train(config: TrainConfig, *, resume: bool = False,
+          progress: bool = True) -> TrainResult:
+    """Train ``config.model`` on ``config.data`` (see the module docstring).
+
+    Args:
+        config: the run's configuration (validated here).
+        resume: continue from ``out/checkpoints/last.pt`` (the run must have the same
+            model and classes); without a checkpoint, start from scratch.
+        progress: show a progress bar with images/s on rank 0.
+
+    Raises:
+        TrainingError: bad configuration, no training data, a mismatching checkpoint.
+    """
+    config.validate()
+    context = setup(config.device)
+    try:
+        return _train(config, context, resume, progress)
+    finally:
+        teardown(context)
+
+
+def _train(config: TrainConfig, context: Context, resume: bool,
+           progress: bool) -> TrainResult:
+    from exaslide.augment import build_augmentation, to_float
+    from exaslide.data import make_loader, to_device
+
+    out = Path(config.out)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed % 2**32)
+    train_set, sampler, val_set = _datasets(config, context)
+    model = _model(config, context)
+    optimizer = _optimizer(config, model)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs) \
+        if config.scheduler == "cosine" else None
+    start, history, best = 0, [], {"auc": None, "epoch": -1, "stale": 0}
+    checkpoint = out / "checkpoints" / "last.pt"
+    if resume and checkpoint.exists():
+        state = load_training_state(checkpoint)
+        _check_compatible(state, config, checkpoint)
+        _unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        start, history, best = state["epoch"] + 1, state["history"], state["best"]
+        set_rng_state(state["rng"][context.rank % len(state["rng"])])
+        logger.info("resuming %s at epoch %d", out, start)
+    if context.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "config.yaml")
+    writer = _tensorboard(config, out, start) if context.is_main else None
+    augment = build_augmentation(config.augment)
+    loader = make_loader(train_set, batch_size=config.batch_size, workers=config.workers,
+                         sampler=sampler, device=str(context.device),
+                         drop_last=False, seed=config.seed)
+    val_loader = make_loader(val_set, batch_size=config.batch_size, workers=config.workers,
+                             device=str(context.device), seed=config.seed) \
+        if val_set is not None else None
+    loss_fn = torch.nn.CrossEntropyLoss()
+    stopped = False
+    for epoch in range(start, config.epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        else:
+            train_set.set_epoch(epoch)
+        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+        row.update(_train_epoch(config, context, model, loader, optimizer, loss_fn, augment,
+                                generator, epoch, progress, to_device, to_float))
+        if scheduler is not None:
+            scheduler.step()
+        if val_loader is not None:
+            row.update(_validate(config, context, model, val_loader, loss_fn, to_device,
+                                 to_float))
+        history.append(row)
+        improved = _improved(best, row)
+        if improved:
+            best.update(auc=row.get("val_auc"), epoch=epoch, stale=0)
+        else:
+            best["stale"] += 1
+        if context.is_main:
+            if improved:
+                _save_model(config, model, out / "model.pt", train_set.classes)
+            _write_metrics(out / "metrics.csv", history)
+            if writer is not None:
+                for key, value in row.items():
+                    if key != "epoch" and value is not None:
+                        writer.add_scalar(key, value, epoch)
+                writer.flush()
+        states = all_gather_objects(context, rng_state())
+        if context.is_main:
+            save_training_state(checkpoint, {
+                "epoch": epoch, "model": _unwrap(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "history": history, "best": best, "rng": states,
+                "config": config.to_dict()})
+        if config.patience is not None and best["stale"] >= config.patience:
+            stopped = True
+            break
+    if writer is not None:
+        writer.close()
+    return TrainResult(out, out / "model.pt", best["epoch"], best["auc"], history, stopped,
+                       weights_digest(_unwrap(model)))
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's parameters and buffers, in state-dict order."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _improved(best: dict, row: dict) -> bool:
+    auc = row.get("val_auc")
+    if auc is None or (isinstance(auc, float) and math.isnan(auc)):
+        return best["epoch"] < 0 or "val_auc" not in row  # no validation: keep the latest
+    return best["auc"] is None or auc > best["auc"]
+
+
+def _datasets(config: TrainConfig, context: Context):
+    import pyarrow.compute as pc
+
+    from exaslide.data import PatchSampler, ShardDataset, SlidePatchDataset
+    from exaslide.data.sources import read_index_table
+
+    try:
+        index = read_index_table(config.data)
+    except Exception as exc:
+        raise TrainingError(f"training data {config.data}: {exc}") from exc
+    split = pc.field("split")
+    train_filter = split == config.train_split
+    val_filter = split == config.val_split
+    splits = set(index.column("split").to_pylist())
+    if config.train_split not in splits:
+        raise TrainingError(f"{config.data}: no patch has split {config.train_split!r} "
+                            f"(splits: {sorted(s for s in splits if s)})")
+    if config.val_split not in splits and config.val_fraction > 0:
+        slides = sorted(set(index.filter(train_filter).column("slide_id").to_pylist()))
+        held = _held_out(slides, config.val_fraction, config.seed)
+        val_filter = pc.field("slide_id").isin(held)
+        train_filter = train_filter & ~pc.field("slide_id").isin(held)
+    elif config.val_split not in splits:
+        val_filter = None
+    common = {"classes": config.classes}
+    if config.source == "slides":
+        train_set = SlidePatchDataset(config.data, filter=train_filter, size=config.patch_size,
+                                      **common)
+        sampler = PatchSampler(train_set.labels, balance=config.balance, seed=config.seed,
+                               rank=context.rank, world_size=context.world_size)
+    else:
+        train_set = ShardDataset(config.data, filter=train_filter, seed=config.seed,
+                                 rank=context.rank, world_size=context.world_size, **common)
+        sampler = None
+    val_set = None
+    if val_filter is not None:
+        full = SlidePatchDataset(config.data, filter=val_filter, size=config.patch_size,
+                                 **common)
+        val_set = _Subset(full, range(context.rank, len(full), context.world_size))
+    return train_set, sampler, val_set
+
+
+class _Subset(torch.utils.data.Dataset):
+    """This rank's share of the validation set (every item once over all ranks)."""
+
+    def __init__(self, dataset, indices):
+        self.dataset, self.indices = dataset, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.dataset[self.indices[i]]
+
+
+def _held_out(slides: list[str], fraction: float, seed: int) -> list[str]:
+    if len(slides) < 2:
+        raise TrainingError("no validation split and fewer than 2 training slides to hold "
+                            "out; set val_fraction: 0 or give slides a 'val' split")
+    count = min(len(slides) - 1, max(1, round(len(slides) * fraction)))
+    order = np.random.default_rng(seed).permutation(len(slides))
+    return sorted(slides[i] for i in order[:count])
+
+
+def _model(config: TrainConfig, context: Context) -> torch.nn.Module:
+    from exaslide.models import create_model
+
+    model = create_model(config.model, num_classes=len(config.classes),
+                         pretrained=config.pretrained).to(context.device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if context.distributed:
+        device_ids = [context.device.index] if context.device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    if config.compile:
+        model = torch.compile(model)
+    return model
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return getattr(model, "module", model)  # DDP
+
+
+def _optimizer(config: TrainConfig, model: torch.nn.Module):
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay, nesterov=True)
+    return torch.optim.AdamW(model.parameters(), lr=config.lr,
+                             weight_decay=config.weight_decay)
+
+
+def _check_compatible(state: dict, config: TrainConfig, path: Path) -> None:
+    saved = state.get("config", {})
+    for key in ("model", "classes", "data", "seed", "batch_size"):
+        if saved.get(key) != getattr(config, key):
+            raise TrainingError(f"{path}: checkpoint has {key}={saved.get(key)!r} but the "
+                                f"config says {getattr(config, key)!r}; use another out "
+                                "folder or the same settings")
+
+
+def _autocast(config: TrainConfig, context: Context):
+    return torch.autocast("cuda", dtype=torch.bfloat16,
+                          enabled=config.amp and context.device.type == "cuda")
+
+
+def _train_epoch(config, context, model, loader, optimizer, loss_fn, augment, generator,
+                 epoch, progress, to_device, to_float) -> dict[str, float]:
+    from tqdm import tqdm
+
+    model.train()
+    total = len(loader) if config.max_steps is None else min(len(loader), config.max_steps)
+    bar = tqdm(total=total, desc=f"epoch {epoch}", unit="batch", leave=False,
+               disable=not (progress and context.is_main))
+    losses = torch.zeros((), device=context.device)  # summed on the device: no sync per step
+    correct = torch.zeros((), device=context.device)
+    seen = 0
+    start = time.perf_counter()
+    for step, (images, labels, _) in enumerate(loader):
+        if step >= total:
+            break
+        images = to_device(images, context.device, channels_last=config.channels_last)
+        labels = labels.to(context.device, non_blocking=True)
+        images = augment(images, generator=generator) if augment.transforms else images
+        x = to_float(images, config.mean, config.std, channels_last=config.channels_last)
+        with _autocast(config, context):
+            logits = model(x)
+            loss = loss_fn(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = len(labels)
+        losses += loss.detach() * n
+        correct += (logits.detach().argmax(1) == labels).sum()
+        seen += n
+        if step % 10 == 0 and not bar.disable:
+            rate = seen * context.world_size / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{float(losses) / seen:.4f}", img_s=f"{rate:,.0f}")
+        bar.update()
+    bar.close()
+    seconds = time.perf_counter() - start
+    sums = all_gather_objects(context, (float(losses), float(correct), seen))
+    losses, correct, seen = (sum(s[i] for s in sums) for i in range(3))
+    if seen == 0:
+        raise TrainingError("the training loader yielded no batch")
+    return {"train_loss": losses / seen, "train_accuracy": correct / seen,
+            "images_per_s": seen / seconds, "seconds": seconds}
+
+
+@torch.inference_mode()
+def _validate(config, context, model, loader, loss_fn, to_device, to_float) -> dict:
+    from sklearn.metrics import roc_auc_score
+
+    model.eval()
+    keys, scores, labels_all, losses = [], [], [], []
+    for images, labels, meta in loader:
+        images = to_device(images, context.device, channels_last=config.channels_last)
+        x = to_float(images, config.mean, config.std, channels_last=config.channels_last)
+        with _autocast(config, context):
+            logits = model(x).float()
+        labels = labels.to(context.device)
+        losses += torch.nn.functional.cross_entropy(logits, labels, reduction="none").tolist()
+        scores += torch.softmax(logits, 1)[:, 1].tolist()
+        labels_all += labels.tolist()
+        keys += list(meta["key"])
+    parts = all_gather_objects(context, (keys, scores, labels_all, losses))
+    merged = {}
+    for part in parts:
+        for key, score, label, loss in zip(*part, strict=True):
+            merged[key] = (score, label, loss)
+    score, label, loss = (np.array(v, dtype=float) for v in zip(*merged.values(), strict=True))
+    positive = label == 1
+    auc = float(roc_auc_score(positive, score)) if 0 < positive.sum() < len(label) \
+        else float("nan")
+    return {"val_loss": float(loss.mean()),
+            "val_accuracy": float(((score >= 0.5) == positive).mean()), "val_auc": auc}
+
+
+def _save_model(config: TrainConfig, model, path: Path, classes: list[str]) -> None:
+    from exaslide.models import save_model
+
+    meta = {"classes": list(classes), "patch": _patch_meta(config),
+            "mean": list(config.mean), "std": list(config.std), "config": config.to_dict()}
+    save_model(path, _unwrap(model), meta)
+
+
+def _patch_meta(config: TrainConfig) -> dict:
+    from exaslide.data.sources import read_index_table
+
+    table = read_index_table(config.data).slice(0, 1)
+    level, mpp = table.column("level")[0].as_py(), table.column("mpp")[0].as_py()
+    size = config.patch_size or table.column("size")[0].as_py()
+    return {"size": size, "level": None if mpp is not None else level, "mpp": mpp}
+
+
+def _write_metrics(path: Path, history: list[dict]) -> None:
+    from exaslide.atomic import write_text
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(history)
+    write_text(path, buffer.getvalue())
+
+
+def _tensorboard(config: TrainConfig, out: Path, start: int):
+    if not config.tensorboard:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=start or None)
