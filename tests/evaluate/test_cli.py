@@ -100,3 +100,6 @@ def test_stage_command(tmp_path):
     assert done.stderr.strip().count("\n") == 0
     run("evaluate", "--out", tmp_path, "stage", "--reference", ref, "--submission", ref,
         check_rc=2)
+    config = tmp_path / "exaslide.yaml"  # config defaults for evaluate do not block `stage`
+    config.write_text("evaluate:\n  split: test\n  min_distance_um: 150\n")
+    run("--config", config, "evaluate", "stage", "--reference", ref, "--submission", ref)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 _RUN_OPTIONS = ("heatmaps", "manifest", "out_dir", "patch_predictions", "split", "mpp")
 
@@ -42,7 +43,7 @@ def command(ctx: click.Context, heatmaps, manifest, out_dir, patch_predictions, 
     and ROC/FROC figures into --out. `exaslide evaluate stage` scores CAMELYON17 stages."""
     if ctx.invoked_subcommand is not None:
         given = [f"--{n.replace('_dir', '').replace('_', '-')}" for n in _RUN_OPTIONS
-                 if ctx.params.get(n) is not None]
+                 if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE]
         if given:
             raise click.UsageError(f"{', '.join(given)} belong to `exaslide evaluate`, not to "
                                    f"`exaslide evaluate {ctx.invoked_subcommand}`")
