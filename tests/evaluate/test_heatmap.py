@@ -49,6 +49,8 @@ def test_errors(tmp_path):
         write_heatmap(tmp_path, "a", np.zeros(5), META)
     with pytest.raises(EvaluationError, match="lacks cell"):
         write_heatmap(tmp_path, "a", np.zeros((2, 2)), {**META, "cell": None})
+    with pytest.raises(EvaluationError, match="not JSON"):
+        write_heatmap(tmp_path, "a", np.zeros((2, 2)), {**META, "mpp": [float("nan")] * 2})
     with pytest.raises(EvaluationError, match="path separator"):
         write_heatmap(tmp_path, "../a", np.zeros((2, 2)), META)
     with pytest.raises(EvaluationError, match="no such heatmap file"):

@@ -176,7 +176,10 @@ def write_heatmap(folder: Path | str, slide_id: str, probabilities: np.ndarray,
     meta = {**dict(meta), "slide_id": slide_id}
     _check_meta(meta, slide_id)
     npy_path, json_path = heatmap_paths(folder, slide_id)
-    text = json.dumps(meta, indent=2, default=_json_default, allow_nan=False) + "\n"
+    try:
+        text = json.dumps(meta, indent=2, default=_json_default, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise EvaluationError(f"{slide_id}: heatmap metadata is not JSON: {exc}") from exc
     with atomic_path(npy_path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
     write_text(json_path, text)
