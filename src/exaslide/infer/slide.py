@@ -1,0 +1,245 @@
+"""One slide to a heatmap: tissue cells, batched patches, model, files."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from exaslide.errors import InferenceError
+from exaslide.masks.tissue import TissueParams
+from exaslide.patches.spec import PatchSpec
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """What a model file's meta says about its input and output."""
+
+    spec: PatchSpec
+    mean: Sequence[float] | None
+    std: Sequence[float] | None
+    classes: list[str]
+    class_index: int
+
+
+def model_inputs(meta: Mapping[str, Any], class_name: str = "tumour") -> ModelInputs:
+    """The patch spec, normalisation and output index a model's ``meta`` gives.
+
+    ``meta["patch"]`` (``{"size", "level", "mpp"}``) is required; ``mean`` / ``std``
+    default to ImageNet's; ``class_name`` must be one of ``meta["classes"]``.
+
+    Raises:
+        InferenceError: a missing or invalid patch spec, or an unknown class.
+    """
+    from exaslide.augment import IMAGENET_MEAN, IMAGENET_STD
+    from exaslide.patches.spec import PatchError
+
+    patch = meta.get("patch")
+    if not isinstance(patch, Mapping) or not patch.get("size"):
+        raise InferenceError(f"the model's meta has no patch size (meta['patch'] = {patch!r}); "
+                             "save it with meta={'patch': {'size', 'level', 'mpp'}, ...}")
+    mpp = patch.get("mpp")
+    level = None if mpp is not None else int(patch.get("level") or 0)
+    spec = PatchSpec(size=int(patch["size"]), level=level,
+                     mpp=float(mpp) if mpp is not None else None)
+    try:
+        spec.validate()
+    except PatchError as exc:
+        raise InferenceError(f"the model's patch spec is invalid: {exc}") from exc
+    classes = [str(c) for c in meta.get("classes") or []]
+    if class_name not in classes:
+        raise InferenceError(f"class {class_name!r} is not one of the model's classes "
+                             f"{classes}; choose one with class_name= (--class)")
+    mean, std = meta.get("mean", IMAGENET_MEAN), meta.get("std", IMAGENET_STD)
+    return ModelInputs(spec, mean, std, classes, classes.index(class_name))
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``; plain ``"cuda"`` under ``torchrun`` is this
+    process's GPU (``LOCAL_RANK``).
+
+    Raises:
+        InferenceError: CUDA asked for but not available.
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InferenceError(f"device {device!r}: CUDA is not available on this machine; "
+                                 "use --device cpu")
+        if dev.index is None:
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return dev
+
+
+def _predict(model: torch.nn.Module, batch: np.ndarray, inputs: ModelInputs,
+             device: torch.device, amp: bool) -> np.ndarray:
+    from exaslide.augment import to_float
+
+    cuda = device.type == "cuda"
+    x = torch.from_numpy(batch)
+    x = x.pin_memory().to(device, non_blocking=True) if cuda else x
+    x = to_float(x.permute(0, 3, 1, 2), inputs.mean, inputs.std, channels_last=cuda)
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp and cuda):
+        logits = model(x)
+    logits = logits.float()
+    if logits.shape[1] == 1:  # a single-logit binary model
+        probs = torch.sigmoid(logits[:, 0])
+    else:
+        probs = torch.softmax(logits, dim=1)[:, inputs.class_index]
+    return probs.cpu().numpy()
+
+
+def slide_key(path: str | os.PathLike) -> str:
+    """How a slide is named in the heatmap JSON: a URL as given, a local path absolute."""
+    from exaslide.storage import is_remote, to_local
+
+    if is_remote(path):
+        return str(path)
+    return str(Path(to_local(os.fspath(path))).resolve())
+
+
+def slide_stem(path: str | os.PathLike) -> str:
+    """File name without its extension (``.ome.tif`` / ``.ome.tiff`` count as one): the
+    default slide id."""
+    name = str(path).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    for double in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(double):
+            return name[: -len(double)]
+    return Path(name).stem
+
+
+def infer_slide(model: torch.nn.Module, meta: Mapping[str, Any], slide_path: str | os.PathLike,
+                out_dir: str | os.PathLike, *, slide_id: str | None = None,
+                stride: int | None = None, batch_size: int = 64,
+                device: str | torch.device = "cpu", workers: int = 1, amp: bool = True,
+                min_tissue: float = 0.1, class_name: str = "tumour",
+                tissue: TissueParams | None = None, backend: str | None = None,
+                progress: bool = True) -> Path:
+    """Compute a slide's probability heatmap and write its files into ``out_dir``.
+
+    Tissue is detected at low resolution; a grid of ``stride``-pixel cells covers the slide
+    and every cell whose patch (centred on the cell, of the model's size and resolution)
+    holds at least ``min_tissue`` tissue is read (each stored tile decoded once), batched,
+    normalised with the model's mean/std and classified under ``torch.inference_mode``
+    (bf16 autocast and channels-last on CUDA). Files (see ``docs/inference.md``):
+    ``<slide_id>.overlay.png``, ``.heatmap.tif``, ``.heatmap.npy`` and, last,
+    ``.heatmap.json``; each is written atomically.
+
+    Args:
+        model: the classifier (e.g. from :func:`exaslide.models.load_model`).
+        meta: the model's metadata: ``patch``, ``classes``, ``mean``, ``std``, ``model``.
+        slide_path: the slide (path or URL).
+        out_dir: output folder.
+        slide_id: names the files (default: the slide's file name without extension).
+        stride: cell side in level-0 pixels (default: the patch footprint).
+        batch_size: patches per forward pass.
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        workers: patch-reading threads (0: read in this thread).
+        amp: bf16 autocast on CUDA (ignored on the CPU).
+        min_tissue: smallest tissue share of a patch for its cell to be computed.
+        class_name: the class whose probability is mapped.
+        tissue: tissue-detection parameters.
+        backend: force a slide backend.
+        progress: show a progress bar over cells (on a terminal).
+
+    Returns:
+        The ``.heatmap.npy`` path.
+
+    Raises:
+        InferenceError: bad meta, class or device. Slide errors (``SlideError``) pass
+            through.
+    """
+    return run_slide(model, meta, slide_path, out_dir, slide_id=slide_id, stride=stride,
+                     batch_size=batch_size, device=device, workers=workers, amp=amp,
+                     min_tissue=min_tissue, class_name=class_name, tissue=tissue,
+                     backend=backend, progress=progress)[0]
+
+
+def run_slide(model, meta, slide_path, out_dir, *, slide_id=None, stride=None,
+              batch_size=64, device="cpu", workers=1, amp=True, min_tissue=0.1,
+              class_name="tumour", tissue=None, backend=None,
+              progress=True) -> tuple[Path, dict[str, Any]]:
+    """:func:`infer_slide`, also returning the heatmap's JSON metadata."""
+    from exaslide.evaluate.heatmap import write_heatmap
+    from exaslide.infer.grid import plan_grid
+    from exaslide.infer.outputs import (
+        OVERLAY_SIDE,
+        remove_stale_temporaries,
+        write_extra_outputs,
+    )
+    from exaslide.models import model_name
+    from exaslide.slides import open_slide
+
+    if batch_size < 1:
+        raise InferenceError(f"batch_size must be at least 1, got {batch_size}")
+    inputs = model_inputs(meta, class_name)
+    dev = resolve_device(device)
+    slide_id = slide_id or slide_stem(slide_path)
+    if not slide_id or "/" in slide_id or "\\" in slide_id or slide_id.startswith("."):
+        raise InferenceError(f"slide_id {slide_id!r} must be non-empty, without a path "
+                             "separator and not start with '.' (it names the output files)")
+    slide_path = slide_key(slide_path)
+    started = time.perf_counter()
+    with open_slide(slide_path, backend=backend) as slide:
+        grid = plan_grid(slide, inputs.spec, stride=stride, min_tissue=min_tissue,
+                         tissue=tissue)
+        level0_size, mpp = slide.dimensions, slide.mpp
+        thumbnail = slide.thumbnail(OVERLAY_SIDE)
+    probabilities = _classify(model, grid, inputs, slide_path, dev, batch_size, workers,
+                              amp, backend, progress, slide_id)
+    heat_meta = {
+        "slide_id": slide_id, "slide": slide_path, "level0_size": list(level0_size),
+        "mpp": list(mpp) if mpp else None, "origin": [0, 0], "cell": grid.cell,
+        "patch_footprint": grid.footprint, "classes": inputs.classes,
+        "model": meta.get("model") or model_name(model) or type(model).__name__,
+        "class": class_name, "patch": {"size": inputs.spec.size, "level": inputs.spec.level,
+                                       "mpp": inputs.spec.mpp},
+        "computed_cells": len(grid), "min_tissue": min_tissue,
+    }
+    out = Path(out_dir)
+    remove_stale_temporaries(out, slide_id)
+    write_extra_outputs(out, slide_id, probabilities, thumbnail, grid.cell, level0_size, mpp)
+    heat_meta["seconds"] = round(time.perf_counter() - started, 3)
+    path = write_heatmap(out, slide_id, probabilities, heat_meta)
+    logger.info("%s: %d cells of %d x %d in %.1f s", slide_id, len(grid), grid.rows,
+                grid.cols, heat_meta["seconds"])
+    return path, heat_meta
+
+
+def _classify(model, grid, inputs: ModelInputs, slide_path, device: torch.device,
+              batch_size: int, workers: int, amp: bool, backend, progress: bool,
+              slide_id: str) -> np.ndarray:
+    """The ``(rows, cols)`` float32 map: the class probability of every grid cell, NaN
+    for cells not computed."""
+    import sys
+
+    from tqdm import tqdm
+
+    from exaslide.infer.batches import iter_batches
+
+    values = np.full(len(grid), np.nan, np.float32)
+    model = model.to(device).eval()
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    bar = tqdm(total=len(grid), desc=slide_id, unit="cell", leave=False, file=sys.stderr,
+               disable=True if not progress else None)
+    try:
+        with torch.inference_mode():
+            for ids, batch in iter_batches(slide_path, inputs.spec, grid.xs, grid.ys,
+                                           batch_size, workers=workers, backend=backend):
+                values[ids] = _predict(model, batch, inputs, device, amp)
+                bar.update(len(ids))
+    finally:
+        bar.close()
+    heat = np.full((grid.rows, grid.cols), np.nan, np.float32)
+    heat[grid.index_r, grid.index_c] = values
+    return heat

@@ -1,0 +1,26 @@
+"""Inference fixtures: the known colour model saved with ``save_model``; one CPU thread."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from colour_model import colour_meta
+
+from exaslide.models import save_model
+
+
+@pytest.fixture(scope="session")
+def colour_model_file(tmp_path_factory):
+    """``model.pt``: the colour model, 32-pixel patches at level 1 (128 level-0 px)."""
+    from exaslide.models import create_model
+
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    return save_model(path, create_model("test-colour", num_classes=2), colour_meta())
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,66 @@
+"""Many slides: resume against the model file's time, failures reported, rank shares."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+
+from exaslide.evaluate.heatmap import read_heatmap
+from exaslide.infer import infer_cohort, output_paths
+from exaslide.manifest import write_manifest
+
+
+def _manifest(tmp_path, synth_slide, ids=("a", "bad", "c")):
+    corrupt = tmp_path / "corrupt.tif"
+    corrupt.write_bytes(b"II*\x00" + b"\x00" * 100)
+    rows = [{"slide_id": i, "path": corrupt if i == "bad" else synth_slide.path,
+             "annotation": "", "label": "", "split": ""} for i in ids]
+    return write_manifest(tmp_path / "cohort.csv", rows)
+
+
+def test_failure_reported_others_finish_then_resume(tmp_path, synth_slide, colour_model_file):
+    model = shutil.copy(colour_model_file, tmp_path / "model.pt")
+    manifest = _manifest(tmp_path, synth_slide)
+    out = tmp_path / "out"
+    seen = []
+    first = infer_cohort(model, manifest, out, batch_size=32, on_result=seen.append)
+    assert [(o.slide_id, o.status) for o in first] == \
+        [("a", "done"), ("bad", "failed"), ("c", "done")]
+    assert "corrupt.tif" in first[1].error and seen == first
+    assert first[0].cells == read_heatmap(out, "a").meta["computed_cells"] > 0
+    np.testing.assert_array_equal(read_heatmap(out, "a").probabilities,
+                                  read_heatmap(out, "c").probabilities)
+    status = json.loads((out / "infer_status.json").read_text())
+    assert [s["status"] for s in status] == ["done", "failed", "done"]
+    assert not output_paths(out, "bad")["json"].exists()
+
+    again = infer_cohort(model, manifest, out)
+    assert [o.status for o in again] == ["skipped", "failed", "skipped"]
+    # a newer model file makes every heatmap stale
+    future = output_paths(out, "a")["json"].stat().st_mtime + 10
+    os.utime(model, (future, future))
+    assert [o.status for o in infer_cohort(model, manifest, out)] == \
+        ["done", "failed", "done"]
+    # a changed stride is not the same heatmap; overwrite redoes
+    assert infer_cohort(model, manifest, out, stride=256)[0].status == "done"
+    assert read_heatmap(out, "a").meta["cell"] == 256
+    assert [o.status for o in infer_cohort(model, manifest, out, stride=256,
+                                           overwrite=True)] == ["done", "failed", "done"]
+
+
+def test_rank_takes_its_share(tmp_path, synth_slide, colour_model_file):
+    manifest = _manifest(tmp_path, synth_slide, ids=("a", "b", "c"))
+    out = tmp_path / "out"
+    outcomes = infer_cohort(colour_model_file, manifest, out, rank=1, world_size=2)
+    assert [(o.slide_id, o.status) for o in outcomes] == [("b", "done")]
+    assert (out / "infer_status.rank1.json").is_file()
+    assert not output_paths(out, "a")["json"].exists()
+
+
+def test_single_slide_path(tmp_path, synth_slide, colour_model_file):
+    outcomes = infer_cohort(colour_model_file, synth_slide.path, tmp_path, stride=512)
+    assert [(o.slide_id, o.status) for o in outcomes] == [("slide", "done")]
+    assert read_heatmap(tmp_path, "slide").shape == (5, 6)
