@@ -112,9 +112,9 @@ def load_config(path: str, group: click.Group) -> dict:
 
 
 def _register() -> None:
-    from exaslide.cli import balance, cache, demo, evaluate, extract, info, mask, synth
+    from exaslide.cli import balance, cache, demo, evaluate, extract, infer, info, mask, synth
 
-    for module in (info, mask, extract, balance, synth, demo, cache, evaluate):
+    for module in (info, mask, extract, balance, synth, demo, cache, evaluate, infer):
         cli.add_command(module.command)
 
 
