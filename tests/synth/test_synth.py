@@ -106,3 +106,12 @@ def test_50k_slide_in_bounded_memory(tmp_path):
     assert peak_mb < 1024, f"peak memory {peak_mb:.0f} MB"
     slide = openslide.OpenSlide(out)
     assert slide.level_dimensions[0] == (50_000, 50_000) and slide.level_count == 5
+def test_a_height_just_over_a_tile_row_writes_every_level(tmp_path):
+    """The last strip (1 row here) is thinner than the level factor: no crash, and the
+    next level has height // factor rows."""
+
+
+    made = write_synthetic_slide(tmp_path / "odd.tif", SynthSpec(width=1024, height=1025,
+                                                                  tumours=1, seed=2))
+    with openslide.OpenSlide(str(made.path)) as slide:
+        assert slide.level_dimensions[:2] == ((1024, 1025), (256, 256))

@@ -130,6 +130,8 @@ def _downsample(strip: np.ndarray, factor: int, width: int) -> np.ndarray:
     import cv2
 
     rows = strip.shape[0] // factor
+    if rows == 0:  # a last strip thinner than the factor: its rows fall off the level
+        return np.empty((0, width, 3), np.uint8)
     crop = strip[: rows * factor, : width * factor]
     return cv2.resize(crop, (width, rows), interpolation=cv2.INTER_AREA)
 
