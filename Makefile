@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/exaslide demo --out demo-out
+	$(BIN)/exaslide demo --out demo_out
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench
@@ -30,4 +30,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/loader.py
 
 clean:
-	rm -rf $(VENV) demo-out build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo-out demo_out build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -112,9 +112,20 @@ def load_config(path: str, group: click.Group) -> dict:
 
 
 def _register() -> None:
-    from exaslide.cli import balance, cache, demo, evaluate, extract, infer, info, mask, synth
+    from exaslide.cli import (
+        balance,
+        cache,
+        demo,
+        evaluate,
+        extract,
+        infer,
+        info,
+        mask,
+        synth,
+        train,
+    )
 
-    for module in (info, mask, extract, balance, synth, demo, cache, evaluate, infer):
+    for module in (info, mask, extract, balance, synth, demo, cache, train, evaluate, infer):
         cli.add_command(module.command)
 
 

@@ -291,7 +291,7 @@ def _train_epoch(config, context, model, loader, optimizer, loss_fn, augment, ge
     model.train()
     total = len(loader) if config.max_steps is None else min(len(loader), config.max_steps)
     bar = tqdm(total=total, desc=f"epoch {epoch}", unit="batch", leave=False,
-               disable=not (progress and context.is_main))
+               disable=True if not (progress and context.is_main) else None)  # None: tty only
     losses = torch.zeros((), device=context.device)  # summed on the device: no sync per step
     correct = torch.zeros((), device=context.device)
     seen = 0

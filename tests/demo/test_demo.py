@@ -1,0 +1,26 @@
+"""The end-to-end demo with its default settings (what `make demo` runs): every step,
+metrics.json with the required keys, report.html whose images exist, patch AUC >= 0.95."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+
+def test_demo_end_to_end(tmp_path):
+    out = tmp_path / "demo_out"
+    done = subprocess.run([sys.executable, "-m", "exaslide", "demo", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["patch_auc"] >= 0.95
+    assert metrics["slide_auc"] is not None and metrics["froc"] is not None
+    assert 0.0 <= metrics["froc"] <= 1.0
+    page = (out / "report.html").read_text()
+    images = re.findall(r"<img src='([^']+)'", page)
+    assert len(images) >= 7  # figure, curves, 4 heatmaps, FROC, ROC curves
+    assert all((out / image).is_file() for image in images)
+    assert "not produced" not in page
+    assert "patch AUC" in done.stdout
