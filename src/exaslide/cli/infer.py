@@ -23,7 +23,7 @@ from exaslide.cli.options import backend_option
               help="cpu, cuda or cuda:N (under torchrun, cuda is each rank's GPU).")
 @click.option("--workers", type=int, default=None,
               help="Patch-reading threads per slide [1 on cpu; on cuda the CPUs' share, "
-                   "up to 8].")
+                   "up to 4].")
 @click.option("--min-tissue", type=float, default=0.1, show_default=True,
               help="Smallest tissue share of a patch for its cell to be computed.")
 @click.option("--class", "class_name", default="tumour", show_default=True,

@@ -71,12 +71,18 @@ def is_done(out_dir: Path, slide_id: str, slide_path, model_path: Path,
         (stride is None or meta.get("cell") == int(stride))
 
 
+#: Reading threads beyond this do not help (measured on an H200 with 16 cores: 1, 2, 4, 8
+#: threads read 6.1k, 8.1k, 8.8k, 8.4k patches/s; the Python work of assembling patches
+#: holds the GIL).
+MAX_READ_THREADS = 4
+
+
 def default_workers(device: str, world_size: int = 1) -> int:
-    """Patch-reading threads: on a GPU the CPUs' share of this process (up to 8); on the
-    CPU one (the model uses the cores)."""
+    """Patch-reading threads: on a GPU the CPUs' share of this process, up to
+    :data:`MAX_READ_THREADS`; on the CPU one (the model uses the cores)."""
     if not str(device).startswith("cuda"):
         return 1
-    return max(1, min(8, (os.cpu_count() or 1) // max(1, world_size)))
+    return max(1, min(MAX_READ_THREADS, (os.cpu_count() or 1) // max(1, world_size)))
 
 
 def infer_cohort(model_path: str | os.PathLike, slides: str | os.PathLike | Iterable,

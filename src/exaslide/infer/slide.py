@@ -85,8 +85,7 @@ def _predict(model: torch.nn.Module, batch: np.ndarray, inputs: ModelInputs,
     from exaslide.augment import to_float
 
     cuda = device.type == "cuda"
-    x = torch.from_numpy(batch)
-    x = x.pin_memory().to(device, non_blocking=True) if cuda else x
+    x = torch.from_numpy(batch).to(device)  # uint8: a quarter of float32's bytes
     x = to_float(x.permute(0, 3, 1, 2), inputs.mean, inputs.std, channels_last=cuda)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp and cuda):
         logits = model(x)
