@@ -7,7 +7,9 @@ import os
 import shutil
 
 import numpy as np
+import pytest
 
+from exaslide.errors import InferenceError
 from exaslide.evaluate.heatmap import read_heatmap
 from exaslide.infer import infer_cohort, output_paths
 from exaslide.manifest import write_manifest
@@ -64,3 +66,8 @@ def test_single_slide_path(tmp_path, synth_slide, colour_model_file):
     outcomes = infer_cohort(colour_model_file, synth_slide.path, tmp_path, stride=512)
     assert [(o.slide_id, o.status) for o in outcomes] == [("slide", "done")]
     assert read_heatmap(tmp_path, "slide").shape == (5, 6)
+
+
+def test_duplicate_slide_ids_refused(tmp_path, synth_slide, colour_model_file):
+    with pytest.raises(InferenceError, match="two slides have the id 'slide'"):
+        infer_cohort(colour_model_file, [synth_slide.path, str(synth_slide.path)], tmp_path)

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from exaslide.errors import ExaslideError
+from exaslide.errors import ExaslideError, InferenceError
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def _entries(slides) -> list[tuple[str, Any]]:
     seen: set[str] = set()
     for slide_id, path in pairs:
         if slide_id in seen:
-            raise ExaslideError(f"two slides have the id {slide_id!r} ({path}); give a "
+            raise InferenceError(f"two slides have the id {slide_id!r} ({path}); give a "
                                 "manifest with unique slide_id values")
         seen.add(slide_id)
     return pairs

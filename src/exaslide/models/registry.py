@@ -40,6 +40,7 @@ def register_model(name: str, *, overwrite: bool = False) -> Callable:
                          "are built by timm")
 
     def decorator(builder: Callable[[int], Any]) -> Callable[[int], Any]:
+        _load_builtins()  # a built-in name is taken even before the first create_model
         if name in _REGISTRY and _REGISTRY[name] is not builder and not overwrite:
             raise ModelError(f"model name {name!r} is already registered; pick another "
                              "name or pass overwrite=True")
@@ -111,5 +112,6 @@ def _create_timm(name: str, num_classes: int) -> torch.nn.Module:
 
 
 def _load_builtins() -> None:
-    """Register the built-in models (imports only the module of builders, not torch)."""
+    """Register the built-in models (imports only the module of builders, not torch).
+    Called while that module is being imported, the import returns at once."""
     import exaslide.models.zoo  # noqa: F401 - registers on import
