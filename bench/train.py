@@ -129,8 +129,10 @@ def main() -> None:
         inputs = make_inputs(folder, args.side, args.patches)
         rows = []
         for name in args.models.split(","):
-            rates = {s: measure(s, name, inputs, args, device)
-                     for s in ("model", "slides", "shards")}
+            rates = {}
+            for source in ("model", "slides", "shards"):
+                rates[source] = measure(source, name, inputs, args, device)
+                print(f"{name} {source}: {rates[source]:,.0f} img/s", flush=True)
             rows.append((name, rates))
     label = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU, {os.cpu_count()} cores"
