@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from exaslide.cli.options import backend_option, progress_bar
+from exaslide.naming import slide_stem  # also the default slide id of `exaslide infer`
 
 
 @click.command("mask")
@@ -53,15 +54,6 @@ def command(slide, annotation, manifest, level, mpp, out_dir, label_map, tissue_
         _one(slide, annotation, out_dir, options)
     else:
         _cohort(manifest, out_dir, options, overwrite)
-
-
-def slide_stem(path: str) -> str:
-    """File name without its extension (``.ome.tif`` and ``.ome.tiff`` count as one)."""
-    name = Path(path).name
-    for double in (".ome.tiff", ".ome.tif"):
-        if name.lower().endswith(double):
-            return name[: -len(double)]
-    return Path(name).stem
 
 
 def _one(slide: str, annotation: str | None, out_dir: str, options) -> None:

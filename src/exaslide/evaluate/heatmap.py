@@ -29,6 +29,7 @@ import numpy as np
 
 from exaslide.atomic import atomic_path, write_text
 from exaslide.errors import EvaluationError
+from exaslide.naming import is_valid_slide_id
 
 NPY_SUFFIX = ".heatmap.npy"
 JSON_SUFFIX = ".heatmap.json"
@@ -117,7 +118,7 @@ def heatmap_paths(folder: str | os.PathLike, slide_id: str) -> tuple[Path, Path]
 
 
 def _check_slide_id(slide_id: str) -> None:
-    if not slide_id or "/" in slide_id or "\\" in slide_id or slide_id.startswith("."):
+    if not is_valid_slide_id(slide_id):
         raise EvaluationError(f"slide_id {slide_id!r} must be non-empty, without a path "
                               "separator and not start with '.' (it names the heatmap files)")
 

@@ -30,8 +30,8 @@ class SlideOutcome:
 def _entries(slides) -> list[tuple[str, Any]]:
     """``(slide_id, path)`` pairs from a manifest path, one slide path, or an iterable of
     paths / :class:`~exaslide.manifest.ManifestEntry`."""
-    from exaslide.infer.slide import slide_stem
     from exaslide.manifest import ManifestEntry, read_manifest
+    from exaslide.naming import slide_stem
 
     if isinstance(slides, str | os.PathLike):
         if str(slides).lower().endswith(".csv"):

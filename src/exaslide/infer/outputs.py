@@ -70,10 +70,3 @@ def write_extra_outputs(out_dir: str | Path, slide_id: str, probabilities: np.nd
     save_heatmap_tiff(paths["tiff"], probabilities, cell, mpp)
     return {"overlay": paths["overlay"], "tiff": paths["tiff"]}
 
-
-def remove_stale_temporaries(out_dir: str | Path, slide_id: str) -> None:
-    """Delete temporaries a killed run left for ``slide_id`` (``.<slide_id>.heatmap.*`` and
-    ``.<slide_id>.overlay.*`` files)."""
-    for kind in ("heatmap", "overlay"):
-        for stale in Path(out_dir).glob(f".{slide_id}.{kind}.*.tmp.*"):
-            stale.unlink(missing_ok=True)

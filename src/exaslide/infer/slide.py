@@ -15,6 +15,7 @@ import torch
 
 from exaslide.errors import InferenceError
 from exaslide.masks.tissue import TissueParams
+from exaslide.naming import is_valid_slide_id, slide_stem
 from exaslide.patches.spec import PatchSpec
 
 logger = logging.getLogger(__name__)
@@ -106,16 +107,6 @@ def slide_key(path: str | os.PathLike) -> str:
     return str(Path(to_local(os.fspath(path))).resolve())
 
 
-def slide_stem(path: str | os.PathLike) -> str:
-    """File name without its extension (``.ome.tif`` / ``.ome.tiff`` count as one): the
-    default slide id."""
-    name = str(path).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
-    for double in (".ome.tiff", ".ome.tif"):
-        if name.lower().endswith(double):
-            return name[: -len(double)]
-    return Path(name).stem
-
-
 def infer_slide(model: torch.nn.Module, meta: Mapping[str, Any], slide_path: str | os.PathLike,
                 out_dir: str | os.PathLike, *, slide_id: str | None = None,
                 stride: int | None = None, batch_size: int = 64,
@@ -170,12 +161,9 @@ def run_slide(model, meta, slide_path, out_dir, *, slide_id=None, stride=None,
     """:func:`infer_slide`, also returning the heatmap's JSON metadata."""
     from exaslide.evaluate.heatmap import write_heatmap
     from exaslide.infer.grid import plan_grid
-    from exaslide.infer.outputs import (
-        OVERLAY_SIDE,
-        remove_stale_temporaries,
-        write_extra_outputs,
-    )
+    from exaslide.infer.outputs import OVERLAY_SIDE, output_paths, write_extra_outputs
     from exaslide.models import model_name
+    from exaslide.naming import remove_stale_temporaries
     from exaslide.slides import open_slide
 
     if batch_size < 1:
@@ -183,7 +171,7 @@ def run_slide(model, meta, slide_path, out_dir, *, slide_id=None, stride=None,
     inputs = model_inputs(meta, class_name)
     dev = resolve_device(device)
     slide_id = slide_id or slide_stem(slide_path)
-    if not slide_id or "/" in slide_id or "\\" in slide_id or slide_id.startswith("."):
+    if not is_valid_slide_id(slide_id):
         raise InferenceError(f"slide_id {slide_id!r} must be non-empty, without a path "
                              "separator and not start with '.' (it names the output files)")
     slide_path = slide_key(slide_path)
@@ -205,7 +193,7 @@ def run_slide(model, meta, slide_path, out_dir, *, slide_id=None, stride=None,
         "computed_cells": len(grid), "min_tissue": min_tissue,
     }
     out = Path(out_dir)
-    remove_stale_temporaries(out, slide_id)
+    remove_stale_temporaries(output_paths(out, slide_id).values())
     write_extra_outputs(out, slide_id, probabilities, thumbnail, grid.cell, level0_size, mpp)
     heat_meta["seconds"] = round(time.perf_counter() - started, 3)
     path = write_heatmap(out, slide_id, probabilities, heat_meta)

@@ -13,6 +13,7 @@ import numpy as np
 
 from exaslide.atomic import atomic_path, write_text
 from exaslide.masks.label import NORMAL, TUMOUR, LabelMask
+from exaslide.naming import remove_stale_temporaries
 
 #: Colours of the overlay and figure (RGB): normal tissue green, tumour red.
 CLASS_COLOURS = {NORMAL: (40, 170, 70), TUMOUR: (220, 30, 30)}
@@ -100,13 +101,6 @@ def save_pyramid_tiff(path: str | Path, labels: np.ndarray, mpp: tuple[float, fl
     return Path(path)
 
 
-def remove_stale_temporaries(out_dir: Path, stem: str) -> None:
-    """Delete temporary files a killed run left for ``stem`` (``.<stem>_<kind>.*.tmp.*``)."""
-    for name in ("mask", "overlay", "figure", "summary"):
-        for stale in out_dir.glob(f".{stem}_{name}.*.tmp.*"):
-            stale.unlink(missing_ok=True)
-
-
 def write_mask_outputs(mask: LabelMask, out_dir: str | Path, stem: str,
                        summary: dict[str, Any], pyramid: bool = True) -> dict[str, Path]:
     """Write ``<stem>_mask.png``, ``_overlay.png``, ``_figure.png``, ``_mask.tif`` and
@@ -116,7 +110,9 @@ def write_mask_outputs(mask: LabelMask, out_dir: str | Path, stem: str,
         The written paths by kind.
     """
     out = Path(out_dir)
-    remove_stale_temporaries(out, stem)
+    remove_stale_temporaries(out / f"{stem}_{name}" for name in
+                             ("mask.png", "overlay.png", "figure.png", "mask.tif",
+                              "summary.json"))
     paths = {
         "mask": save_png(out / f"{stem}_mask.png", mask.labels),
         "overlay": save_png(out / f"{stem}_overlay.png", overlay(mask)),
