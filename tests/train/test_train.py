@@ -78,8 +78,9 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(extracted, tmp_path):
     whole = _run_cli(whole_cfg)
     killed = _run_cli(killed_cfg)
     metrics = tmp_path / "killed" / "metrics.csv"
+    checkpoint = tmp_path / "killed" / "checkpoints" / "last.pt"
     deadline = time.monotonic() + 240
-    while not (metrics.exists() and len(_metrics(metrics)) >= 1):
+    while not checkpoint.exists():  # written after the first epoch's metrics
         assert killed.poll() is None, killed.communicate()[1][-2000:]
         assert time.monotonic() < deadline
         time.sleep(0.05)
@@ -88,7 +89,10 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(extracted, tmp_path):
     assert whole.wait(timeout=300) == 0, whole.communicate()[1][-2000:]
     assert len(_metrics(metrics)) < 3  # it really was killed before the end
     resumed = _run_cli(killed_cfg, "--resume")
-    assert resumed.wait(timeout=300) == 0, resumed.communicate()[1][-2000:]
+    stdout, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr[-2000:]
+    started = int(stdout.split("resumed at epoch ")[1].split()[0])
+    assert started >= 1  # it continued from the checkpoint, not from scratch
     a, b = _metrics(tmp_path / "whole" / "metrics.csv"), _metrics(metrics)
     assert len(a) == len(b) == 3
     for row_a, row_b in zip(a, b, strict=True):
@@ -107,3 +111,28 @@ def test_torchrun_two_ranks_on_cpu_end_with_identical_weights(extracted, tmp_pat
     assert digests[0]["digest"] == digests[1]["digest"]
     assert digests[0]["world_size"] == 2
     assert len(_metrics(tmp_path / "ddp" / "metrics.csv")) == 1
+
+
+def test_resuming_a_run_that_stopped_early_trains_no_more(extracted, tmp_path):
+    from exaslide.train.checkpoint import load_training_state, save_training_state
+
+    values = _config(extracted, tmp_path / "run", epochs=6, max_steps=2, patience=None)
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.pt"
+    train(TrainConfig(**values), progress=False)  # 6 epochs
+    state = load_training_state(checkpoint)
+    state["epoch"], state["history"] = 1, state["history"][:2]
+    state["best"]["stale"] = 1  # as if epoch 1 had not improved
+    save_training_state(checkpoint, {k: v for k, v in state.items() if k != "format"})
+    again = train(TrainConfig(**{**values, "patience": 1}), resume=True, progress=False)
+    assert again.resumed_from == 2 and again.stopped_early and len(again.history) == 2
+
+
+def test_best_model_follows_validation_loss_when_auc_is_undefined():
+    from exaslide.train.loop import _improved
+
+    best = {"auc": None, "loss": None, "epoch": -1, "stale": 0}
+    assert _improved(best, {"val_loss": 0.5, "val_auc": float("nan")})
+    best.update(loss=0.5, epoch=0)
+    assert _improved(best, {"val_loss": 0.4, "val_auc": float("nan")})
+    assert not _improved(best, {"val_loss": 0.6, "val_auc": float("nan")})
+    assert _improved(best, {"train_loss": 1.0})  # no validation: keep the latest

@@ -36,6 +36,8 @@ def command(config_file, data, out, model, epochs, batch_size, lr, source, worke
                  "device": device, "seed": seed}
     config = load_config(config_file, overrides, list(sets))
     result = train(config, resume=resume)
+    if result.resumed_from is not None:
+        click.echo(f"resumed at epoch {result.resumed_from}")
     if result.history:
         last = result.history[-1]
         auc = f"{result.best_val_auc:.4f}" if result.best_val_auc is not None else "n/a"

@@ -23,7 +23,7 @@ SPLIT_COUNTS = (("train", 3), ("val", 1), ("test", 2))
 
 @dataclass
 class DemoOptions:
-    """Sizes of the demo (defaults: 12 slides, about 4-5 minutes on 2 cores)."""
+    """Sizes of the demo (defaults: 12 slides, about a minute on 2 cores)."""
 
     slides: int = 12
     width: int = 4096

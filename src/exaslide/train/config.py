@@ -68,6 +68,7 @@ class TrainConfig:
             (len(self.classes) >= 2, "classes needs at least two names"),
             (len(self.mean) == 3 and len(self.std) == 3, "mean and std need 3 values"),
             (self.workers >= 0, "workers must be >= 0"),
+            (self.patience is None or self.patience >= 1, "patience must be >= 1 or null"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
              "device must be auto, cpu or cuda"),
         ]

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from exaslide.errors import TrainingError
+from exaslide.models.features import unwrap as _unwrap
 from exaslide.train.checkpoint import (
     load_training_state,
     rng_state,
@@ -53,6 +54,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
     weights_digest: str = ""  #: SHA-256 of this process's final weights (DDP: same on all)
+    resumed_from: int | None = None  #: the epoch a resumed run started at
 
 
 def train(config: TrainConfig, *, resume: bool = False,
@@ -89,18 +91,23 @@ def _train(config: TrainConfig, context: Context, resume: bool,
     optimizer = _optimizer(config, model)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs) \
         if config.scheduler == "cosine" else None
-    start, history, best = 0, [], {"auc": None, "epoch": -1, "stale": 0}
+    start, history = 0, []
+    best = {"auc": None, "loss": None, "epoch": -1, "stale": 0}
     checkpoint = out / "checkpoints" / "last.pt"
+    resumed_from = None
     if resume and checkpoint.exists():
         state = load_training_state(checkpoint)
-        _check_compatible(state, config, checkpoint)
+        _check_compatible(state, config, checkpoint, context)
         _unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
         start, history, best = state["epoch"] + 1, state["history"], state["best"]
-        set_rng_state(state["rng"][context.rank % len(state["rng"])])
+        set_rng_state(state["rng"][context.rank])
+        resumed_from = start
         logger.info("resuming %s at epoch %d", out, start)
+    elif resume:
+        logger.warning("%s: no checkpoint yet; starting from the first epoch", checkpoint)
     if context.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
@@ -113,25 +120,30 @@ def _train(config: TrainConfig, context: Context, resume: bool,
                              device=str(context.device), seed=config.seed) \
         if val_set is not None else None
     loss_fn = torch.nn.CrossEntropyLoss()
-    stopped = False
-    for epoch in range(start, config.epochs):
+    positive = config.classes.index("tumour") if "tumour" in config.classes else 1
+    stopped = _patience_spent(config, best)  # a resumed run that had already stopped
+    for epoch in range(start, config.epochs if not stopped else start):
         if sampler is not None:
             sampler.set_epoch(epoch)
         else:
             train_set.set_epoch(epoch)
-        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        # per rank: ranks see different patches and must not share augmentation draws
+        generator = torch.Generator().manual_seed(
+            (config.seed * 100_003 + epoch) * 1_009 + context.rank)
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
         row.update(_train_epoch(config, context, model, loader, optimizer, loss_fn, augment,
                                 generator, epoch, progress, to_device, to_float))
         if scheduler is not None:
             scheduler.step()
+        _sync_buffers(model, context)  # BatchNorm statistics: rank 0's on every rank
         if val_loader is not None:
-            row.update(_validate(config, context, model, val_loader, loss_fn, to_device,
-                                 to_float))
+            row.update(_validate(config, context, _unwrap(model), val_loader, to_device,
+                                 to_float, positive))
         history.append(row)
         improved = _improved(best, row)
         if improved:
-            best.update(auc=row.get("val_auc"), epoch=epoch, stale=0)
+            best.update(auc=_finite(row.get("val_auc")), loss=row.get("val_loss"),
+                        epoch=epoch, stale=0)
         else:
             best["stale"] += 1
         if context.is_main:
@@ -151,13 +163,32 @@ def _train(config: TrainConfig, context: Context, resume: bool,
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "history": history, "best": best, "rng": states,
                 "config": config.to_dict()})
-        if config.patience is not None and best["stale"] >= config.patience:
+        if _patience_spent(config, best):
             stopped = True
             break
     if writer is not None:
         writer.close()
     return TrainResult(out, out / "model.pt", best["epoch"], best["auc"], history, stopped,
-                       weights_digest(_unwrap(model)))
+                       weights_digest(_unwrap(model)), resumed_from)
+
+
+def _patience_spent(config: TrainConfig, best: dict) -> bool:
+    return config.patience is not None and best["stale"] >= config.patience
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _sync_buffers(model: torch.nn.Module, context: Context) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics, which each rank updates with
+    its own batches) to every rank, so validation and the saved model agree across ranks.
+    Every rank calls this the same number of times."""
+    if context.distributed:
+        import torch.distributed as dist
+
+        for buffer in _unwrap(model).buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -172,10 +203,14 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 
 def _improved(best: dict, row: dict) -> bool:
-    auc = row.get("val_auc")
-    if auc is None or (isinstance(auc, float) and math.isnan(auc)):
-        return best["epoch"] < 0 or "val_auc" not in row  # no validation: keep the latest
-    return best["auc"] is None or auc > best["auc"]
+    """Better validation AUC; when the AUC is undefined (one class in the validation set),
+    lower validation loss; without validation, every epoch (keep the latest)."""
+    if "val_loss" not in row:
+        return True
+    auc = _finite(row.get("val_auc"))
+    if auc is not None:
+        return best["auc"] is None or auc > best["auc"]
+    return best["loss"] is None or row["val_loss"] < best["loss"]
 
 
 def _datasets(config: TrainConfig, context: Context):
@@ -216,6 +251,9 @@ def _datasets(config: TrainConfig, context: Context):
     if val_filter is not None:
         full = SlidePatchDataset(config.data, filter=val_filter, size=config.patch_size,
                                  **common)
+        if len(full) < context.world_size:
+            raise TrainingError(f"the validation set has {len(full)} patches, fewer than "
+                                f"the {context.world_size} ranks")
         val_set = _Subset(full, range(context.rank, len(full), context.world_size))
     return train_set, sampler, val_set
 
@@ -257,11 +295,6 @@ def _model(config: TrainConfig, context: Context) -> torch.nn.Module:
     return model
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    model = getattr(model, "_orig_mod", model)  # torch.compile
-    return getattr(model, "module", model)  # DDP
-
-
 def _optimizer(config: TrainConfig, model: torch.nn.Module):
     if config.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
@@ -270,13 +303,23 @@ def _optimizer(config: TrainConfig, model: torch.nn.Module):
                              weight_decay=config.weight_decay)
 
 
-def _check_compatible(state: dict, config: TrainConfig, path: Path) -> None:
+#: Settings a resumed run must share with its checkpoint (they decide what each epoch does).
+RESUME_KEYS = ("model", "classes", "data", "source", "seed", "batch_size", "epochs",
+               "optimizer", "scheduler", "train_split", "val_split", "patch_size")
+
+
+def _check_compatible(state: dict, config: TrainConfig, path: Path,
+                      context: Context) -> None:
     saved = state.get("config", {})
-    for key in ("model", "classes", "data", "seed", "batch_size"):
+    for key in RESUME_KEYS:
         if saved.get(key) != getattr(config, key):
             raise TrainingError(f"{path}: checkpoint has {key}={saved.get(key)!r} but the "
                                 f"config says {getattr(config, key)!r}; use another out "
                                 "folder or the same settings")
+    if len(state["rng"]) != context.world_size:
+        raise TrainingError(f"{path}: checkpoint was written by {len(state['rng'])} "
+                            f"process(es), this run has {context.world_size}; resume with "
+                            "the same number (each rank's data share depends on it)")
 
 
 def _autocast(config: TrainConfig, context: Context):
@@ -290,6 +333,7 @@ def _train_epoch(config, context, model, loader, optimizer, loss_fn, augment, ge
 
     model.train()
     total = len(loader) if config.max_steps is None else min(len(loader), config.max_steps)
+    # total: an estimate for shards (each loader worker ends with a partial batch)
     bar = tqdm(total=total, desc=f"epoch {epoch}", unit="batch", leave=False,
                disable=True if not (progress and context.is_main) else None)  # None: tty only
     losses = torch.zeros((), device=context.device)  # summed on the device: no sync per step
@@ -297,7 +341,7 @@ def _train_epoch(config, context, model, loader, optimizer, loss_fn, augment, ge
     seen = 0
     start = time.perf_counter()
     for step, (images, labels, _) in enumerate(loader):
-        if step >= total:
+        if config.max_steps is not None and step >= config.max_steps:
             break
         images = to_device(images, context.device, channels_last=config.channels_last)
         labels = labels.to(context.device, non_blocking=True)
@@ -328,11 +372,14 @@ def _train_epoch(config, context, model, loader, optimizer, loss_fn, augment, ge
 
 
 @torch.inference_mode()
-def _validate(config, context, model, loader, loss_fn, to_device, to_float) -> dict:
+def _validate(config, context, model, loader, to_device, to_float, positive: int) -> dict:
+    """Loss, argmax accuracy and ROC AUC of ``positive`` (tumour) against the rest, over
+    every rank's share (``model`` unwrapped: no DDP collective per batch, so ranks with
+    one batch more or less cannot hang)."""
     from sklearn.metrics import roc_auc_score
 
     model.eval()
-    keys, scores, labels_all, losses = [], [], [], []
+    keys, scores, labels_all, losses, hits = [], [], [], [], []
     for images, labels, meta in loader:
         images = to_device(images, context.device, channels_last=config.channels_last)
         x = to_float(images, config.mean, config.std, channels_last=config.channels_last)
@@ -340,20 +387,22 @@ def _validate(config, context, model, loader, loss_fn, to_device, to_float) -> d
             logits = model(x).float()
         labels = labels.to(context.device)
         losses += torch.nn.functional.cross_entropy(logits, labels, reduction="none").tolist()
-        scores += torch.softmax(logits, 1)[:, 1].tolist()
+        scores += torch.softmax(logits, 1)[:, positive].tolist()
+        hits += (logits.argmax(1) == labels).tolist()
         labels_all += labels.tolist()
         keys += list(meta["key"])
-    parts = all_gather_objects(context, (keys, scores, labels_all, losses))
+    parts = all_gather_objects(context, (keys, scores, labels_all, losses, hits))
     merged = {}
     for part in parts:
-        for key, score, label, loss in zip(*part, strict=True):
-            merged[key] = (score, label, loss)
-    score, label, loss = (np.array(v, dtype=float) for v in zip(*merged.values(), strict=True))
-    positive = label == 1
-    auc = float(roc_auc_score(positive, score)) if 0 < positive.sum() < len(label) \
+        for key, *values in zip(*part, strict=True):
+            merged[key] = values
+    score, label, loss, hit = (np.array(v, dtype=float)
+                               for v in zip(*merged.values(), strict=True))
+    is_positive = label == positive
+    auc = float(roc_auc_score(is_positive, score)) if 0 < is_positive.sum() < len(label) \
         else float("nan")
-    return {"val_loss": float(loss.mean()),
-            "val_accuracy": float(((score >= 0.5) == positive).mean()), "val_auc": auc}
+    return {"val_loss": float(loss.mean()), "val_accuracy": float(hit.mean()),
+            "val_auc": auc}
 
 
 def _save_model(config: TrainConfig, model, path: Path, classes: list[str]) -> None:
