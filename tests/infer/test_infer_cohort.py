@@ -1,4 +1,4 @@
-"""Many slides: resume against the model file's time, failures reported, rank shares."""
+"""Many slides: resume against the inputs' fingerprint, failures reported, rank shares."""
 
 from __future__ import annotations
 
@@ -71,3 +71,57 @@ def test_single_slide_path(tmp_path, synth_slide, colour_model_file):
 def test_duplicate_slide_ids_refused(tmp_path, synth_slide, colour_model_file):
     with pytest.raises(InferenceError, match="two slides have the id 'slide'"):
         infer_cohort(colour_model_file, [synth_slide.path, str(synth_slide.path)], tmp_path)
+
+
+def test_resume_compares_the_whole_fingerprint(tmp_path, synth_slide, colour_model_file):
+    model = shutil.copy(colour_model_file, tmp_path / "model.pt")
+    out = tmp_path / "out"
+
+    def status(**kwargs):
+        return infer_cohort(model, synth_slide.path, out, stride=512, **kwargs)[0].status
+
+    assert status() == "done"
+    first = read_heatmap(out, "slide").meta
+    assert first["fingerprint"]["model"]["path"] == str(model.resolve())
+    assert first["fingerprint"]["slide"]["path"] == str(synth_slide.path.resolve())
+    assert first["fingerprint"]["class"] == "tumour"
+    assert first["fingerprint"]["patch"] == first["patch"]
+    assert status() == "skipped"  # identical settings
+    # another class, another min_tissue: recomputed, then skipped again
+    assert status(class_name="normal") == "done"
+    assert read_heatmap(out, "slide").meta["class"] == "normal"
+    assert status(class_name="normal") == "skipped"
+    assert status(class_name="normal", min_tissue=0.5) == "done"
+    assert status(class_name="normal", min_tissue=0.5) == "skipped"
+    # the default stride is not the stride of the existing heatmap
+    assert infer_cohort(model, synth_slide.path, out, class_name="normal",
+                        min_tissue=0.5)[0].status == "done"
+    assert status(class_name="normal", min_tissue=0.5) == "done"
+
+
+def test_replaced_model_file_recomputes_even_when_older(tmp_path, synth_slide,
+                                                        colour_model_file):
+    from colour_model import colour_meta
+
+    from exaslide.models import create_model, save_model
+
+    model = shutil.copy(colour_model_file, tmp_path / "model.pt")
+    out = tmp_path / "out"
+    assert infer_cohort(model, synth_slide.path, out, stride=512)[0].status == "done"
+    assert infer_cohort(model, synth_slide.path, out, stride=512)[0].status == "skipped"
+    save_model(model, create_model("test-colour", num_classes=2), colour_meta())
+    past = output_paths(out, "slide")["json"].stat().st_mtime - 3600
+    os.utime(model, (past, past))  # older than the heatmaps: still another model file
+    assert infer_cohort(model, synth_slide.path, out, stride=512)[0].status == "done"
+    assert infer_cohort(model, synth_slide.path, out, stride=512)[0].status == "skipped"
+
+
+def test_heatmap_without_fingerprint_is_redone(tmp_path, synth_slide, colour_model_file):
+    out = tmp_path / "out"
+    infer_cohort(colour_model_file, synth_slide.path, out, stride=512)
+    json_path = output_paths(out, "slide")["json"]
+    meta = json.loads(json_path.read_text())
+    del meta["fingerprint"]  # written by an older version
+    json_path.write_text(json.dumps(meta))
+    assert infer_cohort(colour_model_file, synth_slide.path, out,
+                        stride=512)[0].status == "done"

@@ -30,14 +30,14 @@ from exaslide.cli.options import backend_option
               help="The class whose probability is mapped.")
 @click.option("--no-amp", is_flag=True, help="No bf16 autocast on CUDA.")
 @click.option("--overwrite", is_flag=True,
-              help="Redo slides whose outputs are already newer than MODEL.")
+              help="Redo slides already done with the same MODEL file, slide and settings.")
 @backend_option
 def command(model, slides, out_dir, stride, batch_size, device, workers, min_tissue,
             class_name, no_amp, overwrite, backend) -> None:
     """Write a tumour-probability heatmap of SLIDES (one slide, or a manifest CSV with
     slide_id,path,...) with MODEL (a file written by training / save_model) into --out.
-    Slides whose outputs are newer than MODEL are skipped; under torchrun each rank takes
-    every n-th slide. Exit code 1 when a slide failed."""
+    Slides already done with the same MODEL file, slide and settings are skipped; under
+    torchrun each rank takes every n-th slide. Exit code 1 when a slide failed."""
     from exaslide.cli.options import progress_bar
     from exaslide.data.sampler import distributed_context
     from exaslide.infer import infer_cohort

@@ -12,7 +12,13 @@ Per slide: ``<slide_id>.heatmap.npy`` (float32, NaN outside tissue), ``.heatmap.
 ``torchrun`` each rank takes its share of the slides. See ``docs/inference.md``.
 """
 
-from exaslide.infer.cohort import SlideOutcome, default_workers, infer_cohort, is_done
+from exaslide.infer.cohort import (
+    SlideOutcome,
+    default_workers,
+    heatmap_fingerprint,
+    infer_cohort,
+    is_done,
+)
 from exaslide.infer.grid import CellGrid, plan_grid
 from exaslide.infer.outputs import output_paths
 from exaslide.infer.slide import infer_slide, model_inputs, slide_stem
@@ -21,6 +27,7 @@ __all__ = [
     "CellGrid",
     "SlideOutcome",
     "default_workers",
+    "heatmap_fingerprint",
     "infer_cohort",
     "infer_slide",
     "is_done",

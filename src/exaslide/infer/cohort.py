@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from exaslide.errors import ExaslideError, InferenceError
+from exaslide.patches.spec import PatchSpec
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ class SlideOutcome:
     """What happened to one slide of :func:`infer_cohort`."""
 
     slide_id: str
-    status: str  #: "done", "skipped" (outputs already newer than the model) or "failed"
+    status: str  #: "done", "skipped" (already done with the same inputs) or "failed"
     error: str = ""
     cells: int = 0  #: cells computed
     seconds: float = 0.0
@@ -52,23 +53,54 @@ def _entries(slides) -> list[tuple[str, Any]]:
     return pairs
 
 
-def is_done(out_dir: Path, slide_id: str, slide_path, model_path: Path,
-            stride: int | None) -> bool:
-    """True when all of ``slide_id``'s outputs exist, are newer than the model file, and
-    were made from the same slide (and the same ``stride``, when one is given)."""
-    from exaslide.infer.outputs import output_paths
+def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
+    """Resolved path, size and modification time (ns) of a local file; size, ETag and
+    last-modified time of a URL (see :func:`exaslide.masks.run.input_fingerprint`).
+
+    Raises:
+        OSError: the file cannot be found (``StorageError`` for a URL).
+    """
     from exaslide.infer.slide import slide_key
+    from exaslide.masks.run import input_fingerprint
+
+    return input_fingerprint(slide_key(path), None)["slide"]
+
+
+def heatmap_fingerprint(model: Mapping[str, Any], slide_path, *, class_name: str,
+                        min_tissue: float, stride: int | None,
+                        spec: PatchSpec) -> dict[str, Any]:
+    """Everything that decides a heatmap's content, stored as ``"fingerprint"`` in its
+    JSON: the model file's and the slide's :func:`file_fingerprint` (``model`` is the
+    former), the class, ``min_tissue``, the requested ``stride`` (``None``: the default),
+    the patch spec and the tissue-detection parameters.
+
+    Raises:
+        OSError: the slide cannot be found (``StorageError`` for a URL).
+    """
+    from exaslide.masks.tissue import TissueParams
+
+    return {"model": dict(model), "slide": file_fingerprint(slide_path),
+            "class": str(class_name), "min_tissue": float(min_tissue),
+            "stride": None if stride is None else int(stride),
+            "patch": {"size": spec.size, "level": spec.level, "mpp": spec.mpp},
+            "tissue": TissueParams().to_dict()}
+
+
+def is_done(out_dir: str | os.PathLike, slide_id: str,
+            fingerprint: Mapping[str, Any]) -> bool:
+    """True when all of ``slide_id``'s outputs exist and its heatmap JSON records the same
+    :func:`heatmap_fingerprint` (same model file, slide, class, settings)."""
+    from exaslide.infer.outputs import output_paths
 
     paths = output_paths(out_dir, slide_id)
     try:
-        model_time = model_path.stat().st_mtime_ns
-        if any(p.stat().st_mtime_ns <= model_time for p in paths.values()):
+        if not all(p.is_file() for p in paths.values()):
             return False
         meta = json.loads(paths["json"].read_text(encoding="utf-8"))
+        expected = json.loads(json.dumps(fingerprint))
     except (OSError, ValueError):
         return False
-    return meta.get("slide") == slide_key(slide_path) and \
-        (stride is None or meta.get("cell") == int(stride))
+    return isinstance(meta, dict) and meta.get("fingerprint") == expected
 
 
 #: Reading threads beyond this do not help (measured on an H200 with 16 cores: 1, 2, 4, 8
@@ -103,7 +135,8 @@ def infer_cohort(model_path: str | os.PathLike, slides: str | os.PathLike | Iter
         out_dir: output folder; ``infer_status.json`` (``infer_status.rank<r>.json``
             under torchrun) records each slide's outcome.
         workers: patch-reading threads per slide (default: :func:`default_workers`).
-        overwrite: redo slides whose outputs are already newer than the model file.
+        overwrite: redo slides already done (outputs present, made with the same model
+            file, slide and settings: see :func:`heatmap_fingerprint`).
         rank, world_size: this process's share of the slides (default: from
             ``torch.distributed`` or the ``RANK`` / ``WORLD_SIZE`` variables torchrun sets).
         on_result: called after every slide.
@@ -126,8 +159,10 @@ def infer_cohort(model_path: str | os.PathLike, slides: str | os.PathLike | Iter
     rank, world_size = distributed_context(rank, world_size)
     entries = _entries(slides)[rank::world_size]
     model_file = Path(model_path)
+    # before loading: a file replaced meanwhile then does not match its heatmaps
+    model_print = file_fingerprint(model_file) if model_file.is_file() else {}
     model, meta = load_model(model_file)
-    model_inputs(meta, class_name)  # bad meta or class: fail once, not per slide
+    spec = model_inputs(meta, class_name).spec  # bad meta or class: fail once, not per slide
     dev = resolve_device(device)
     workers = default_workers(device, world_size) if workers is None else workers
     out = Path(out_dir)
@@ -136,21 +171,24 @@ def infer_cohort(model_path: str | os.PathLike, slides: str | os.PathLike | Iter
                     f"infer_status.rank{rank}.json")
     outcomes: list[SlideOutcome] = []
     for slide_id, path in entries:
-        if not overwrite and is_done(out, slide_id, path, model_file, stride):
-            outcome = SlideOutcome(slide_id, "skipped")
-        else:
-            try:
+        try:
+            fingerprint = heatmap_fingerprint(model_print, path, class_name=class_name,
+                                              min_tissue=min_tissue, stride=stride, spec=spec)
+            if not overwrite and is_done(out, slide_id, fingerprint):
+                outcome = SlideOutcome(slide_id, "skipped")
+            else:
                 _, info = run_slide(model, meta, path, out, slide_id=slide_id, stride=stride,
                                     batch_size=batch_size, device=dev, workers=workers,
                                     amp=amp, min_tissue=min_tissue, class_name=class_name,
-                                    backend=backend, progress=progress)
+                                    backend=backend, progress=progress,
+                                    fingerprint=fingerprint)
                 outcome = SlideOutcome(slide_id, "done", cells=info["computed_cells"],
                                        seconds=info["seconds"])
-            except Exception as exc:  # one slide's failure must not stop the cohort
-                logger.debug("%s failed", slide_id, exc_info=True)
-                message = str(exc) if isinstance(exc, ExaslideError | OSError) else \
-                    f"{type(exc).__name__}: {exc}"
-                outcome = SlideOutcome(slide_id, "failed", message)
+        except Exception as exc:  # one slide's failure must not stop the cohort
+            logger.debug("%s failed", slide_id, exc_info=True)
+            message = str(exc) if isinstance(exc, ExaslideError | OSError) else \
+                f"{type(exc).__name__}: {exc}"
+            outcome = SlideOutcome(slide_id, "failed", message)
         outcomes.append(outcome)
         write_text(status, json.dumps([asdict(o) for o in outcomes], indent=2) + "\n")
         if on_result is not None:

@@ -156,9 +156,10 @@ def infer_slide(model: torch.nn.Module, meta: Mapping[str, Any], slide_path: str
 
 def run_slide(model, meta, slide_path, out_dir, *, slide_id=None, stride=None,
               batch_size=64, device="cpu", workers=1, amp=True, min_tissue=0.1,
-              class_name="tumour", tissue=None, backend=None,
-              progress=True) -> tuple[Path, dict[str, Any]]:
-    """:func:`infer_slide`, also returning the heatmap's JSON metadata."""
+              class_name="tumour", tissue=None, backend=None, progress=True,
+              fingerprint=None) -> tuple[Path, dict[str, Any]]:
+    """:func:`infer_slide`, also returning the heatmap's JSON metadata; ``fingerprint``
+    (see :func:`exaslide.infer.cohort.heatmap_fingerprint`) is stored in it when given."""
     from exaslide.evaluate.heatmap import write_heatmap
     from exaslide.infer.grid import plan_grid
     from exaslide.infer.outputs import OVERLAY_SIDE, output_paths, write_extra_outputs
@@ -192,6 +193,8 @@ def run_slide(model, meta, slide_path, out_dir, *, slide_id=None, stride=None,
                                        "mpp": inputs.spec.mpp},
         "computed_cells": len(grid), "min_tissue": min_tissue,
     }
+    if fingerprint is not None:
+        heat_meta["fingerprint"] = dict(fingerprint)
     out = Path(out_dir)
     remove_stale_temporaries(output_paths(out, slide_id).values())
     write_extra_outputs(out, slide_id, probabilities, thumbnail, grid.cell, level0_size, mpp)
