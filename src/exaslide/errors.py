@@ -77,3 +77,7 @@ class InferenceError(ExaslideError):
 class EvaluationError(ExaslideError):
     """Predictions or ground truth cannot be evaluated: a missing or malformed heatmap, a
     stage CSV with unknown patients or stage names, metrics that need data not given."""
+
+
+class RetrievalError(ExaslideError):
+    """Embeddings, vector indexes or queries that cannot be used as asked."""

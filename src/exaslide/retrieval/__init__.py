@@ -1,0 +1,2 @@
+"""Case-based retrieval: embeddings, vector indexes, image and text search (see
+``docs/retrieval.md``)."""
