@@ -84,6 +84,18 @@ def test_missing_heatmaps(cohort):
     run("evaluate", "--heatmaps", cohort / "heatmaps", check_rc=2)  # no --manifest/--out
 
 
+def test_heatmap_of_another_class_refused(cohort):
+    meta_path = cohort / "heatmaps" / "t1.heatmap.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "class": "normal"}))
+    args = ("evaluate", "--heatmaps", cohort / "heatmaps", "--manifest",
+            cohort / "manifest.csv", "--split", "test", "--out", cohort / "o")
+    done = run(*args, check_rc=2)
+    assert "t1: the heatmap maps the probability of class 'normal', not 'tumour'" \
+        in done.stderr and "Traceback" not in done.stderr
+    run(*args, "--class", "normal")  # the others have no "class": taken as normal too
+
+
 def test_stage_command(tmp_path):
     ref = tmp_path / "ref.csv"
     ref.write_text("patient,stage\npatient_000.zip,pN0\npatient_000_node_0.tif,negative\n"

@@ -34,10 +34,13 @@ _RUN_OPTIONS = ("heatmaps", "manifest", "out_dir", "patch_predictions", "split",
               show_default=True, help="How sensitivities at 1/4..8 FPs are read off the FROC.")
 @click.option("--patch-threshold", type=float, default=0.5, show_default=True,
               help="Patch predicted tumour when its score is at least this.")
+@click.option("--class", "positive_class", default="tumour", show_default=True,
+              help="The positive class: heatmaps whose metadata names another class "
+                   "(`exaslide infer --class`) are refused.")
 @click.pass_context
 def command(ctx: click.Context, heatmaps, manifest, out_dir, patch_predictions, split, mpp,
             detection_threshold, min_distance_um, slide_method, froc_method,
-            patch_threshold) -> None:
+            patch_threshold, positive_class) -> None:
     """Patch, slide (ROC AUC) and lesion (CAMELYON16 FROC) metrics of the heatmaps in
     --heatmaps against --manifest; writes metrics.json, slide_scores.csv, detections.csv
     and ROC/FROC figures into --out. `exaslide evaluate stage` scores CAMELYON17 stages."""
@@ -57,7 +60,7 @@ def command(ctx: click.Context, heatmaps, manifest, out_dir, patch_predictions, 
     options = EvaluateOptions(detection_threshold=detection_threshold,
                               min_distance_um=min_distance_um, slide_method=slide_method,
                               froc_method=froc_method, patch_threshold=patch_threshold,
-                              mpp=mpp, split=split)
+                              mpp=mpp, split=split, positive_class=positive_class)
     metrics = evaluate_run(heatmaps, manifest, out_dir, patch_predictions, options)
     _report(metrics, Path(out_dir))
 

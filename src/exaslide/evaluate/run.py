@@ -62,6 +62,9 @@ class EvaluateOptions:
         patch_threshold: patch predicted tumour when ``score >= patch_threshold``.
         mpp: level-0 microns per pixel to use instead of the heatmaps' own.
         split: evaluate only the manifest slides of this split.
+        positive_class: the class whose probability the heatmaps must map; a heatmap whose
+            metadata names another ``"class"`` is refused (one without the key is taken
+            to be of this class).
     """
 
     detection_threshold: float = 0.5
@@ -71,6 +74,20 @@ class EvaluateOptions:
     patch_threshold: float = 0.5
     mpp: float | None = None
     split: str | None = None
+    positive_class: str = "tumour"
+
+
+class _WrongClass(EvaluationError):
+    """A heatmap of another class: not one slide's problem but the run's (re-raised)."""
+
+
+def _check_class(heatmap, slide_id: str, expected: str) -> None:
+    found = heatmap.meta.get("class")
+    if found is not None and str(found) != expected:
+        raise _WrongClass(f"{slide_id}: the heatmap maps the probability of class {found!r}, "
+                          f"not {expected!r} (made with `exaslide infer --class {found}`?); "
+                          f"evaluate heatmaps of {expected!r}, or set positive_class "
+                          "(--class) if that class is the positive one")
 
 
 @dataclass
@@ -130,6 +147,7 @@ def _lesions(entry: ManifestEntry, heatmap, record: _Slide, options: EvaluateOpt
 
 def _evaluate_slide(entry: ManifestEntry, heatmaps: Path, options: EvaluateOptions) -> _Slide:
     heatmap = read_heatmap(heatmaps, entry.slide_id)
+    _check_class(heatmap, entry.slide_id, options.positive_class)
     record = _Slide(entry.slide_id, binary_label(entry.label) if entry.label else None)
     record.score = slide_score(heatmap, options.slide_method)
     _lesions(entry, heatmap, record, options)
@@ -190,7 +208,9 @@ def evaluate_run(heatmaps: str | os.PathLike, manifest: str | os.PathLike | list
         The ``metrics.json`` content.
 
     Raises:
-        EvaluationError: the heatmap folder is missing, or no slide to evaluate.
+        EvaluationError: the heatmap folder is missing, no slide to evaluate, or a
+            heatmap's metadata names a ``"class"`` other than ``options.positive_class``
+            (the message names the slide and the class).
     """
     options = options or EvaluateOptions()
     heatmaps, out = Path(heatmaps), Path(out)
@@ -201,6 +221,8 @@ def evaluate_run(heatmaps: str | os.PathLike, manifest: str | os.PathLike | list
     for entry in _entries(manifest, options.split):
         try:
             records.append(_evaluate_slide(entry, heatmaps, options))
+        except _WrongClass:
+            raise
         except (ExaslideError, OSError) as exc:
             logger.warning("%s: %s", entry.slide_id, exc)
             failed.append({"slide_id": entry.slide_id, "error": str(exc)})
