@@ -51,3 +51,41 @@ def test_anisotropic_and_missing_mpp():
     with pytest.raises(EvaluationError, match="mpp"):
         detections_from_heatmap(_heatmap(probs, mpp=None), 0.5)
     assert len(detections_from_heatmap(_heatmap(probs, mpp=None), 0.5, mpp=1.0)) == 2
+
+
+def test_cells_above_threshold_may_lie_farther_than_min_distance_from_a_detection():
+    # 100 um cells (CELL 100 px at 1 um/px): only the peak is a local maximum within 150 um
+    heatmap = _heatmap([[0.9, 0.8, 0.7]], mpp=(1.0, 1.0))
+    det = detections_from_heatmap(heatmap, threshold=0.5, min_distance_um=150)
+    np.testing.assert_allclose(det, [[50, 50, 0.9]], rtol=1e-6)
+    x, _ = heatmap.cell_centres(0, 2)
+    assert float(x) - det[0, 0] == 200  # the 0.7 cell: 200 um from the only detection
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_every_cell_above_threshold_climbs_to_a_detection(seed):
+    """What is guaranteed: from every cell above the threshold, steps shorter than
+    min_distance_um to cells at least as probable reach a detection; and any two
+    detections are at least min_distance_um apart."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    probs = ndimage.gaussian_filter(rng.random((25, 25)), 1.5).astype(np.float32)
+    probs = (probs - probs.min()) / (probs.max() - probs.min())
+    probs[rng.random(probs.shape) < 0.05] = np.nan
+    distance = 175.0  # 3.5 cells of 50 um
+    det = detections_from_heatmap(_heatmap(probs), threshold=0.3, min_distance_um=distance)
+    points = np.column_stack([det[:, 1], det[:, 0]]) / CELL - 0.5  # (row, col)
+    pairs = np.hypot(*(points[:, None] - points[None]).transpose(2, 0, 1)) * CELL * MPP
+    assert (pairs[~np.eye(len(points), dtype=bool)] >= distance).all()
+    above = np.argwhere(np.nan_to_num(probs, nan=-1) >= 0.3)
+    reached = {tuple(p) for p in np.rint(points).astype(int).tolist()}
+    frontier = list(reached)
+    while frontier:  # downhill from the detections
+        r, c = frontier.pop()
+        for rr, cc in above:
+            near = np.hypot(rr - r, cc - c) * CELL * MPP < distance
+            if (rr, cc) not in reached and near and probs[rr, cc] <= probs[r, c]:
+                reached.add((rr, cc))
+                frontier.append((rr, cc))
+    assert {tuple(p) for p in above.tolist()} <= reached

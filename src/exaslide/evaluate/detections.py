@@ -8,11 +8,17 @@ A cell becomes a detection when
 3. among equal maxima (plateaus), cells are taken in decreasing probability, then row-major
    order, and each one suppresses the later ones closer than ``min_distance_um``.
 
-So any two detections are at least ``min_distance_um`` apart, and every cell above the
-threshold lies within ``min_distance_um`` of a detection at least as probable. The default
-of 200 um is close to the suppression radius of NCRF's non-maximum suppression (12 pixels at
-level 6, 187 um at 0.243 um/px) and to the CAMELYON ITC size; lesions closer than that are
-reported once, at the most probable cell.
+So any two detections are at least ``min_distance_um`` apart, and every local maximum of
+rule 2 that is not a detection lies closer than ``min_distance_um`` to a detection at least
+as probable. A cell above the threshold that is not a local maximum is **not** necessarily
+near a detection: it is only joined to one by a chain of cells, each closer than
+``min_distance_um`` to the next and at least as probable as the one before (climbing
+uphill). A row of 100 um cells ``[0.9, 0.8, 0.7]`` with a 150 um distance gives one
+detection, at 0.9, 200 um from the 0.7 cell; a lesion whose probability rises steadily to
+one peak is reported once, however large. The default of 200 um is close to the
+suppression radius of NCRF's non-maximum suppression (12 pixels at level 6, 187 um at
+0.243 um/px) and to the CAMELYON ITC size; peaks closer than that are reported once, at
+the most probable cell.
 """
 
 from __future__ import annotations
