@@ -1,0 +1,233 @@
+"""Patch embeddings: penultimate-layer features of every indexed patch, into a store.
+
+:func:`embed_patches` reads the patches of an extraction output (``exaslide extract``)
+with :class:`~exaslide.data.SlidePatchDataset`, runs them through a model's
+:func:`~exaslide.models.forward_features` and writes one store part per slide
+(``part = slide_id``, see :mod:`exaslide.retrieval.store`). A slide whose part exists is
+skipped, so a killed run resumes where it stopped; under ``torchrun`` rank ``r`` of ``n``
+embeds slides ``r, r+n, r+2n, ...`` (sorted by id) into the same store. Vectors are
+stored as they come out of the model (float16, not L2-normalised: the index does that).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exaslide.errors import ExaslideError, RetrievalError
+
+logger = logging.getLogger(__name__)
+
+#: Index columns copied into the store's table (``centre`` too when the index has it).
+TABLE_COLUMNS = ("key", "slide_id", "x", "y", "level", "size", "label", "split")
+
+
+@dataclass
+class EmbedOutcome:
+    """What happened to one slide of :func:`embed_patches`."""
+
+    slide_id: str
+    status: str  #: "done", "skipped" (part already in the store) or "failed"
+    error: str = ""
+    patches: int = 0
+    seconds: float = 0.0
+
+
+def resolve_model(model, pretrained: str | os.PathLike | None = None):
+    """``(module, name, model_path, meta)`` from a model file written by
+    :func:`~exaslide.models.save_model`, a registered model name (random weights, or
+    local ``pretrained`` ones) or an ``nn.Module`` built by ``create_model``.
+
+    Raises:
+        ModelError: unknown name, unreadable file.
+    """
+    import torch
+
+    from exaslide.models import create_model, load_model
+
+    if isinstance(model, torch.nn.Module):
+        name = getattr(model, "exaslide_name", None) or type(model).__name__
+        return model.eval(), str(name), None, {}
+    path = Path(os.fspath(model))
+    if path.is_file():
+        module, meta = load_model(path)
+        return module, str(meta.get("model")), str(path.resolve()), meta
+    module = create_model(str(model), pretrained=pretrained)
+    return module.eval(), str(model), None, {}
+
+
+def _patch_spec(meta: dict[str, Any], table, size: int | None) -> dict[str, Any]:
+    """The patch spec recorded in the store: the model's (trained) or the index's."""
+    first = table.slice(0, 1).to_pylist()[0]
+    index_mpp, index_level = first["mpp"], first["level"]
+    patch = meta.get("patch")
+    if isinstance(patch, dict) and patch.get("size"):
+        mpp, level = patch.get("mpp"), patch.get("level")
+        if mpp is not None and index_mpp is not None and \
+                not math.isclose(float(mpp), float(index_mpp), rel_tol=0.05):
+            raise RetrievalError(f"the model was trained on patches at {mpp} um/px but the "
+                                 f"index has patches at {index_mpp} um/px; extract at the "
+                                 "model's resolution")
+        if mpp is None and index_mpp is None and int(level or 0) != int(index_level):
+            raise RetrievalError(f"the model was trained on level {level} patches but the "
+                                 f"index has level {index_level} patches")
+        return {"size": int(size or patch["size"]), "level": level, "mpp": mpp}
+    return {"size": int(size or first["size"]),
+            "level": None if index_mpp is not None else int(index_level),
+            "mpp": None if index_mpp is None else float(index_mpp)}
+
+
+def _index(source, filter):
+    """The selected index rows (sorted by slide id) and the slides' paths."""
+    import pyarrow.compute as pc
+
+    from exaslide.data.sources import _slide_paths, read_index_table
+
+    table = read_index_table(source, filter)
+    if table.num_rows == 0:
+        raise RetrievalError(f"{source}: the index selects no patches")
+    slide_ids = sorted(str(s) for s in pc.unique(table.column("slide_id")).to_pylist())
+    paths = _slide_paths(source, slide_ids, None, None)
+    return table, slide_ids, paths
+
+
+def _slide_table(table, slide_id: str):
+    import pyarrow.compute as pc
+
+    rows = table.filter(pc.equal(table.column("slide_id"), slide_id))
+    names = [c for c in (*TABLE_COLUMNS, "centre") if c in rows.column_names]
+    return rows, rows.select(names)
+
+
+def _embed_slide(module, rows, path: str, *, device, size: int | None, mean, std,
+                 batch_size: int, workers: int) -> np.ndarray:
+    """float16 ``(rows, D)`` features of one slide's patches, in row order."""
+    import torch
+
+    from exaslide.augment import to_float
+    from exaslide.data import SlidePatchDataset, make_loader, to_device
+
+    slide_id = rows.column("slide_id")[0].as_py()
+    dataset = SlidePatchDataset(rows, slides={slide_id: path}, size=size)
+    loader = make_loader(dataset, batch_size=batch_size, workers=workers, device=device)
+    cuda = device.type == "cuda"
+    out, keys = [], []
+    try:
+        with torch.inference_mode():
+            for images, _labels, meta in loader:
+                x = to_float(to_device(images, device, channels_last=cuda), mean, std,
+                             channels_last=cuda)
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                                    enabled=cuda):
+                    features = _features(module, x)
+                out.append(features.float().cpu().numpy().astype(np.float16))
+                keys += list(meta["key"])
+    finally:
+        dataset.close()
+    if keys != rows.column("key").to_pylist():
+        raise RetrievalError(f"{slide_id}: the loader returned patches out of index order")
+    return np.concatenate(out)
+
+
+def _features(module, x):
+    from exaslide.models import forward_features
+
+    return forward_features(module, x)
+
+
+def embed_patches(model, source, out_dir, *, filter=None, batch_size: int = 256,
+                  device: str = "cpu", workers: int = 2, size: int | None = None,
+                  pretrained: str | os.PathLike | None = None,
+                  rank: int | None = None, world_size: int | None = None,
+                  progress: bool = True,
+                  on_result: Callable[[EmbedOutcome], None] | None = None) -> Path:
+    """Embed the patches of an extraction into the store ``out_dir`` (see module doc).
+
+    Args:
+        model: a model file written by :func:`~exaslide.models.save_model` (its meta gives
+            the patch spec and normalisation), a registered model name (ImageNet
+            normalisation; random weights unless ``pretrained`` names a local file), or a
+            module built by ``create_model``.
+        source: an ``exaslide extract`` output folder, its ``index/`` or an index file.
+        out_dir: the store folder.
+        filter: a pyarrow expression selecting index rows (``pc.field("split") == "test"``).
+        batch_size: patches per forward pass.
+        device: ``cpu``, ``cuda`` or ``cuda:N`` (bf16 autocast and channels-last on CUDA;
+            plain ``cuda`` under torchrun is the rank's GPU).
+        workers: loader processes per slide (0: read in this process).
+        size: read ``size`` x ``size`` pixels centred on each patch (default: the
+            model's trained patch size, else the indexed size).
+        rank, world_size: this process's share of the slides (default: from torchrun).
+        progress: log one line per slide at INFO level.
+        on_result: called with each slide's :class:`EmbedOutcome`.
+
+    Returns:
+        ``out_dir``. Each slide's outcome is also written to ``embed_status.json``
+        (``embed_status.rank<r>.json`` under torchrun); a failed slide is logged and
+        recorded, the others still run.
+
+    Raises:
+        ModelError: the model cannot be built or loaded. RetrievalError: empty selection,
+        the store holds other embeddings, or the model's patch resolution is not the
+        index's. DatasetError: slides without a known path.
+    """
+    from exaslide.atomic import write_text
+    from exaslide.augment import IMAGENET_MEAN, IMAGENET_STD
+    from exaslide.data import distributed_context
+    from exaslide.infer.slide import resolve_device
+    from exaslide.models import embedding_dim
+    from exaslide.retrieval.store import part_done, write_info, write_part
+
+    rank, world_size = distributed_context(rank, world_size)
+    table, slide_ids, paths = _index(source, filter)
+    module, name, model_path, meta = resolve_model(model, pretrained)
+    patch = _patch_spec(meta, table, size)
+    read_size = patch["size"]
+    mean = list(meta.get("mean") or IMAGENET_MEAN)
+    std = list(meta.get("std") or IMAGENET_STD)
+    dev = resolve_device(device)
+    module.to(dev)
+    if dev.type == "cuda":
+        module.to(memory_format=__import__("torch").channels_last)
+    out = Path(out_dir)
+    write_info(out, {"kind": "patches", "dim": embedding_dim(module), "model": name,
+                     "model_path": model_path, "patch": patch, "mean": mean, "std": std,
+                     "source": str(source)})
+    status = out / ("embed_status.json" if world_size == 1 else
+                    f"embed_status.rank{rank}.json")
+    outcomes: list[EmbedOutcome] = []
+    for slide_id in slide_ids[rank::world_size]:
+        started = time.perf_counter()
+        try:
+            if part_done(out, slide_id):
+                outcome = EmbedOutcome(slide_id, "skipped")
+            else:
+                rows, columns = _slide_table(table, slide_id)
+                vectors = _embed_slide(module, rows, paths[slide_id], device=dev,
+                                       size=read_size, mean=mean, std=std,
+                                       batch_size=batch_size, workers=workers)
+                write_part(out, slide_id, columns, vectors)
+                outcome = EmbedOutcome(slide_id, "done", patches=len(vectors),
+                                       seconds=time.perf_counter() - started)
+        except Exception as exc:  # one slide's failure must not stop the others
+            logger.debug("%s failed", slide_id, exc_info=True)
+            message = str(exc) if isinstance(exc, ExaslideError | OSError) else \
+                f"{type(exc).__name__}: {exc}"
+            outcome = EmbedOutcome(slide_id, "failed", message)
+        if progress:
+            logger.info("%s: %s (%d patches, %.1f s)", slide_id, outcome.status,
+                        outcome.patches, outcome.seconds)
+        outcomes.append(outcome)
+        write_text(status, json.dumps([asdict(o) for o in outcomes], indent=2) + "\n")
+        if on_result is not None:
+            on_result(outcome)
+    return out
