@@ -128,6 +128,11 @@ def _register() -> None:
     for module in (info, mask, extract, balance, synth, demo, cache, train, evaluate, infer):
         cli.add_command(module.command)
 
+    from exaslide.cli import embed
+
+    cli.add_command(embed.command)
+    cli.add_command(embed.slides_command)
+
 
 _register()
 

@@ -1,0 +1,108 @@
+"""``exaslide embed`` (patch embeddings into a store) and ``exaslide embed-slides``
+(slide embeddings from a patch store)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+
+def _summary(outcomes, what: str, unit: str, count: int, out_dir, seconds: float,
+             prefix: str = "") -> None:
+    done = [o for o in outcomes if o.status == "done"]
+    failed = [o for o in outcomes if o.status == "failed"]
+    skipped = len(outcomes) - len(done) - len(failed)
+    for o in failed:
+        click.echo(f"exaslide: error: {o.slide_id}: {o.error}", err=True)
+    click.echo(f"{prefix}{len(outcomes)} slides: {len(done)} done, {skipped} already done, "
+               f"{len(failed)} failed; {count} {unit} in {seconds:.1f} s; {what} in "
+               f"{Path(out_dir)}")
+    if failed:
+        raise SystemExit(1)
+
+
+@click.command("embed")
+@click.argument("model")
+@click.argument("extract_dir", type=click.Path(exists=True))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Embedding store folder (embeddings.json, parts/<slide_id>.*).")
+@click.option("--split", default=None, help="Embed only the patches of this split.")
+@click.option("--batch-size", type=int, default=256, show_default=True,
+              help="Patches per forward pass.")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu, cuda or cuda:N (under torchrun, cuda is each rank's GPU).")
+@click.option("--workers", type=int, default=2, show_default=True,
+              help="Patch-loading processes (0: load in the main process).")
+@click.option("--size", type=int, default=None,
+              help="Read SIZE x SIZE pixels centred on each patch [the model's patch size, "
+                   "else the indexed size].")
+@click.option("--pretrained", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Local weights for a MODEL given by name.")
+def command(model, extract_dir, out_dir, split, batch_size, device, workers, size,
+            pretrained) -> None:
+    """Embed the patches of EXTRACT_DIR (an `exaslide extract` output) with MODEL (a file
+    written by training / save_model, or a registered model name such as small-cnn or
+    resnet50) into the store --out: penultimate-layer features, one part per slide.
+    Slides already in the store are skipped; under torchrun each rank takes every n-th
+    slide. Exit code 1 when a slide failed."""
+    from exaslide.cli.options import progress_bar
+    from exaslide.data import distributed_context
+    from exaslide.retrieval.embed import embed_patches
+
+    if batch_size < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--batch-size")
+    if workers < 0:
+        raise click.BadParameter("must be at least 0", param_hint="--workers")
+    if size is not None and size < 8:
+        raise click.BadParameter("must be at least 8", param_hint="--size")
+    filter = None
+    if split is not None:
+        import pyarrow.compute as pc
+
+        filter = pc.field("split") == split
+    rank, world_size = distributed_context()
+    outcomes = []
+    bar = progress_bar(None, "slides")
+
+    def on_result(outcome) -> None:
+        outcomes.append(outcome)
+        bar.update(1)
+
+    started = time.perf_counter()
+    try:
+        embed_patches(model, extract_dir, out_dir, filter=filter, batch_size=batch_size,
+                      device=device, workers=workers, size=size, pretrained=pretrained,
+                      on_result=on_result)
+    finally:
+        bar.close()
+    _summary(outcomes, "embeddings", "patches", sum(o.patches for o in outcomes), out_dir,
+             time.perf_counter() - started,
+             f"rank {rank}/{world_size}: " if world_size > 1 else "")
+
+
+@click.command("embed-slides")
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Slide embedding store folder.")
+@click.option("--method", type=click.Choice(["mean", "mosaic"]), default="mean",
+              show_default=True,
+              help="mean: one mean vector per slide; mosaic: the patches nearest the "
+                   "k-means centroids of the slide (Yottixel-like).")
+@click.option("--mosaic-size", type=int, default=16, show_default=True,
+              help="Clusters (representative patches) per slide for --method mosaic.")
+@click.option("--seed", type=int, default=0, show_default=True, help="k-means seed.")
+def slides_command(store, out_dir, method, mosaic_size, seed) -> None:
+    """Slide embeddings from STORE (a patch store written by `exaslide embed`) into --out.
+    Slides already done are skipped. Exit code 1 when a slide failed."""
+    from exaslide.retrieval.aggregate import slide_embeddings
+
+    if mosaic_size < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--mosaic-size")
+    outcomes: list = []
+    started = time.perf_counter()
+    slide_embeddings(store, out_dir, method=method, mosaic_size=mosaic_size, seed=seed,
+                     on_result=outcomes.append)
+    _summary(outcomes, "slide embeddings", "vectors", sum(o.rows for o in outcomes),
+             out_dir, time.perf_counter() - started)
