@@ -143,10 +143,17 @@ def test_cli_embed_and_embed_slides(extracted, model_file, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "done" in result.stdout and "failed" in result.stdout
     assert set(read_embeddings(store).table["split"].to_pylist()) == {"val"}
-    result = run("embed-slides", store, "--out", tmp_path / "slides", "--method",
-                 "mosaic", "--mosaic-size", "4")
-    assert result.returncode == 0, result.stderr
+    from click.testing import CliRunner
+
+    from exaslide.cli.main import cli
+
+    runner = CliRunner()
+    result = runner.invoke(cli, ["embed-slides", str(store), "--out", str(tmp_path / "slides"),
+                                 "--method", "mosaic", "--mosaic-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert "2 slides: 2 done" in result.output or "1 slides: 1 done" in result.output
     slides = read_embeddings(tmp_path / "slides")
     assert slides.info["kind"] == "slides" and slides.info["method"] == "mosaic"
-    result = run("embed", model_file, extracted, "--out", store, "--split", "nosuch")
-    assert result.returncode == 2 and "selects no patches" in result.stderr
+    result = runner.invoke(cli, ["embed", str(model_file), str(extracted), "--out",
+                                 str(store), "--split", "nosuch"])
+    assert result.exit_code == 2 and "selects no patches" in result.output
