@@ -130,6 +130,15 @@ def test_another_model_in_the_same_store_is_refused(extracted, tmp_path):
                       progress=False)
 
 
+def test_unknown_models_are_clear_errors(extracted, tmp_path):
+    from exaslide.errors import ModelError
+
+    with pytest.raises(ModelError, match="no such model file"):
+        embed_patches(tmp_path / "missing.pt", extracted, tmp_path / "s", progress=False)
+    with pytest.raises(ModelError):
+        embed_patches("no-such-model", extracted, tmp_path / "s", progress=False)
+
+
 def test_cli_embed_and_embed_slides(extracted, model_file, tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
 

@@ -58,7 +58,8 @@ def resolve_model(model, pretrained: str | os.PathLike | None = None):
         name = getattr(model, "exaslide_name", None) or type(model).__name__
         return model.eval(), str(name), None, {}
     path = Path(os.fspath(model))
-    if path.is_file():
+    looks_like_file = path.suffix in (".pt", ".pth", ".ckpt") or os.sep in str(model)
+    if path.is_file() or (looks_like_file and not str(model).startswith("timm:")):
         module, meta = load_model(path)
         return module, str(meta.get("model")), str(path.resolve()), meta
     module = create_model(str(model), pretrained=pretrained)
@@ -197,7 +198,9 @@ def embed_patches(model, source, out_dir, *, filter=None, batch_size: int = 256,
     dev = resolve_device(device)
     module.to(dev)
     if dev.type == "cuda":
-        module.to(memory_format=__import__("torch").channels_last)
+        import torch
+
+        module.to(memory_format=torch.channels_last)
     out = Path(out_dir)
     write_info(out, {"kind": "patches", "dim": embedding_dim(module), "model": name,
                      "model_path": model_path, "patch": patch, "mean": mean, "std": std,
