@@ -133,6 +133,13 @@ def _register() -> None:
     cli.add_command(embed.command)
     cli.add_command(embed.slides_command)
 
+    from exaslide.cli import index as index_cli
+    from exaslide.cli import search as search_cli
+
+    cli.add_command(index_cli.command)
+    cli.add_command(search_cli.command)
+    cli.add_command(search_cli.evaluate_command)
+
 
 _register()
 
