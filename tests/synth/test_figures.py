@@ -31,11 +31,10 @@ def test_figures_are_deterministic_and_captions_name_the_labels(tmp_path):
         img_a = np.asarray(Image.open(a / row["image"]))
         assert img_a.shape == (48, 64, 3)
         assert np.array_equal(img_a, np.asarray(Image.open(b / row["image"])))
-        caption = row["caption"]
-        assert any(w in caption.lower() for w in
-                   (x.lower() for x in TISSUE_WORDS[row["tissue"]]))
-        assert any(w in caption for w in STAIN_WORDS[row["stain"]])
-        assert any(w in caption for w in MAG_WORDS[row["magnification"]])
+        caption = row["caption"].lower()
+        for words in (TISSUE_WORDS[row["tissue"]], STAIN_WORDS[row["stain"]],
+                      MAG_WORDS[row["magnification"]]):
+            assert any(w.lower() in caption for w in words), (caption, words)
     with open(a / "captions.csv", newline="") as fh:
         assert list(csv.DictReader(fh)) == rows
     assert _rows(make_figures(tmp_path / "c", 12, seed=4, size=(48, 64))) != rows

@@ -58,6 +58,8 @@ TEMPLATES = [
     "Representative image of {t}; {s}, original magnification {m}.",
     "Figure: {t}, {s} ({m}).",
     "Histology at {m} reveals {t} ({s}).",
+    "{S} stained {t} at {m}.",
+    "{T} ({s}, {m}).",
 ]
 
 
