@@ -93,13 +93,17 @@ def test_clip_heads_beat_random_on_held_out_pairs(trained):
 
 
 def test_store_and_text_query(trained, tmp_path):
-    figures, feats, _texts, heads = trained
+    figures, feats, texts, heads = trained
     store = embed_figures(figures, tmp_path / "store", heads, patch_size=64, part_size=128)
     emb = read_embeddings(store)
     assert emb.info["kind"] == "figures" and emb.info["dim"] == heads.dim == 128
     assert emb.vectors.shape == (N_FIGURES, 128)
     assert emb.table["figure_id"].to_pylist() == [f.figure_id for f in figures]
     assert np.allclose(emb.vectors[:4], heads.embed_image(feats[:4]), atol=2e-3)  # float16
+    embed_figures(figures, store, heads, patch_size=64, part_size=128)  # resume: no-op
+    other = train_projection(feats[:20], texts[:20], steps=2, seed=1)
+    with pytest.raises(RetrievalError, match="other projection heads"):
+        embed_figures(figures, store, other, patch_size=64, part_size=128)
     query = encode_query_text("IHC stained tumour at high magnification", emb.info)
     assert query.shape == (128,)
     top = np.argsort(-(emb.vectors @ query))[:10]
@@ -122,3 +126,14 @@ def test_heads_save_load_round_trip(trained, tmp_path):
         ProjectionHeads.load(tmp_path / "bad.pt")
     with pytest.raises(RetrievalError, match="no image-text projection"):
         encode_query_text("tumour", {"kind": "patches", "dim": 4})
+
+
+def test_image_features_with_a_cnn(tmp_path):
+    from exaslide.models import create_model
+
+    figures = read_figure_collection(make_figures(tmp_path, 3, seed=2, size=(50, 70)))
+    model = create_model("small-cnn")
+    feats = image_features(figures, model, patch_size=32)
+    from exaslide.models.features import embedding_dim
+
+    assert feats.shape == (3, 32 + embedding_dim(model)) and np.isfinite(feats).all()

@@ -293,6 +293,12 @@ def load_heads(path: str | os.PathLike) -> ProjectionHeads:
     return _HEADS_CACHE[key]
 
 
+def _same_heads(a: ProjectionHeads, b: ProjectionHeads) -> bool:
+    sa, sb = a.module.state_dict(), b.module.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and bool((sa[k] == sb[k]).all()) for k in sa)
+
+
 def train_projection(image_feats: np.ndarray, text_feats: np.ndarray, dim: int = 128,
                      hidden: int | None = None, steps: int = 300, lr: float = 3e-3,
                      weight_decay: float = 0.01, batch_size: int = 256,
@@ -376,7 +382,12 @@ def embed_figures(collection: Sequence[Figure] | str | os.PathLike,
     out = Path(out_store)
     out.mkdir(parents=True, exist_ok=True)
     projection = (out / "projection.pt").resolve()
-    heads.save(projection)
+    if projection.exists() and any((out / "parts").glob("*.parquet")):
+        if not _same_heads(load_heads(projection), heads):
+            raise RetrievalError(f"{out}: holds figures embedded with other projection "
+                                 "heads; use another folder")
+    else:
+        heads.save(projection)
     name = model_name or ("descriptor" if image_model is None else
                           "descriptor+" + str(getattr(image_model, "exaslide_name", "model")))
     write_info(out, {"kind": "figures", "dim": heads.dim, "model": name,
