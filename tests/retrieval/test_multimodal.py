@@ -137,3 +137,21 @@ def test_image_features_with_a_cnn(tmp_path):
     from exaslide.models.features import embedding_dim
 
     assert feats.shape == (3, 32 + embedding_dim(model)) and np.isfinite(feats).all()
+
+
+def test_figures_cli_synth_and_embed(tmp_path, text_encoder):
+    from click.testing import CliRunner
+
+    from exaslide.cli.figures import command
+
+    runner = CliRunner()
+    result = runner.invoke(command, ["synth", str(tmp_path / "f"), "-n", "12", "--size",
+                                     "32", "32"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(command, ["embed", str(tmp_path / "f"), str(tmp_path / "s"),
+                                     "--patch-size", "32", "--steps", "5",
+                                     "--held-out", "0.25"])
+    assert result.exit_code == 0, result.output
+    assert "held-out recall@k" in result.output
+    info = read_embeddings(tmp_path / "s").info
+    assert encode_query_text("tumour", info).shape == (128,)
