@@ -18,9 +18,11 @@ def test_demo_end_to_end(tmp_path):
     assert metrics["patch_auc"] >= 0.95
     assert metrics["slide_auc"] is not None and metrics["froc"] is not None
     assert 0.0 <= metrics["froc"] <= 1.0
+    assert 0.0 <= metrics["retrieval_precision_at_10"] <= 1.0
+    assert metrics["text_to_image_recall_at_10"] > metrics["captions"]["random"]["10"]
     page = (out / "report.html").read_text()
     images = re.findall(r"<img src='([^']+)'", page)
-    assert len(images) >= 7  # figure, curves, 4 heatmaps, FROC, ROC curves
+    assert len(images) >= 9  # figure, curves, 4 heatmaps, FROC, ROC, 2 galleries
     assert all((out / image).is_file() for image in images)
     assert "not produced" not in page
     assert "patch AUC" in done.stdout

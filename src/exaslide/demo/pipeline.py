@@ -58,7 +58,7 @@ def run_demo(out_dir: str | Path, options: DemoOptions | None = None,
     timings: dict[str, float] = {}
 
     def step(name: str, message: str):
-        say(f"[{len(timings) + 1}/7] {message}")
+        say(f"[{len(timings) + 1}/9] {message}")
         timings[name] = time.perf_counter()
 
     step("cohort", f"synthetic cohort: {options.slides} slides, half with tumours")
@@ -77,6 +77,10 @@ def run_demo(out_dir: str | Path, options: DemoOptions | None = None,
     _heatmaps(result.model_path, test, out / "heatmaps", _cell(options))
     step("evaluate", "patch AUC, slide AUC, lesion FROC")
     evaluation = _evaluate(out, test, predictions)
+    step("retrieval", "patch embeddings, vector index, image-to-image retrieval")
+    retrieval = _patch_retrieval(out, result.model_path)
+    step("captions", "captioned figures: joint image-text space, text-to-image search")
+    captions = _caption_retrieval(out, options.seed)
     timings["end"] = time.perf_counter()
     names = list(timings)
     seconds = {n: timings[names[i + 1]] - timings[n] for i, n in enumerate(names[:-1])}
@@ -84,10 +88,13 @@ def run_demo(out_dir: str | Path, options: DemoOptions | None = None,
         "patch_auc": evaluation["patch"]["roc_auc"] if evaluation["patch"] else None,
         "slide_auc": (evaluation["slide"] or {}).get("roc_auc"),
         "froc": (evaluation["lesion"] or {}).get("score"),
+        "retrieval_precision_at_10": retrieval["precision_at_k"],
+        "text_to_image_recall_at_10": captions["text_to_image"][10],
         "patch": evaluation["patch"], "slide": evaluation["slide"],
         "lesion": _without_curve(evaluation["lesion"]),
         "training": {"best_epoch": result.best_epoch, "best_val_auc": result.best_val_auc,
                      "history": result.history},
+        "retrieval": retrieval, "captions": captions,
         "seconds": seconds, "options": asdict(options),
     }
     from exaslide.atomic import write_text
@@ -197,6 +204,73 @@ def _evaluate(out: Path, test, predictions: Path) -> dict[str, Any]:
     from exaslide.evaluate import evaluate_run
 
     return evaluate_run(out / "heatmaps", test, out / "evaluation", predictions)
+
+
+def _patch_retrieval(out: Path, model_path: Path) -> dict[str, Any]:
+    """Embed every patch with the trained model, index the training/validation patches'
+    vectors (exact search), and query with the test slides' patches: precision@10 by
+    label (hits from the query's own slide excluded). Writes a gallery of one tumour
+    query."""
+    from exaslide.retrieval.embed import embed_patches
+    from exaslide.retrieval.gallery import hit_image, write_gallery
+    from exaslide.retrieval.index import build_index
+    from exaslide.retrieval.metrics import evaluate_retrieval
+    from exaslide.retrieval.store import read_embeddings
+
+    store = embed_patches(model_path, out / "patches", out / "embeddings", workers=0,
+                          progress=False)
+    index = build_index(store, out / "index", kind="flat")
+    result = evaluate_retrieval(index, store, k=10, split="test")
+    embeddings = read_embeddings(store)
+    rows = embeddings.table.to_pylist()
+    query = next((i for i, r in enumerate(rows)
+                  if r["split"] == "test" and r["label"] == "tumour"), 0)
+    hits = [h for h in index.search(embeddings.vectors[query][None], 20)[0]
+            if h.meta.get("split") != "test"][:8]
+    query_hit = index.search(embeddings.vectors[query][None], 1)[0][0]
+    write_gallery(hit_image(index, query_hit), hits, out / "retrieval_gallery.png",
+                  [hit_image(index, h) for h in hits])
+    return result
+
+
+def _caption_retrieval(out: Path, seed: int, count: int = 300,
+                       held_out: int = 50) -> dict[str, Any]:
+    """Synthetic captioned figures: train projection heads on all but ``held_out`` pairs
+    with the CLIP loss, report recall@1/5/10 both ways on the held-out pairs (and the
+    random baseline), and write a gallery of a text query."""
+    from exaslide.retrieval.gallery import write_gallery
+    from exaslide.retrieval.index import Hit
+    from exaslide.retrieval.multimodal import (
+        image_features,
+        read_figure_collection,
+        recall_at_k,
+        train_projection,
+    )
+    from exaslide.retrieval.search import read_image
+    from exaslide.retrieval.text import TextEncoder
+    from exaslide.synth.figures import make_figures
+
+    figures = read_figure_collection(make_figures(out / "figures", count, seed=seed,
+                                                  size=(96, 128)))
+    images = image_features(figures)
+    encoder = TextEncoder()
+    texts = encoder.encode([f.caption for f in figures])
+    train = slice(0, count - held_out)
+    test = slice(count - held_out, count)
+    heads = train_projection(images[train], texts[train], seed=seed)
+    image_vecs, text_vecs = heads.embed_image(images[test]), heads.embed_text(texts[test])
+    recall = recall_at_k(image_vecs, text_vecs)
+    query = "metastatic tumour, immunohistochemistry, high magnification"
+    scores = heads.embed_image(images) @ heads.embed_text(encoder.encode([query]))[0]
+    best = scores.argsort()[::-1][:8]
+    hits = [Hit(score=float(scores[i]), id=int(i),
+                meta={"figure_id": figures[i].figure_id, **figures[i].labels})
+            for i in best]
+    write_gallery(None, hits, out / "text_query_gallery.png",
+                  [read_image(figures[i].path) for i in best])
+    return {"query": query, "held_out_pairs": held_out,
+            "text_to_image": recall["text_to_image"], "image_to_text": recall["image_to_text"],
+            "random": recall["random"]}
 
 
 def _cell(options: DemoOptions, slide_mpp: float = 0.5) -> int:

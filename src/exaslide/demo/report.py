@@ -65,6 +65,12 @@ def write_report(out: Path, metrics: dict[str, Any], *, figure: Path,
         ("Patch F1 at 0.5", patch.get("f1")),
         ("Slide ROC AUC (max probability)", metrics.get("slide_auc")),
         ("Lesion FROC score (CAMELYON16)", metrics.get("froc")),
+        ("Image-to-image retrieval precision@10 (test queries, by label)",
+         metrics.get("retrieval_precision_at_10")),
+        ("Text-to-image recall@10 (held-out captioned figures)",
+         metrics.get("text_to_image_recall_at_10")),
+        ("Text-to-image recall@10, random baseline",
+         (metrics.get("captions") or {}).get("random", {}).get(10)),
         ("Test slides", len(test_slides)),
         ("Best validation AUC (epoch)",
          f"{_number(metrics['training']['best_val_auc'])} "
@@ -107,6 +113,13 @@ whole-slide heatmaps of the held-out test slides, and the CAMELYON16 metrics.</p
 <h2>ROC curves</h2>
 {_image(out, out / "evaluation" / "patch_roc.png", "patch-level ROC")}
 {_image(out, out / "evaluation" / "slide_roc.png", "slide-level ROC")}
+<h2>Case-based retrieval</h2>
+<p>Patches of the test slides queried against the training and validation patches (by
+the trained model's embeddings, exact cosine search); and a text query against synthetic
+captioned figures, through projection heads trained with a contrastive loss.</p>
+{_image(out, out / "retrieval_gallery.png", "a tumour query patch and its nearest patches")}
+{_image(out, out / "text_query_gallery.png",
+        "text query: " + str((metrics.get("captions") or {}).get("query", "")))}
 <p>All numbers: <a href="metrics.json">metrics.json</a>;
 evaluation details: <a href="evaluation/metrics.json">evaluation/metrics.json</a>.</p>
 </body></html>
