@@ -116,29 +116,25 @@ def _register() -> None:
         balance,
         cache,
         demo,
+        embed,
         evaluate,
         extract,
+        figures,
         infer,
         info,
         mask,
+        search,
         synth,
         train,
     )
-
-    for module in (info, mask, extract, balance, synth, demo, cache, train, evaluate, infer):
-        cli.add_command(module.command)
-
-    from exaslide.cli import embed
-
-    cli.add_command(embed.command)
-    cli.add_command(embed.slides_command)
-
     from exaslide.cli import index as index_cli
-    from exaslide.cli import search as search_cli
 
-    cli.add_command(index_cli.command)
-    cli.add_command(search_cli.command)
-    cli.add_command(search_cli.evaluate_command)
+    for command in (info.command, mask.command, extract.command, balance.command,
+                    synth.command, demo.command, cache.command, train.command,
+                    evaluate.command, infer.command, embed.command, embed.slides_command,
+                    index_cli.command, search.command, search.evaluate_command,
+                    figures.command):
+        cli.add_command(command)
 
 
 _register()

@@ -25,7 +25,7 @@ def _text_encoder(index):
     except ImportError as exc:
         raise RetrievalError("text search needs the multimodal index (exaslide.retrieval."
                              "text is not available)") from exc
-    return lambda text: encode_query_text(index, text)
+    return lambda text: encode_query_text(text, index.info.get("store", {}))
 
 
 @click.command("search")
