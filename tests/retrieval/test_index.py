@@ -69,9 +69,11 @@ def test_approximate_recall_on_clustered_vectors(kind):
 def test_auto_kind_and_ivfpq_budget():
     assert resolve_params("auto", 512, 1000)[0] == "flat"
     kind, params = resolve_params("auto", 512, 1_000_000)
-    assert kind == "ivfpq" and params["m"] == 64 and params["nbits"] == 8
+    assert kind == "ivfpq" and params["m"] == 128 and params["nbits"] == 4
+    assert resolve_params("ivfpq", 512, 10**6, fast_scan=False)[1]["m"] == 64
     assert params["nlist"] == 4000
     assert resolve_params("ivfpq", 384, 10_000, bytes_per_vector=50)[1]["m"] == 48
+    assert resolve_params("ivfpq", 384, 10_000, bytes_per_vector=48)[1]["m"] == 96
 
 
 def test_save_load_round_trip_and_incremental_add(tmp_path):

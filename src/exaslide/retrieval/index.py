@@ -10,8 +10,9 @@ An index is a folder::
 Kinds (see ``docs/retrieval.md`` for when to use which):
 
 - ``flat``: exact search (``IndexFlatIP``), ``4 * D`` bytes per vector.
-- ``ivfpq``: inverted lists + product quantisation (``[OPQ] IVF nlist, PQ m x 8``),
-  ``m + 8`` bytes per vector (codes + id); optional exact re-ranking of the top
+- ``ivfpq``: inverted lists + product quantisation (``[OPQ] IVF nlist, PQ``): by
+  default ``2 * bytes`` 4-bit fast-scan codes, else ``bytes`` 8-bit codes; ``bytes + 8``
+  bytes per vector (codes + id); optional exact re-ranking of the top
   ``rerank * k`` candidates from a float16 copy (``+ 2 * D`` bytes per vector).
 - ``hnsw``: graph search over the full vectors (``IndexHNSWFlat``),
   ``4 * D + ~8 * M`` bytes per vector.
@@ -76,8 +77,9 @@ def _factory(dim: int, count: int, kind: str, params: dict[str, Any]):
         index = faiss.IndexHNSWFlat(dim, int(params["M"]), ip)
         index.hnsw.efConstruction = int(params["ef_construction"])
         return index
-    m = params["m"]
-    spec = (f"OPQ{m}," if params["opq"] else "") + f"IVF{params['nlist']},PQ{m}x{params['nbits']}"
+    m, nbits = params["m"], params["nbits"]
+    code = f"PQ{m}x4fs" if params.get("fast_scan") else f"PQ{m}x{nbits}"
+    spec = (f"OPQ{m}," if params["opq"] else "") + f"IVF{params['nlist']},{code}"
     index = faiss.index_factory(dim, spec, ip)
     if params["rerank"]:
         index = faiss.IndexRefine(index, faiss.IndexScalarQuantizer(
@@ -88,7 +90,7 @@ def _factory(dim: int, count: int, kind: str, params: dict[str, Any]):
 def resolve_params(kind: str, dim: int, count: int, *, bytes_per_vector: int = 64,
                    nlist: int | None = None, nprobe: int | None = None, M: int = 32,
                    ef_search: int = 128, ef_construction: int = 200, opq: bool = False,
-                   rerank: int = 0) -> tuple[str, dict[str, Any]]:
+                   rerank: int = 0, fast_scan: bool = True) -> tuple[str, dict[str, Any]]:
     """The concrete kind and its settings for ``count`` vectors of ``dim`` dimensions.
 
     Raises:
@@ -115,11 +117,14 @@ def resolve_params(kind: str, dim: int, count: int, *, bytes_per_vector: int = 6
         raise RetrievalError(f"nlist must be between 1 and {count}, got {nlist}")
     if nprobe is None:
         nprobe = max(1, min(nlist, round(nlist / 16)))
-    # 8-bit codebooks want >= 39 * 256 training vectors; smaller sets get fewer bits
-    nbits = int(max(4, min(8, math.floor(math.log2(count / 39)))))
+    if fast_scan and dim % (2 * bytes_per_vector) == 0:  # 4-bit codes, SIMD distances
+        m, nbits = 2 * bytes_per_vector, 4
+    else:  # 8-bit codebooks want >= 39 * 256 training vectors; smaller sets get fewer bits
+        fast_scan, m = False, _pq_m(dim, bytes_per_vector)
+        nbits = int(max(4, min(8, math.floor(math.log2(count / 39)))))
     return kind, {"nlist": int(nlist), "nprobe": int(max(1, min(nprobe, nlist))),
-                  "m": _pq_m(dim, bytes_per_vector), "nbits": nbits,
-                  "opq": bool(opq) and nbits == 8,
+                  "m": m, "nbits": nbits, "fast_scan": bool(fast_scan),
+                  "opq": bool(opq) and (nbits == 8 or fast_scan),
                   "rerank": int(rerank)}
 
 
@@ -279,8 +284,9 @@ def build_index(source, out_dir: str | os.PathLike | None = None, kind: str = "a
             (otherwise read from the extraction status files of the store's ``source``).
         seed: seed of the training sample (ivfpq).
         train_size: at most this many vectors train the coarse quantiser and codebooks.
-        **params: ``bytes_per_vector`` (64), ``nlist``, ``nprobe``, ``opq``, ``rerank``
-            (ivfpq); ``M`` (32), ``ef_search`` (128), ``ef_construction`` (hnsw).
+        **params: ``bytes_per_vector`` (64), ``nlist``, ``nprobe``, ``opq``, ``rerank``,
+            ``fast_scan`` (ivfpq; True: 4-bit fast-scan codes, False: 8-bit codes);
+            ``M`` (32), ``ef_search`` (128), ``ef_construction`` (hnsw).
 
     Raises:
         RetrievalError: unreadable store, unknown kind or impossible settings.
