@@ -41,16 +41,20 @@ def recall_at(found: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
     return hits / (len(truth) * k)
 
 
-def configs(n: int, quick: bool, hnsw_max: int):
-    yield "flat", "flat", {}, {}
+def configs(n: int, quick: bool, hnsw_max: int, pq8: bool):
+    yield "flat", "flat", {}
     for nprobe in ((8, 32) if quick else (8, 16, 32, 64)):
-        yield f"ivfpq64 nprobe={nprobe}", "ivfpq", {"nprobe": nprobe}, {}
-    for nprobe in ((16,) if quick else (16, 32)):
-        yield f"opq+ivfpq64 nprobe={nprobe}", "ivfpq", {"nprobe": nprobe, "opq": True}, {}
-    yield "ivfpq64+fp16 rerank x4 nprobe=32", "ivfpq", {"nprobe": 32, "rerank": 4}, {}
+        yield f"ivfpq 64B fs nprobe={nprobe}", "ivfpq", {"nprobe": nprobe}
+    if pq8:
+        yield "ivfpq 64B pq8 nprobe=32", "ivfpq", {"nprobe": 32, "fast_scan": False}
+    if not quick:
+        yield "opq+ivfpq 64B fs nprobe=32", "ivfpq", {"nprobe": 32, "opq": True}
+    for factor in ((4,) if quick else (4, 10)):
+        yield (f"ivfpq 64B fs+fp16 rr x{factor} np=32", "ivfpq",
+               {"nprobe": 32, "rerank": factor})
     if n <= hnsw_max:
         for ef in ((64,) if quick else (64, 128)):
-            yield f"hnsw M=32 ef={ef}", "hnsw", {"ef_search": ef}, {}
+            yield f"hnsw M=32 ef={ef}", "hnsw", {"ef_search": ef}
 
 
 def run(name: str, x: np.ndarray, q: np.ndarray, args) -> list[tuple]:
@@ -69,9 +73,9 @@ def run(name: str, x: np.ndarray, q: np.ndarray, args) -> list[tuple]:
     _, truth = exact.search(qn, 10)
     del exact
     rows, built = [], {}
-    for label, kind, params, _ in configs(len(x), args.quick, args.hnsw_max):
+    for label, kind, params in configs(len(x), args.quick, args.hnsw_max, args.pq8):
         faiss.omp_set_num_threads(args.threads)
-        key = (kind, params.get("opq"), params.get("rerank"))
+        key = (kind, params.get("opq"), bool(params.get("rerank")), params.get("fast_scan"))
         started = time.perf_counter()
         if key in built:  # same structure, other search setting
             index = built[key]
@@ -117,6 +121,8 @@ def main() -> None:
                         help="training sample of the IVF/PQ quantisers")
     parser.add_argument("--hnsw-max", type=int, default=300_000,
                         help="skip HNSW above this N (its build is slow on few cores)")
+    parser.add_argument("--pq8", action="store_true",
+                        help="also 8-bit PQ (64 x 8 bits; its training is slow)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     import faiss

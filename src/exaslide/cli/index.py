@@ -27,19 +27,23 @@ def command() -> None:
 @click.option("--rerank", type=int, default=0, show_default=True,
               help="ivfpq: re-rank rerank x k candidates exactly from a float16 copy "
                    "(+2 D bytes per vector; 0: off).")
+@click.option("--pq8", is_flag=True,
+              help="ivfpq: 8-bit PQ codes (bytes sub-quantisers) instead of 4-bit fast-scan "
+                   "codes (2 x bytes); slower to train and search.")
 @click.option("--ef-search", type=int, default=128, show_default=True,
               help="hnsw: candidate list length at search time.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the training sample.")
-def build(embeddings, out_dir, kind, bytes_per_vector, nlist, nprobe, opq, rerank,
+def build(embeddings, out_dir, kind, bytes_per_vector, nlist, nprobe, opq, rerank, pq8,
           ef_search, seed) -> None:
     """Index the vectors of EMBEDDINGS (a store written by the embed step)."""
     from exaslide.retrieval.index import build_index
 
     started = time.perf_counter()
     params = {"bytes_per_vector": bytes_per_vector, "nlist": nlist, "nprobe": nprobe,
-              "opq": opq, "rerank": rerank} if kind in ("auto", "ivfpq") else \
-        {"ef_search": ef_search} if kind == "hnsw" else {}
+              "opq": opq, "rerank": rerank, "fast_scan": not pq8}
+    if kind not in ("auto", "ivfpq"):
+        params = {"ef_search": ef_search} if kind == "hnsw" else {}
     index = build_index(embeddings, out_dir, kind, seed=seed, **params)
     click.echo(f"{len(index)} vectors of dimension {index.dim} in a {index.kind} index "
                f"({index.bytes_per_vector():.0f} B/vector) in "
