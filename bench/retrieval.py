@@ -49,13 +49,13 @@ def recall_at(found: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
     return hits / (len(truth) * k)
 
 
-def configs(n: int, quick: bool, hnsw_max: int, pq8: bool):
+def configs(n: int, quick: bool, hnsw_max: int, pq8: bool, opq: bool):
     yield "flat", "flat", {}
     for nprobe in ((8, 32) if quick else (8, 16, 32, 64)):
         yield f"ivfpq 64B fs nprobe={nprobe}", "ivfpq", {"nprobe": nprobe}
     if pq8:
         yield "ivfpq 64B pq8 nprobe=32", "ivfpq", {"nprobe": 32, "fast_scan": False}
-    if not quick:
+    if opq:
         yield "opq+ivfpq 64B fs nprobe=32", "ivfpq", {"nprobe": 32, "opq": True}
     for factor in ((4,) if quick else (4, 10)):
         yield (f"ivfpq 64B fs+fp16 rr x{factor} np=32", "ivfpq",
@@ -81,7 +81,8 @@ def run(name: str, x: np.ndarray, q: np.ndarray, args) -> list[tuple]:
     _, truth = exact.search(qn, 10)
     del exact
     rows, built = [], {}
-    for label, kind, params in configs(len(x), args.quick, args.hnsw_max, args.pq8):
+    for label, kind, params in configs(len(x), args.quick, args.hnsw_max, args.pq8,
+                                          args.opq):
         faiss.omp_set_num_threads(args.threads)
         key = (kind, params.get("opq"), bool(params.get("rerank")), params.get("fast_scan"))
         started = time.perf_counter()
@@ -132,6 +133,8 @@ def main() -> None:
                         help="skip HNSW above this N (its build is slow on few cores)")
     parser.add_argument("--pq8", action="store_true",
                         help="also 8-bit PQ (64 x 8 bits; its training is slow)")
+    parser.add_argument("--opq", action="store_true",
+                        help="also OPQ + IVF-PQ (its rotation training is slow)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     import faiss
