@@ -29,7 +29,7 @@ def make_data(kind: str, n: int, dim: int, queries: int, seed: int):
     centres = rng.standard_normal((1000, dim), dtype=np.float32)
     # lowrank: the spread within clusters lies in a 32-d subspace (CNN features have a low
     # intrinsic dimension); clustered: isotropic spread in all D dimensions (harder)
-    basis = rng.standard_normal((32, dim), dtype=np.float32) * 0.35 \
+    basis = rng.standard_normal((32, dim), dtype=np.float32) * (0.35 / 32 ** 0.5) \
         if kind == "lowrank" else None
     out = []
     for rows in (n, queries):
