@@ -67,9 +67,10 @@ def test_one_row_per_patch_with_the_models_features(extracted, model_file, tmp_p
     assert [s["status"] for s in status] == ["done"] * len(_slides(extracted))
 
 
-def test_resume_skips_done_slides_and_redoes_a_lost_part(extracted, tmp_path, monkeypatch):
+def test_resume_skips_done_slides_and_redoes_a_lost_part(extracted, model_file, tmp_path,
+                                                         monkeypatch):
     store = tmp_path / "store"
-    embed_patches("small-cnn", extracted, store, filter=VAL, workers=0, progress=False)
+    embed_patches(model_file, extracted, store, filter=VAL, workers=0, progress=False)
     slides = _slides(extracted, VAL)
     parts = {s: store / "parts" / f"{s}.npy" for s in slides}
     mtimes = {s: p.stat().st_mtime_ns for s, p in parts.items()}
@@ -82,21 +83,28 @@ def test_resume_skips_done_slides_and_redoes_a_lost_part(extracted, tmp_path, mo
 
     monkeypatch.setattr(embed_module, "_embed_slide", counting)
     outcomes = []
-    embed_patches("small-cnn", extracted, store, filter=VAL, workers=0, progress=False,
+    embed_patches(model_file, extracted, store, filter=VAL, workers=0, progress=False,
                   on_result=outcomes.append)
     assert calls == [] and {o.status for o in outcomes} == {"skipped"}
     lost = slides[0]
     (store / "parts" / f"{lost}.parquet").unlink()  # a run killed before the part ended
-    embed_patches("small-cnn", extracted, store, filter=VAL, workers=0, progress=False)
+    embed_patches(model_file, extracted, store, filter=VAL, workers=0, progress=False)
     assert calls == [lost]
     assert all(parts[s].stat().st_mtime_ns == mtimes[s] for s in slides[1:])
 
 
-def test_ranks_embed_disjoint_slides(extracted, tmp_path):
+def test_resuming_with_new_random_weights_is_refused(extracted, tmp_path):
+    store = tmp_path / "store"
+    embed_patches("small-cnn", extracted, store, filter=VAL, workers=0, progress=False)
+    with pytest.raises(RetrievalError, match="random weights"):
+        embed_patches("small-cnn", extracted, store, filter=VAL, workers=0, progress=False)
+
+
+def test_ranks_embed_disjoint_slides(extracted, model_file, tmp_path):
     store = tmp_path / "store"
     done = {0: [], 1: []}
     for rank in (0, 1):
-        embed_patches("small-cnn", extracted, store, workers=0, progress=False, rank=rank,
+        embed_patches(model_file, extracted, store, workers=0, progress=False, rank=rank,
                       world_size=2, on_result=lambda o, r=rank: done[r].append(o.slide_id))
     assert set(done[0]).isdisjoint(done[1])
     assert sorted(done[0] + done[1]) == _slides(extracted)

@@ -100,13 +100,32 @@ def test_add_from_a_store_folder(tmp_path):
     emb = store(100)
     build_index(emb, tmp_path / "idx", "flat")
     folder = tmp_path / "more"
+    more = store(10, seed=1, start=100)
     write_info(folder, emb.info)
-    write_part(folder, "a", emb.table.slice(0, 10), emb.vectors[:10])
+    write_part(folder, "a", more.table, more.vectors)
+    write_part(folder, "b", emb.table.slice(0, 5), emb.vectors[:5])  # keys it already has
     assert len(add_to_index(tmp_path / "idx", folder)) == 110
+    index = add_to_index(tmp_path / "idx", folder)  # again: nothing new
+    assert len(index) == 110 and len(set(index.table.column("key").to_pylist())) == 110
     write_info(tmp_path / "other", {**emb.info, "model": "other"})
-    write_part(tmp_path / "other", "a", emb.table.slice(0, 1), emb.vectors[:1])
+    write_part(tmp_path / "other", "a", more.table.slice(0, 1), more.vectors[:1])
     with pytest.raises(RetrievalError, match="model='m'"):
         add_to_index(tmp_path / "idx", tmp_path / "other")
+
+
+def test_stores_from_other_projection_heads_are_refused(tmp_path):
+    from exaslide.retrieval.index import add_to_index
+
+    emb = store(50)
+    figures = Embeddings(emb.vectors, emb.table, {**emb.info, "kind": "figures",
+                                                  "projection_path": "/a/heads.pt"})
+    build_index(figures, tmp_path / "idx", "flat")
+    other = tmp_path / "other"
+    write_info(other, {**figures.info, "projection_path": "/b/heads.pt"})
+    fresh = store(5, seed=2, start=500)
+    write_part(other, "a", fresh.table, fresh.vectors)
+    with pytest.raises(RetrievalError, match="projection_path"):
+        add_to_index(tmp_path / "idx", other)
 
 
 def test_errors(tmp_path):

@@ -63,7 +63,21 @@ def resolve_model(model, pretrained: str | os.PathLike | None = None):
         module, meta = load_model(path)
         return module, str(meta.get("model")), str(path.resolve()), meta
     module = create_model(str(model), pretrained=pretrained)
-    return module.eval(), str(model), None, {}
+    return module.eval(), str(model), None, {"weights": _weights_id(pretrained)}
+
+
+def _weights_id(pretrained) -> str:
+    """What a registered model's weights are: the SHA-256 of a pretrained file, or
+    ``random`` (fresh random weights, which a resumed run could not reproduce)."""
+    if pretrained is None:
+        return "random"
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(pretrained, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
 
 
 def _patch_spec(meta: dict[str, Any], table, size: int | None) -> dict[str, Any]:
@@ -202,9 +216,14 @@ def embed_patches(model, source, out_dir, *, filter=None, batch_size: int = 256,
 
         module.to(memory_format=torch.channels_last)
     out = Path(out_dir)
+    weights = meta.get("weights")
+    if weights == "random" and any((out / "parts").glob("[!.]*.parquet")):
+        raise RetrievalError(f"{out}: already holds embeddings made with random weights of "
+                             f"{name}; new random weights would not be comparable: embed "
+                             "into a new folder, or use a model file or --pretrained")
     write_info(out, {"kind": "patches", "dim": embedding_dim(module), "model": name,
-                     "model_path": model_path, "patch": patch, "mean": mean, "std": std,
-                     "source": str(source)})
+                     "model_path": model_path, "weights": weights, "patch": patch,
+                     "mean": mean, "std": std, "source": str(source)})
     status = out / ("embed_status.json" if world_size == 1 else
                     f"embed_status.rank{rank}.json")
     outcomes: list[EmbedOutcome] = []

@@ -177,9 +177,10 @@ class VectorIndex:
             raise RetrievalError(f"{table.num_rows} rows but {len(x)} vectors")
         if not self.index.is_trained:
             raise RetrievalError("the FAISS index is not trained")
-        self.index.add(x)
-        self.table = table if self.table is None else pa.concat_tables(
+        merged = table if self.table is None else pa.concat_tables(  # may raise: first
             [self.table, table], promote_options="default")
+        self.index.add(x)
+        self.table = merged
         self.info["count"] = int(self.index.ntotal)
 
     def search(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
@@ -312,20 +313,38 @@ def build_index(source, out_dir: str | os.PathLike | None = None, kind: str = "a
     return vindex
 
 
+#: Store settings that must agree for two stores' vectors to be comparable.
+SAME_SPACE_KEYS = ("kind", "dim", "model", "model_path", "weights", "patch", "mean", "std",
+                   "projection_path", "text_model")
+
+
 def add_to_index(folder: str | os.PathLike, source) -> VectorIndex:
     """Append a store's vectors to a saved index and save it again.
 
+    Rows whose ``key`` the index already holds are skipped (re-adding a store that grew
+    after a resumed embedding run adds only its new rows).
+
     Raises:
-        RetrievalError: the store's model or dimension differs from the index's.
+        RetrievalError: the store's vectors live in another space than the index's: a
+            different kind, dimension, model, weights, patch spec, normalisation or
+            (figures) projection heads or text model.
     """
     vindex = load_index(folder)
     store = _as_embeddings(source)
     old = vindex.info.get("store", {})
-    for key in ("dim", "model", "model_path"):
-        if key in old and key in store.info and old[key] != store.info[key]:
+    for key in SAME_SPACE_KEYS:
+        if old.get(key) != store.info.get(key):
             raise RetrievalError(f"{folder}: the index holds embeddings with {key}="
-                                 f"{old[key]!r}, the store {store.info[key]!r}")
-    vindex.add(store.vectors, store.table)
+                                 f"{old.get(key)!r}, the store {store.info.get(key)!r}: "
+                                 "they are not comparable; build a separate index")
+    vectors, table = store.vectors, store.table
+    if "key" in table.column_names and vindex.table is not None \
+            and "key" in vindex.table.column_names:
+        known = set(vindex.table.column("key").to_pylist())
+        fresh = np.array([k not in known for k in table.column("key").to_pylist()])
+        vectors, table = vectors[fresh], table.filter(fresh)
+    if len(vectors):
+        vindex.add(vectors, table)
     vindex.info["slides"] = {**vindex.info.get("slides", {}),
                              **_slide_paths(store.table, store.info, None)}
     vindex.save(folder)

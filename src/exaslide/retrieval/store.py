@@ -56,7 +56,7 @@ def write_info(folder: str | os.PathLike, info: dict[str, Any]) -> None:
     path = folder / "embeddings.json"
     if path.exists():
         old = json.loads(path.read_text())
-        for key in ("kind", "dim", "model", "model_path"):
+        for key in ("kind", "dim", "model", "model_path", "weights"):
             if old.get(key) != info.get(key):
                 raise RetrievalError(f"{folder}: holds embeddings with {key}={old.get(key)!r}, "
                                      f"not {info.get(key)!r}; use another folder")
