@@ -44,3 +44,14 @@ def extracted(tmp_path_factory):
                               scheduler="inline")
     assert all(o.status == "done" for o in outcomes)
     return root / "out"
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run a test on one torch CPU thread (the test machines are small and shared)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from colour_model import colour_meta
 
 from exaslide.models import save_model
@@ -19,8 +18,5 @@ def colour_model_file(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def one_thread(one_torch_thread):
+    """Every inference test on one torch thread (``one_torch_thread``, tests/conftest.py)."""
