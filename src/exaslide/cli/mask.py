@@ -6,7 +6,15 @@ from pathlib import Path
 
 import click
 
-from exaslide.cli.options import backend_option, progress_bar
+from exaslide.cli.options import (
+    JobProgress,
+    backend_option,
+    executor_choice,
+    overwrite_option,
+    report_outcomes,
+    scheduler_option,
+    workers_option,
+)
 from exaslide.naming import slide_stem  # also the default slide id of `exaslide infer`
 
 
@@ -29,10 +37,13 @@ from exaslide.naming import slide_stem  # also the default slide id of `exaslide
 @click.option("--kernel-um", type=float, default=16.0, show_default=True,
               help="Morphology disc diameter in microns.")
 @click.option("--no-tiff", is_flag=True, help="Do not write the pyramidal mask TIFF.")
-@click.option("--overwrite", is_flag=True, help="Redo slides already finished.")
+@overwrite_option
+@workers_option("1: slides one after another in this process")
+@scheduler_option
 @backend_option
 def command(slide, annotation, manifest, level, mpp, out_dir, label_map, tissue_threshold,
-            min_tissue_area, kernel_um, no_tiff, overwrite, backend) -> None:
+            min_tissue_area, kernel_um, no_tiff, overwrite, workers, scheduler,
+            backend) -> None:
     """Write SLIDE's mask PNG (0 background, 1 normal, 2 tumour), overlay, figure, pyramidal
     TIFF and JSON summary into --out; or do it for every slide of --manifest."""
     from exaslide.annotations import load_label_map
@@ -45,6 +56,7 @@ def command(slide, annotation, manifest, level, mpp, out_dir, label_map, tissue_
         raise click.UsageError("give exactly one of --level or --mpp")
     if manifest and annotation:
         raise click.UsageError("--annotations is for one SLIDE; a manifest names its own")
+    workers, scheduler = executor_choice(workers, scheduler, "inline")
     tissue = TissueParams(threshold=tissue_threshold, min_area_um2=min_tissue_area,
                           kernel_um=kernel_um)
     options = MaskOptions(level=level, mpp=mpp, backend=backend, tissue=tissue,
@@ -53,14 +65,16 @@ def command(slide, annotation, manifest, level, mpp, out_dir, label_map, tissue_
     if slide:
         _one(slide, annotation, out_dir, options)
     else:
-        _cohort(manifest, out_dir, options, overwrite)
+        _cohort(manifest, out_dir, options, overwrite, workers, scheduler)
 
 
 def _one(slide: str, annotation: str | None, out_dir: str, options) -> None:
+    from exaslide.jobs import OutputLock
     from exaslide.masks.run import mask_slide
 
     stem = slide_stem(slide)
-    summary = mask_slide(slide, annotation, out_dir, stem, options)
+    with OutputLock(out_dir):
+        summary = mask_slide(slide, annotation, out_dir, stem, options)
     counts = summary["pixel_counts"]
     click.echo(f"{slide}: mask {summary['mask']['width']}x{summary['mask']['height']} "
                f"(tumour {counts['tumour']} px, normal {counts['normal']} px)")
@@ -70,21 +84,13 @@ def _one(slide: str, annotation: str | None, out_dir: str, options) -> None:
     click.echo(f"figure: {Path(out_dir) / (stem + '_figure.png')}")
 
 
-def _cohort(manifest: str, out_dir: str, options, overwrite: bool) -> None:
+def _cohort(manifest: str, out_dir: str, options, overwrite: bool, workers, scheduler) -> None:
     from exaslide.manifest import read_manifest
     from exaslide.masks.run import mask_cohort
 
     entries = read_manifest(manifest)
-    with progress_bar(len(entries), "masks") as bar:
-        results = mask_cohort(entries, out_dir, options, overwrite=overwrite,
-                              on_result=lambda _: bar.update(1))
-    failed = [r for r in results if r.status == "failed"]
-    done = sum(r.status == "done" for r in results)
-    skipped = sum(r.status == "skipped" for r in results)
-    for r in failed:
-        click.echo(f"exaslide: error: {r.slide_id}: {r.error}", err=True)
-    click.echo(f"{len(results)} slides: {done} done, {skipped} already done, "
-               f"{len(failed)} failed; status in {Path(out_dir) / 'mask_status.json'}")
-    if failed:
-        raise SystemExit(1)
-
+    with JobProgress(len(entries), "masks") as progress:
+        outcomes = mask_cohort(entries, out_dir, options, overwrite=overwrite,
+                               workers=workers, scheduler=scheduler,
+                               on_event=progress.event)
+    report_outcomes(outcomes, str(Path(out_dir) / "mask_status.json"))

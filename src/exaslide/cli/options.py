@@ -20,3 +20,84 @@ def progress_bar(total: int, desc: str):
 
     return tqdm(total=total, desc=desc, unit="tile" if "tile" in desc else "it",
                 disable=not sys.stderr.isatty(), file=sys.stderr, leave=False)
+
+
+def workers_option(default_help: str):
+    """``--workers N`` (Dask ``LocalCluster`` processes) with ``default_help`` saying what
+    happens without it."""
+    return click.option("--workers", type=click.IntRange(min=1), default=None,
+                        help=f"Dask LocalCluster worker processes [{default_help}].")
+
+
+scheduler_option = click.option(
+    "--scheduler", default=None,
+    help="Address of an existing Dask scheduler (e.g. tcp://host:8786), or 'inline' to "
+         "run in this process.")
+
+overwrite_option = click.option("--overwrite", is_flag=True,
+                                help="Redo slides already finished.")
+
+
+def executor_choice(workers: int | None, scheduler: str | None,
+                    default: str | None) -> tuple[int | None, str | None]:
+    """``(workers, scheduler)`` for :func:`exaslide.jobs.run_stage`: ``--workers`` and
+    ``--scheduler`` are exclusive; with neither, ``default`` (``"inline"`` or ``None``,
+    a LocalCluster of one worker per core)."""
+    if workers is not None and scheduler is not None:
+        raise click.UsageError("give --workers or --scheduler, not both")
+    if scheduler is not None:
+        if scheduler != "inline":
+            from exaslide.jobs.executors import check_scheduler_address
+
+            check_scheduler_address(scheduler)
+        return None, scheduler
+    if workers is not None:
+        return workers, "inline" if workers == 1 else None
+    return None, default
+
+
+class JobProgress:
+    """One tqdm bar over a batch job: slides, or finer units (patches) when the stage
+    announces them with ``("total", n)`` events; finished slides as postfix."""
+
+    def __init__(self, slides: int, unit: str = "slides"):
+        self.slides, self.finished, self.fine = slides, 0, False
+        self.bar = progress_bar(slides, unit)
+
+    def event(self, kind: str, value) -> None:
+        if kind == "total":
+            if not self.fine:
+                self.fine, self.bar.total = True, 0
+            self.bar.total += value
+            self.bar.refresh()
+        elif kind == "progress" and self.fine:
+            self.bar.update(value)
+        elif kind == "slide":
+            self.finished += 1
+            if not self.fine:
+                self.bar.update(1)
+            self.bar.set_postfix_str(f"slides {self.finished}/{self.slides}")
+
+    def __enter__(self) -> JobProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+
+def report_outcomes(outcomes, status: str, detail: str = "", prefix: str = "") -> None:
+    """Print each failed slide and each warning as one line on stderr, then ``N slides: a
+    done, b already done, c failed[; detail]; status in STATUS``; exit 1 when a slide
+    failed (the others are done)."""
+    failed = [o for o in outcomes if o.status == "failed"]
+    done = sum(o.status == "done" for o in outcomes)
+    for o in outcomes:
+        for warning in getattr(o, "warnings", ()):
+            click.echo(f"exaslide: warning: {o.slide_id}: {warning}", err=True)
+    for o in failed:
+        click.echo(f"exaslide: error: {o.slide_id}: {o.error}", err=True)
+    click.echo(f"{prefix}{len(outcomes)} slides: {done} done, "
+               f"{len(outcomes) - done - len(failed)} already done, {len(failed)} failed"
+               f"{'; ' + detail if detail else ''}; status in {status}")
+    if failed:
+        raise SystemExit(1)

@@ -6,12 +6,14 @@ Every file is written atomically (temporary name, then rename).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from exaslide.atomic import atomic_path, write_text
+from exaslide.atomic import atomic_path
 from exaslide.masks.label import NORMAL, TUMOUR, LabelMask
 from exaslide.naming import remove_stale_temporaries
 
@@ -80,6 +82,15 @@ def save_pyramid_tiff(path: str | Path, labels: np.ndarray, mpp: tuple[float, fl
     previous one with a 2x2 maximum, so tumour pixels are never lost at coarse levels.
     Levels are successive pages (not SubIFDs), which is what OpenSlide expects.
     """
+    with atomic_path(path) as tmp:
+        write_pyramid_tiff(tmp, labels, mpp, tile)
+    return Path(path)
+
+
+def write_pyramid_tiff(path: str | Path, labels: np.ndarray, mpp: tuple[float, float] | None,
+                       tile: int = 256) -> None:
+    """Write the pyramid of :func:`save_pyramid_tiff` straight to ``path`` (not atomic:
+    for a path that is itself a temporary)."""
     import tifffile
 
     levels = [labels]
@@ -89,7 +100,7 @@ def save_pyramid_tiff(path: str | Path, labels: np.ndarray, mpp: tuple[float, fl
         padded = np.zeros((h, w), np.uint8)
         padded[: prev.shape[0], : prev.shape[1]] = prev
         levels.append(padded.reshape(h // 2, 2, w // 2, 2).max(axis=(1, 3)))
-    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=labels.size > 2**31) as tif:
+    with tifffile.TiffWriter(path, bigtiff=labels.size > 2**31) as tif:
         for i, level in enumerate(levels):
             factor = labels.shape[1] / level.shape[1]
             extra: dict[str, Any] = {}
@@ -98,29 +109,45 @@ def save_pyramid_tiff(path: str | Path, labels: np.ndarray, mpp: tuple[float, fl
                          "resolutionunit": "CENTIMETER"}
             tif.write(level, tile=(tile, tile), compression="zlib", photometric="minisblack",
                       subfiletype=1 if i else 0, metadata=None, **extra)
-    return Path(path)
 
 
 def write_mask_outputs(mask: LabelMask, out_dir: str | Path, stem: str,
-                       summary: dict[str, Any], pyramid: bool = True) -> dict[str, Path]:
+                       summary: dict[str, Any], pyramid: bool = True,
+                       output: Callable[[str], AbstractContextManager[Path]] | None = None
+                       ) -> dict[str, str]:
     """Write ``<stem>_mask.png``, ``_overlay.png``, ``_figure.png``, ``_mask.tif`` and
-    ``_summary.json`` into ``out_dir``; the summary is written last (it marks completion).
+    ``_summary.json``; the summary is written last (it marks completion).
+
+    Args:
+        output: ``output(name)`` yields the path to write the file ``name`` to (the job
+            engine's :meth:`~exaslide.jobs.SlideContext.output`); default: an atomic write
+            into ``out_dir``.
 
     Returns:
-        The written paths by kind.
+        The written file names by kind.
     """
+    from PIL import Image
+
     out = Path(out_dir)
-    remove_stale_temporaries(out / f"{stem}_{name}" for name in
-                             ("mask.png", "overlay.png", "figure.png", "mask.tif",
-                              "summary.json"))
-    paths = {
-        "mask": save_png(out / f"{stem}_mask.png", mask.labels),
-        "overlay": save_png(out / f"{stem}_overlay.png", overlay(mask)),
-        "figure": save_png(out / f"{stem}_figure.png", figure(mask, stem)),
-    }
+    if output is None:
+        remove_stale_temporaries(out / f"{stem}_{name}" for name in
+                                 ("mask.png", "overlay.png", "figure.png", "mask.tif",
+                                  "summary.json"))
+        output = lambda name: atomic_path(out / name)  # noqa: E731
+    names: dict[str, str] = {}
+    images = {"mask": ("mask.png", mask.labels), "overlay": ("overlay.png", overlay(mask)),
+              "figure": ("figure.png", figure(mask, stem))}
+    for kind, (suffix, array) in images.items():
+        names[kind] = f"{stem}_{suffix}"
+        with output(names[kind]) as tmp:
+            Image.fromarray(array).save(tmp, format="PNG")
     if pyramid:
-        paths["mask_tiff"] = save_pyramid_tiff(out / f"{stem}_mask.tif", mask.labels, mask.mpp)
-    summary = dict(summary, outputs={k: p.name for k, p in paths.items()})
-    paths["summary"] = write_text(out / f"{stem}_summary.json",
-                                  json.dumps(summary, indent=2, sort_keys=False) + "\n")
-    return paths
+        names["mask_tiff"] = f"{stem}_mask.tif"
+        with output(names["mask_tiff"]) as tmp:
+            write_pyramid_tiff(tmp, mask.labels, mask.mpp)
+    summary = dict(summary, outputs=dict(names))
+    names["summary"] = f"{stem}_summary.json"
+    with output(names["summary"]) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n",
+                       encoding="utf-8")
+    return names

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -10,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exaslide.errors import ExaslideError
+from exaslide.jobs.status import input_fingerprint
 from exaslide.masks.label import annotation_area_um2, make_label_mask
 from exaslide.masks.outputs import write_mask_outputs
 from exaslide.masks.tissue import TissueParams
@@ -37,8 +36,12 @@ class MaskOptions:
 
 
 def mask_slide(slide_path: str | Path, annotation_path: str | Path | None, out_dir: str | Path,
-               stem: str, options: MaskOptions) -> dict[str, Any]:
-    """Compute a slide's label mask and write all outputs; return the summary dict."""
+               stem: str, options: MaskOptions, output=None) -> dict[str, Any]:
+    """Compute a slide's label mask and write all outputs; return the summary dict.
+
+    ``output(name)`` yields where to write each file (the job engine's
+    :meth:`~exaslide.jobs.SlideContext.output`); default: atomic writes into ``out_dir``.
+    """
     from exaslide import __version__
     from exaslide.annotations import read_annotations
     from exaslide.slides import open_slide
@@ -72,82 +75,37 @@ def mask_slide(slide_path: str | Path, annotation_path: str | Path | None, out_d
             "annotations_crossing_border": mask.partly_outside,
         }
     summary["seconds"] = round(time.perf_counter() - started, 3)
-    write_mask_outputs(mask, out_dir, stem, summary, pyramid=options.pyramid)
+    write_mask_outputs(mask, out_dir, stem, summary, pyramid=options.pyramid, output=output)
     return summary
 
 
-@dataclass
-class SlideResult:
-    """Outcome of one slide in a cohort job."""
-
-    slide_id: str
-    status: str  #: "done", "skipped" (already done with the same options) or "failed"
-    error: str = ""
-
-
-def input_fingerprint(slide_path, annotation_path) -> dict[str, Any]:
-    """Path, size and modification time of a slide and its annotation file, so that a
-    re-run notices a changed or replaced input. A URL is fingerprinted by the size, ETag
-    and last-modified time its store reports (no data is read)."""
-    from exaslide.storage import is_remote, remote_fingerprint
-
-    def one(path):
-        if path is None:
-            return None
-        if is_remote(path):
-            return remote_fingerprint(str(path))
-        stat = Path(path).stat()
-        return {"path": str(Path(path).resolve()), "size": stat.st_size,
-                "mtime_ns": stat.st_mtime_ns}
-
-    return {"slide": one(slide_path), "annotation": one(annotation_path)}
+def process(entry, options: MaskOptions, ctx) -> dict[str, Any]:
+    """The ``mask`` stage: one manifest entry's mask files (see :func:`mask_slide`)."""
+    summary = mask_slide(entry.path, entry.annotation, ctx.out, entry.slide_id, options,
+                         output=ctx.output)
+    return {"pixel_counts": summary["pixel_counts"], "areas_um2": summary["areas_um2"],
+            "repairs": len(summary["repairs"])}
 
 
-def is_done(out_dir: Path, stem: str, options: MaskOptions, slide_path,
-            annotation_path) -> bool:
-    """True when ``stem``'s summary exists for the same options and unchanged inputs, and
-    every output it lists is still there."""
-    try:
-        previous = json.loads((out_dir / f"{stem}_summary.json").read_text())
-        inputs = input_fingerprint(slide_path, annotation_path)
-    except (OSError, ValueError):
-        return False
-    return (previous.get("options") == json.loads(json.dumps(options.to_dict()))
-            and previous.get("inputs") == inputs
-            and all((out_dir / name).exists()
-                    for name in previous.get("outputs", {}).values()))
+def mask_stage(options: MaskOptions):
+    """The ``mask`` :class:`~exaslide.jobs.Stage` with these options."""
+    from exaslide.jobs import Stage
+
+    return Stage("mask", options, process=process)
 
 
 def mask_cohort(entries, out_dir: str | Path, options: MaskOptions, *, overwrite: bool = False,
-                on_result: Callable[[SlideResult], None] | None = None) -> list[SlideResult]:
-    """Run :func:`mask_slide` on every manifest entry; one failure does not stop the rest.
+                workers: int | None = None, scheduler: str | None = "inline",
+                on_event: Callable[[str, Any], None] | None = None):
+    """Run :func:`mask_slide` on every manifest entry with the job engine
+    (:func:`exaslide.jobs.run_stage`): finished slides are skipped, one failure does not
+    stop the rest, ``status/<slide_id>.json`` and ``mask_status.json`` record each
+    outcome; ``scheduler=None`` runs slides on a Dask ``LocalCluster`` of ``workers``.
 
-    A slide is skipped when :func:`is_done` (the summary is written last and atomically, so
-    it exists only for a finished slide). ``mask_status.json`` in ``out_dir`` records each
-    slide's outcome and is rewritten after every slide.
+    Returns:
+        One :class:`~exaslide.jobs.Outcome` per entry.
     """
-    from exaslide.atomic import write_text
+    from exaslide.jobs import run_stage
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".mask_status.*.tmp.json"):  # left by a killed run
-        stale.unlink(missing_ok=True)
-    results = []
-    for entry in entries:
-        if not overwrite and is_done(out, entry.slide_id, options, entry.path, entry.annotation):
-            result = SlideResult(entry.slide_id, "skipped")
-        else:
-            try:
-                mask_slide(entry.path, entry.annotation, out, entry.slide_id, options)
-                result = SlideResult(entry.slide_id, "done")
-            except Exception as exc:  # one slide's failure must not stop the cohort
-                logger.debug("%s failed", entry.slide_id, exc_info=True)
-                message = str(exc) if isinstance(exc, ExaslideError | OSError) else \
-                    f"{type(exc).__name__}: {exc}"
-                result = SlideResult(entry.slide_id, "failed", message)
-        results.append(result)
-        write_text(out / "mask_status.json",
-                   json.dumps([vars(r) for r in results], indent=2) + "\n")
-        if on_result is not None:
-            on_result(result)
-    return results
+    return run_stage(mask_stage(options), entries, out_dir, workers=workers,
+                     scheduler=scheduler, overwrite=overwrite, on_event=on_event)

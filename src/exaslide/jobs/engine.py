@@ -1,0 +1,399 @@
+"""The per-slide job engine under every batch stage (``mask``, ``extract``, ``infer``,
+``embed patches``, ``embed slides``).
+
+:func:`run_stage` gives a :class:`~exaslide.jobs.stage.Stage`:
+
+- **resume**: a slide whose status says done with the same stage, options and input
+  fingerprints, and whose outputs are all there with their recorded sizes, is skipped;
+- **atomic outputs**: a slide's files are written under ``OUT/.partial/<slide_id>/`` and
+  moved into place only when the whole slide succeeded; its status file is written last;
+- **clean-up**: before a slide is (re)done, every file its previous status lists and its
+  partial folder (temporaries of a killed process or Dask worker) are deleted;
+- **the output lock**: a second run into the same folder exits with the holder's pid;
+- **failures**: one slide's failure is recorded (status ``failed``) and the others go on;
+- **executors**: inline, a Dask ``LocalCluster`` or scheduler, and ``torchrun`` ranks
+  (rank ``r`` of ``n`` takes slides ``r, r+n, ...``);
+- **the summary**: ``OUT/<stage>_status.json`` (``<stage>_status.rank<r>.json`` under
+  torchrun) lists every slide's :class:`Outcome`, rewritten after each slide.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import shutil
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from exaslide.errors import ExaslideError
+from exaslide.jobs.lock import LOCK_NAME, OutputLock
+from exaslide.jobs.stage import JobError, SlideContext, Stage
+from exaslide.jobs.status import (
+    input_fingerprint,
+    is_complete,
+    read_status,
+    status_path,
+    to_jsonable,
+    write_status,
+)
+from exaslide.naming import remove_stale_temporaries
+
+logger = logging.getLogger(__name__)
+
+PARTIAL_DIR = ".partial"
+
+
+@dataclass
+class Outcome:
+    """What happened to one slide."""
+
+    slide_id: str
+    status: str  #: "done", "skipped" (finished earlier) or "failed"
+    error: str = ""
+    result: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+
+def error_message(exc: BaseException, out: Path | None = None) -> str:
+    """One line for a slide's failure: exaslide's own message, an OS error with its file,
+    a full disk with the folder, or ``Type: message`` for anything unexpected."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        where = exc.filename or out or "the output folder"
+        return f"{where}: no space left on device; free some space and rerun"
+    if isinstance(exc, OSError) and exc.filename and not isinstance(exc, ExaslideError):
+        return f"{exc.filename}: {exc.strerror or exc}"
+    if isinstance(exc, ExaslideError | OSError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def default_inputs(entry) -> list:
+    """A manifest entry's slide and annotation."""
+    return [entry.path, entry.annotation]
+
+
+def expected_status(stage: Stage, entry) -> dict[str, Any]:
+    """What a finished slide's status must match: stage, options and input fingerprints
+    (and the stage's extra fingerprint).
+
+    Raises:
+        OSError: an input file is missing (``StorageError`` for a URL).
+    """
+    inputs = (stage.inputs or default_inputs)(entry)
+    fingerprint = input_fingerprint(*inputs) if len(inputs) == 2 and stage.inputs is None \
+        else {"files": [input_fingerprint(p, None)["slide"] for p in inputs]}
+    if stage.extra_fingerprint is not None:
+        fingerprint["extra"] = stage.extra_fingerprint(entry, stage.options)
+    return to_jsonable({"stage": stage.name, "options": stage.options,
+                        "inputs": fingerprint})
+
+
+def clear_slide(out: Path, slide_id: str) -> None:
+    """Delete what an earlier run left of a slide: the outputs its status lists (whatever
+    its state) and its partial folder. Nothing else is touched."""
+    from exaslide.jobs.stage import safe_relative
+
+    previous = read_status(out, slide_id)
+    outputs = previous.get("outputs") if previous else None
+    for name in outputs if isinstance(outputs, dict) else ():
+        try:
+            (out / safe_relative(name)).unlink(missing_ok=True)
+        except JobError:
+            logger.warning("%s: ignoring unsafe output name %r in its status", slide_id, name)
+    shutil.rmtree(out / PARTIAL_DIR / slide_id, ignore_errors=True)
+
+
+def _commit(out: Path, slide_id: str, expected: dict, outputs: dict[str, str],
+            result: dict, started: float) -> None:
+    """Move a finished slide's files into place; its ``done`` status is written last."""
+    base = dict(expected, slide_id=slide_id, result=result,
+                outputs={name: 0 for name in outputs})
+    write_status(out, slide_id, dict(base, status="committing"))
+    sizes = {}
+    for name, source in outputs.items():
+        target = out / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Path(source).replace(target)
+        sizes[name] = target.stat().st_size
+    from exaslide import __version__
+
+    write_status(out, slide_id, dict(base, status="done", outputs=sizes,
+                                     seconds=round(time.perf_counter() - started, 3),
+                                     exaslide_version=__version__))
+    shutil.rmtree(out / PARTIAL_DIR / slide_id, ignore_errors=True)
+    # atomic-write temporaries a killed process left beside these files
+    remove_stale_temporaries([*(out / name for name in outputs), status_path(out, slide_id)])
+
+
+def process_task(stage: Stage, entry, out: str) -> tuple[dict, dict[str, str]]:
+    """Run ``stage.process`` on one slide (in this process or on a Dask worker); returns
+    its result and the partial files it wrote by output name."""
+    ctx = SlideContext(Path(out), entry.slide_id, Path(out) / PARTIAL_DIR / entry.slide_id)
+    result = stage.process(entry, stage.options, ctx) or {}
+    return result, {name: str(path) for name, path in ctx.outputs.items()}
+
+
+def plan_task(stage: Stage, entry) -> tuple[Any, list]:
+    """Run ``stage.plan`` on one slide (a task)."""
+    return stage.plan(entry, stage.options)
+
+
+def run_task(stage: Stage, entry, task, partial: str):
+    """Run one of a slide's sub-slide tasks (writes only into ``partial``)."""
+    Path(partial).mkdir(parents=True, exist_ok=True)
+    return stage.run_task(entry, stage.options, task, partial)
+
+
+@dataclass
+class _Slide:
+    entry: Any
+    expected: dict
+    started: float = field(default_factory=time.perf_counter)
+    state: Any = None
+    tasks: list = field(default_factory=list)
+    results: dict[int, Any] = field(default_factory=dict)
+    running: int = 0
+    error: BaseException | None = None
+
+
+class _Run:
+    """The state of one :func:`run_stage` call on this process's share of the slides."""
+
+    def __init__(self, stage: Stage, out: Path, summary: Path, emit: Callable):
+        self.stage, self.out, self.summary, self.emit = stage, out, summary, emit
+        self.outcomes: dict[str, Outcome] = {}
+
+    def record(self, outcome: Outcome) -> None:
+        self.outcomes[outcome.slide_id] = outcome
+        from exaslide.atomic import write_text
+
+        try:
+            write_text(self.summary, json.dumps([to_jsonable(asdict(o)) for o in
+                                                 self.outcomes.values()], indent=2) + "\n")
+        except OSError as exc:  # e.g. a full disk: each slide's status says the rest
+            logger.warning("cannot write %s: %s", self.summary, error_message(exc))
+        self.emit("slide", outcome)
+
+    def done(self, slide: _Slide, result: dict, outputs: dict[str, str]) -> None:
+        slide_id = slide.entry.slide_id
+        _commit(self.out, slide_id, slide.expected, outputs, result, slide.started)
+        warnings = [str(w) for w in result.get("warnings", [])]
+        for warning in warnings:
+            logger.warning("%s: %s", slide_id, warning)
+        self.record(Outcome(slide_id, "done", result=result, warnings=warnings,
+                            seconds=round(time.perf_counter() - slide.started, 3)))
+
+    def failed(self, slide_id: str, exc: BaseException, expected: dict | None) -> None:
+        message = error_message(exc, self.out)
+        logger.debug("%s failed: %s", slide_id, message, exc_info=exc)
+        shutil.rmtree(self.out / PARTIAL_DIR / slide_id, ignore_errors=True)
+        try:
+            write_status(self.out, slide_id, dict(expected or {"stage": self.stage.name},
+                                                  slide_id=slide_id, status="failed",
+                                                  error=message, outputs={}))
+        except OSError:  # e.g. the disk is full: the summary still says it failed
+            logger.debug("cannot write the status of %s", slide_id, exc_info=True)
+        self.record(Outcome(slide_id, "failed", error=message))
+
+
+def check_entries(entries: Sequence) -> list:
+    """The entries as a list, refusing duplicate or unsafe slide ids.
+
+    Raises:
+        JobError: two entries share an id, or an id cannot name a file.
+    """
+    from exaslide.naming import is_valid_slide_id
+
+    seen: set[str] = set()
+    for entry in entries:
+        if not is_valid_slide_id(entry.slide_id):
+            raise JobError(f"slide id {entry.slide_id!r} cannot name an output file")
+        if entry.slide_id in seen:
+            raise JobError(f"two slides have the id {entry.slide_id!r}; slide ids must be "
+                           "unique")
+        seen.add(entry.slide_id)
+    return list(entries)
+
+
+def run_stage(stage: Stage, entries: Sequence, out_dir, *, workers: int | None = None,
+              scheduler: str | None = "inline", overwrite: bool = False,
+              rank: int | None = None, world_size: int | None = None,
+              on_event: Callable[[str, Any], None] | None = None) -> list[Outcome]:
+    """Run ``stage`` on every entry (objects with ``slide_id``, ``path``, ``annotation``,
+    e.g. :class:`~exaslide.manifest.ManifestEntry`) into ``out_dir``.
+
+    Args:
+        workers, scheduler: ``scheduler="inline"`` runs in this process; ``None`` starts a
+            Dask ``LocalCluster`` of ``workers`` processes; an address uses that scheduler.
+        overwrite: redo slides already done.
+        rank, world_size: this process's share of the slides (default: torchrun's).
+        on_event: ``on_event(kind, value)`` with ``("total", n)`` when a slide's work is
+            known (split stages), ``("progress", n)`` as tasks finish and ``("slide",
+            Outcome)`` after every slide.
+
+    Returns:
+        This rank's outcomes, in entry order. A failed slide is recorded and the others
+        still run.
+
+    Raises:
+        JobError: duplicate slide ids, a locked folder, an unreachable scheduler.
+        ClusterLostError: the scheduler went away during the run.
+    """
+    from exaslide.data.sampler import distributed_context  # TODO runtime
+
+    entries = check_entries(entries)
+    rank, world_size = distributed_context(rank, world_size)
+    entries = entries[rank::world_size]
+    out = Path(out_dir)
+    suffix = "" if world_size == 1 else f".rank{rank}"
+    emit = on_event or (lambda kind, value: None)
+    with OutputLock(out, LOCK_NAME if world_size == 1 else f"{LOCK_NAME}{suffix}"):
+        run = _Run(stage, out, out / f"{stage.name}_status{suffix}.json", emit)
+        remove_stale_temporaries([run.summary])
+        todo = _resume(run, entries, overwrite)
+        if todo:
+            _execute(run, todo, workers, scheduler)
+        with contextlib.suppress(OSError):  # only when empty: other ranks may use it
+            (out / PARTIAL_DIR).rmdir()
+    return [run.outcomes[e.slide_id] for e in entries]
+
+
+def _resume(run: _Run, entries: list, overwrite: bool) -> list[_Slide]:
+    """Skip finished slides; clear and return the others."""
+    todo = []
+    for entry in entries:
+        previous = read_status(run.out, entry.slide_id)
+        if previous and previous.get("stage") not in (None, run.stage.name):
+            raise JobError(f"{run.out}: holds {previous.get('stage')!r} outputs, not "
+                           f"{run.stage.name!r} ones; use another --out")
+        try:
+            expected = expected_status(run.stage, entry)
+        except Exception as exc:  # a missing input fails this slide only
+            run.failed(entry.slide_id, exc, None)
+            continue
+        if not overwrite and is_complete(run.out, previous, expected):
+            run.record(Outcome(entry.slide_id, "skipped",
+                               result=previous.get("result") or {}))
+            continue
+        clear_slide(run.out, entry.slide_id)
+        todo.append(_Slide(entry, expected))
+    return todo
+
+
+def _execute(run: _Run, todo: list[_Slide], workers, scheduler) -> None:
+    from exaslide.jobs.executors import make_executor
+
+    if scheduler == "inline" and not run.stage.split:
+        for slide in todo:  # in this process, with progress from inside the slide
+            _process_inline(run, slide)
+        return
+    executor = make_executor(workers, scheduler)
+    try:
+        _drive(run, executor, todo)
+    finally:
+        executor.close()
+
+
+def _process_inline(run: _Run, slide: _Slide) -> None:
+    entry = slide.entry
+    ctx = SlideContext(run.out, entry.slide_id, run.out / PARTIAL_DIR / entry.slide_id,
+                       on_progress=lambda n: run.emit("progress", n))
+    try:
+        result = run.stage.process(entry, run.stage.options, ctx) or {}
+        run.done(slide, result, {k: str(v) for k, v in ctx.outputs.items()})
+    except Exception as exc:  # one slide's failure must not stop the others
+        run.failed(entry.slide_id, exc, slide.expected)
+
+
+def _drive(run: _Run, executor, todo: list[_Slide]) -> None:
+    """Keep at most two slides per worker in flight, so the driver's memory does not grow
+    with the cohort; collect their tasks as they finish."""
+    waiting = deque(todo)
+    window = 2 * executor.workers
+    slides: dict[str, _Slide] = {}
+    tags: dict = {}
+    stage = run.stage
+
+    def start_next() -> None:
+        while waiting and len(slides) < window:
+            slide = waiting.popleft()
+            slides[slide.entry.slide_id] = slide
+            fn, args = (plan_task, (stage, slide.entry)) if stage.split else \
+                (process_task, (stage, slide.entry, str(run.out)))
+            tags[executor.submit(fn, *args)] = (slide.entry.slide_id, None)
+
+    start_next()
+    for future in executor.completed():
+        slide_id, task_no = tags.pop(future)
+        slide = slides[slide_id]
+        error = _exception(executor, future)
+        if task_no is not None:
+            slide.running -= 1
+        if error is not None:
+            slide.error = slide.error or error
+        elif not stage.split:
+            _settle(run, slide, *future.result())
+        elif task_no is None:
+            _submit_tasks(run, executor, slide, future.result(), tags)
+        else:
+            slide.results[task_no] = future.result()
+            run.emit("progress", stage.task_size(slide.tasks[task_no])
+                     if stage.task_size else 1)
+        if slide.running:
+            continue  # wait for the slide's other tasks, even when one has failed
+        if slide.error is not None:
+            run.failed(slide_id, slide.error, slide.expected)
+        elif stage.split:
+            _finish_split(run, slide)
+        del slides[slide_id]
+        start_next()
+
+
+def _exception(executor, future) -> BaseException | None:
+    """The future's exception; raises ``ClusterLostError`` when the cluster is gone."""
+    try:
+        error = future.exception()
+    except BaseException as exc:  # e.g. CancelledError when the scheduler died
+        error = exc
+    if error is not None and hasattr(executor, "lost"):
+        lost = executor.lost(error)
+        if lost is not None:
+            raise lost from error
+    return error
+
+
+def _settle(run: _Run, slide: _Slide, result: dict, outputs: dict[str, str]) -> None:
+    try:
+        run.done(slide, result, outputs)
+    except Exception as exc:
+        run.failed(slide.entry.slide_id, exc, slide.expected)
+
+
+def _submit_tasks(run: _Run, executor, slide: _Slide, planned, tags: dict) -> None:
+    slide.state, slide.tasks = planned
+    stage = run.stage
+    run.emit("total", sum(stage.task_size(t) for t in slide.tasks) if stage.task_size
+             else len(slide.tasks))
+    partial = str(run.out / PARTIAL_DIR / slide.entry.slide_id)
+    for i, task in enumerate(slide.tasks):
+        tags[executor.submit(run_task, stage, slide.entry, task, partial)] = \
+            (slide.entry.slide_id, i)
+        slide.running += 1
+
+
+def _finish_split(run: _Run, slide: _Slide) -> None:
+    entry = slide.entry
+    ctx = SlideContext(run.out, entry.slide_id, run.out / PARTIAL_DIR / entry.slide_id)
+    try:
+        results = [slide.results[i] for i in range(len(slide.tasks))]
+        result = run.stage.finish(entry, run.stage.options, slide.state, results, ctx) or {}
+        run.done(slide, result, {k: str(v) for k, v in ctx.outputs.items()})
+    except Exception as exc:
+        run.failed(entry.slide_id, exc, slide.expected)
