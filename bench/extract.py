@@ -74,7 +74,7 @@ def naive(path: Path, x, y, count: int) -> float:
 def dask_rate(path: Path, x, y, chunks, workers: int) -> tuple[float, float]:
     from distributed import Client, wait
 
-    from exaslide.patches.run import local_cluster
+    from exaslide.jobs.executors import local_cluster
 
     with local_cluster(workers) as cluster, Client(cluster) as client:
         client.run(read_chunk, str(path), x[:1], y[:1])  # imports and page cache warm

@@ -60,8 +60,10 @@ def test_dask_cluster_outputs_match_inline_and_are_consistent(cohort, tmp_path):
         assert members[row["member"]] == row["shard"]
         assert members[row["key"] + ".json"] == row["shard"]
     status = json.loads((dask_out / "status" / "synth_000.json").read_text())
-    assert status["status"] == "done" and status["chunks"] > 1  # split into regions
-    assert status["tile_decodes"] <= status["patches"]  # 128-px patches in 256-px tiles
+    assert status["status"] == "done" and status["stage"] == "extract"
+    result = status["result"]
+    assert result["chunks"] > 1  # split into regions
+    assert result["tile_decodes"] <= result["patches"]  # 128-px patches in 256-px tiles
 
 
 def test_rerun_skips_and_changed_options_redo(cohort, tmp_path):
@@ -106,25 +108,6 @@ def test_random_sampler_with_physical_size(cohort, tmp_path):
     assert sum(o.counts["tumour"] for o in outcomes) >= 20
 
 
-def test_clearing_a_slide_spares_slides_with_similar_ids(tmp_path):
-    from exaslide.patches.job import clear_slide_outputs
-
-    names = {"shards": ["a-0000-00000.tar", ".a-0000-00001.1f2e3d4c.tmp.tar",
-                        "a-1-0000-00000.tar", "a.b-0000-00000.tar"],
-             "index": ["a.parquet", ".a.0badf00d.tmp.parquet", "a-1.parquet",
-                       ".a.b.0badf00d.tmp.parquet"],
-             "status": ["a.json", ".a.12345678.tmp.json", ".a-1.12345678.tmp.json"]}
-    for folder, files in names.items():
-        (tmp_path / folder).mkdir()
-        for name in files:
-            (tmp_path / folder / name).write_text("x")
-    clear_slide_outputs(tmp_path, "a")
-    left = {f: sorted(p.name for p in (tmp_path / f).iterdir()) for f in names}
-    assert left == {"shards": ["a-1-0000-00000.tar", "a.b-0000-00000.tar"],
-                    "index": [".a.b.0badf00d.tmp.parquet", "a-1.parquet"],
-                    "status": [".a-1.12345678.tmp.json", "a.json"]}
-
-
 def test_exact_tile_decodes_blank_slide_and_key_encoding(tmp_path):
     from exaslide.patches.job import patch_keys
     from exaslide.synth import write_synthetic_slide
@@ -142,6 +125,7 @@ def test_exact_tile_decodes_blank_slide_and_key_encoding(tmp_path):
     [outcome] = run_extraction(read_manifest(tmp_path / "m.csv"), tmp_path / "out", OPTIONS,
                                scheduler="inline")
     assert outcome.status == "done" and outcome.patches == 0
+    assert "0 patches" in outcome.warnings[0]
     assert open_index(tmp_path / "out").count_rows() == 0
     a, b = patch_keys("a.b", [0], [0])[0], patch_keys("a_b", [0], [0])[0]
     assert a == "a%2Eb_x0_y0" and b == "a_b_x0_y0" and "." not in a
@@ -155,8 +139,8 @@ def test_one_decode_per_tile_per_chunk(cohort, tmp_path):
     table = pq.read_table(tmp_path / "index" / "synth_000.parquet")
     tiles = {(x // 256, y // 256) for x, y in zip(table["x"].to_pylist(),
                                                   table["y"].to_pylist(), strict=True)}
-    assert done.status == "done" and status["chunks"] == 1
-    assert status["tile_decodes"] == len(tiles)
+    assert done.status == "done" and status["result"]["chunks"] == 1
+    assert status["result"]["tile_decodes"] == len(tiles)
 
 
 def test_failing_chunk_leaves_no_shards(cohort, tmp_path):
@@ -183,8 +167,8 @@ def test_failing_chunk_leaves_no_shards(cohort, tmp_path):
                              region_size=512)
     [outcome] = run_extraction(read_manifest(manifest), tmp_path / "out", options, workers=2)
     assert outcome.status == "failed"
-    assert not list((tmp_path / "out" / "shards").iterdir())
-    assert not list((tmp_path / "out" / "index").iterdir())
+    files = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*"))
+    assert files == [".exaslide.lock", "extract_status.json", "status", "status/bad.json"]
 
 
 def test_invalid_options_are_refused(cohort, tmp_path):
@@ -203,7 +187,7 @@ def test_local_cluster_workers_keep_freed_tiles_in_the_heap():
 
     from distributed import Client
 
-    from exaslide.patches.run import WORKER_MALLOC_TRIM_THRESHOLD, local_cluster
+    from exaslide.jobs.executors import WORKER_MALLOC_TRIM_THRESHOLD, local_cluster
 
     with local_cluster(1) as cluster, Client(cluster) as client:
         values = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import click
 
-from exaslide.cli.options import backend_option
+from exaslide.cli.options import (
+    JobProgress,
+    backend_option,
+    executor_choice,
+    overwrite_option,
+    report_outcomes,
+    scheduler_option,
+    workers_option,
+)
 
 
 @click.command("extract")
@@ -40,15 +48,12 @@ from exaslide.cli.options import backend_option
               help="Samples per shard.")
 @click.option("--keep-blank", is_flag=True,
               help="Keep blank (white, black, flat) patches when materialising.")
-@click.option("--workers", type=int, default=None,
-              help="Dask LocalCluster worker processes [one per core].")
-@click.option("--scheduler", default=None,
-              help="Address of an existing Dask scheduler (e.g. tcp://host:8786), or "
-                   "'inline' to run in this process.")
+@workers_option("one per core")
+@scheduler_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option("--label-map", type=click.Path(dir_okay=False),
               help="CSV (group,label) or JSON mapping extra group names.")
-@click.option("--overwrite", is_flag=True, help="Redo slides already finished.")
+@overwrite_option
 @backend_option
 def command(manifest, out_dir, sampler, patch_size, level, mpp, stride, per_class, min_tissue,
             label_rule, tumour_threshold, materialize, quality, shard_size, keep_blank,
@@ -68,10 +73,7 @@ def command(manifest, out_dir, sampler, patch_size, level, mpp, stride, per_clas
 
     if level is not None and mpp is not None:
         raise click.UsageError("give --level or --mpp, not both")
-    if workers is not None and scheduler is not None:
-        raise click.UsageError("give --workers or --scheduler, not both")
-    if workers is not None and workers < 1:
-        raise click.BadParameter("must be at least 1", param_hint="--workers")
+    workers, scheduler = executor_choice(workers, scheduler, None)
     spec = PatchSpec(size=patch_size, level=level if mpp is None else None, mpp=mpp)
     if mpp is None and level is None:
         spec = PatchSpec(size=patch_size, level=0)
@@ -89,53 +91,20 @@ def command(manifest, out_dir, sampler, patch_size, level, mpp, stride, per_clas
         raise click.UsageError(str(exc)) from exc
     entries = read_manifest(manifest)
     started = time.perf_counter()
-    with _Progress(len(entries)) as progress:
+    with JobProgress(len(entries), "patches") as progress:
         outcomes = run_extraction(entries, out_dir, options, workers=workers,
                                   scheduler=scheduler, overwrite=overwrite,
                                   on_event=progress.event)
     _summary(outcomes, out_dir, time.perf_counter() - started)
 
 
-class _Progress:
-    """One tqdm bar over patches (total grows as slides are planned), slides as postfix."""
-
-    def __init__(self, slides: int):
-        from exaslide.cli.options import progress_bar
-
-        self.bar = progress_bar(0, "patches")
-        self.slides, self.finished = slides, 0
-
-    def event(self, kind: str, value) -> None:
-        if kind == "patches":
-            self.bar.total += value
-            self.bar.refresh()
-        elif kind == "progress":
-            self.bar.update(value)
-        elif kind == "slide":
-            self.finished += 1
-            self.bar.set_postfix_str(f"slides {self.finished}/{self.slides}")
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.bar.close()
-
-
 def _summary(outcomes, out_dir: str, seconds: float) -> None:
     done = [o for o in outcomes if o.status == "done"]
-    failed = [o for o in outcomes if o.status == "failed"]
-    skipped = len(outcomes) - len(done) - len(failed)
     patches = sum(o.patches for o in done)
     tumour = sum(o.counts.get("tumour", 0) for o in done)
     blank = sum(o.blank for o in done)
-    for o in failed:
-        click.echo(f"exaslide: error: {o.slide_id}: {o.error}", err=True)
-    click.echo(f"{len(outcomes)} slides: {len(done)} done, {skipped} already done, "
-               f"{len(failed)} failed")
-    click.echo(f"{patches} patches ({tumour} tumour, {patches - tumour} normal), "
-               f"{blank} blank rejected, {seconds:.1f} s ({patches / max(seconds, 1e-9):.0f} "
-               f"patches/s)")
+    detail = (f"{patches} patches ({tumour} tumour, {patches - tumour} normal), {blank} "
+              f"blank rejected, {seconds:.1f} s ({patches / max(seconds, 1e-9):.0f} "
+              "patches/s)")
     click.echo(f"index: {Path(out_dir) / 'index'}")
-    if failed:
-        raise SystemExit(1)
+    report_outcomes(outcomes, str(Path(out_dir) / "status"), detail)

@@ -7,10 +7,10 @@ with one single-threaded worker process per core by default, or any scheduler ad
 process (no Dask), which is what tests of the logic and notebooks on tiny data want.
 
 Outputs in ``out/``: ``index/<slide_id>.parquet``, ``shards/<slide_id>-CCCC-NNNNN.tar``
-(when materialised) and ``status/<slide_id>.json``. The status file is written last and
-atomically: it marks a finished slide. A rerun skips finished slides (same options, same
-inputs, outputs present) and redoes the others from scratch after deleting their partial
-outputs; since sampling is seeded and shards are deterministic, a killed and restarted run
+(when materialised) and ``status/<slide_id>.json``, through the job engine
+(:mod:`exaslide.jobs`): chunks write their shards into the slide's partial folder, and
+the index, the shards and last the status are moved into place when every chunk is done.
+Since sampling is seeded and shards are deterministic, a killed and restarted run
 produces exactly the files of an uninterrupted one.
 """
 
@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import numpy as np
 
-from exaslide.atomic import write_text
 from exaslide.masks.tissue import TissueParams
 from exaslide.patches.spec import PatchError, PatchSpec, SamplingOptions
 
@@ -181,55 +178,6 @@ def _json_value(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-SHARD_NAME = re.compile(r"\.?(?P<slide>.+)-\d{4}-\d{5}(\.[0-9a-f]+\.tmp)?\.tar")
-TEMPORARY = re.compile(r"\.(?P<slide>.+)\.[0-9a-f]+\.tmp\.(parquet|json)")
-
-
-def clear_slide_outputs(out: Path, slide_ids) -> None:
-    """Delete the index and shards of the given slides, and the temporaries a killed run
-    left (of their index, shards and status), before they are (re)done. Each folder is
-    listed once, whatever the number of slides."""
-    wanted = {slide_ids} if isinstance(slide_ids, str) else set(slide_ids)
-    for slide_id in wanted:
-        (out / "index" / f"{slide_id}.parquet").unlink(missing_ok=True)
-    for folder, pattern in (("shards", SHARD_NAME), ("index", TEMPORARY),
-                            ("status", TEMPORARY)):
-        if not (out / folder).is_dir():
-            continue
-        for path in (out / folder).iterdir():
-            match = pattern.fullmatch(path.name)
-            if match and match["slide"] in wanted:
-                path.unlink(missing_ok=True)
-
-
-def status_path(out: Path, slide_id: str) -> Path:
-    """Where a slide's status file lives."""
-    return out / "status" / f"{slide_id}.json"
-
-
-def write_status(out: Path, slide_id: str, status: dict[str, Any]) -> None:
-    """Write a slide's status atomically."""
-    write_text(status_path(out, slide_id), json.dumps(status, indent=2) + "\n")
-
-
 def manifest_fields(entry) -> dict[str, Any]:
     """The manifest values copied into the index (a change means redoing the slide)."""
     return {"split": entry.split, "centre": entry.extra.get("centre")}
-
-
-def is_finished(out: Path, entry, options: ExtractOptions) -> bool:
-    """True when the slide's status says done with these options, inputs and manifest
-    fields, and its index and shards exist."""
-    from exaslide.masks.run import input_fingerprint
-
-    try:
-        status = json.loads(status_path(out, entry.slide_id).read_text())
-        inputs = input_fingerprint(entry.path, entry.annotation)
-    except (OSError, ValueError):
-        return False
-    return (status.get("status") == "done" and status.get("options") == options.to_dict()
-            and status.get("inputs") == inputs
-            and status.get("manifest") == manifest_fields(entry)
-            and (out / "index" / f"{entry.slide_id}.parquet").exists()
-            and all((out / "shards" / s).exists() for s in status.get("shards", [])))
-

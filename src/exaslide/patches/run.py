@@ -1,34 +1,35 @@
-"""The cohort driver of ``exaslide extract``: schedules :mod:`exaslide.patches.job` tasks."""
+"""``exaslide extract`` as a stage of the job engine: sample a slide (one task), extract
+its chunks of region blocks (one task each, in parallel), then index it (in the driver).
+
+Everything per-slide that is not extraction (resume, status files, atomic outputs, the
+output lock, clean-up, failures, executors) is :mod:`exaslide.jobs`'.
+"""
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
-import os
-import time
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from exaslide.errors import ExaslideError
-from exaslide.patches.index import make_table, write_slide_index
+from exaslide.jobs.executors import WORKER_MALLOC_TRIM_THRESHOLD, local_cluster
+from exaslide.patches.index import make_table
 from exaslide.patches.job import (
     ExtractOptions,
     SlidePlan,
-    clear_slide_outputs,
     extract_chunk,
-    is_finished,
     manifest_fields,
     patch_keys,
     plan_slide,
-    write_status,
 )
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["WORKER_MALLOC_TRIM_THRESHOLD", "SlideOutcome", "extract_stage", "local_cluster",
+           "run_extraction"]
 
 
 @dataclass
@@ -41,239 +42,99 @@ class SlideOutcome:
     counts: dict[str, int] = field(default_factory=dict)
     blank: int = 0
     error: str = ""
+    warnings: list[str] = field(default_factory=list)
 
 
-class InlineExecutor:
-    """Runs tasks immediately in this process (``scheduler="inline"``)."""
-
-    workers = 1
-
-    def __init__(self):
-        self._done: deque[concurrent.futures.Future] = deque()
-
-    def submit(self, fn: Callable, *args) -> concurrent.futures.Future:
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        try:
-            future.set_result(fn(*args))
-        except Exception as exc:
-            future.set_exception(exc)
-        self._done.append(future)
-        return future
-
-    def completed(self) -> Iterator:
-        while self._done:
-            yield self._done.popleft()
-
-    def close(self) -> None:
-        pass
+def _plan(entry, options: ExtractOptions) -> tuple[SlidePlan, list]:
+    plan = plan_slide(entry, options)
+    tasks = [(i, {k: v[rows] for k, v in plan.columns.items()}, plan.level)
+             for i, rows in enumerate(plan.chunks)]
+    return plan, tasks
 
 
-class DaskExecutor:
-    """Tasks on a Dask cluster: a new ``LocalCluster`` (one single-threaded worker process
-    per core, or ``workers``) or an existing scheduler at ``address``."""
-
-    def __init__(self, workers: int | None = None, address: str | None = None,
-                 quiet: bool = True):
-        from distributed import Client, as_completed
-
-        if quiet:  # Dask logs every start-up step at INFO
-            for name in list(logging.root.manager.loggerDict):
-                if name.startswith("distributed"):
-                    logging.getLogger(name).setLevel(logging.WARNING)
-        self.cluster = None
-        if address is None:
-            self.cluster = local_cluster(workers or os.cpu_count() or 1, quiet)
-            self.client = Client(self.cluster)
-        else:
-            self.client = Client(address)
-        self.workers = max(1, len(self.client.scheduler_info().get("workers", {})))
-        self._pending = as_completed()
-
-    def submit(self, fn: Callable, *args):
-        future = self.client.submit(fn, *args, pure=False)
-        self._pending.add(future)
-        return future
-
-    def completed(self) -> Iterator:
-        yield from self._pending
-
-    def close(self) -> None:
-        self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
+def _run_chunk(entry, options: ExtractOptions, task, partial: str) -> dict[str, Any]:
+    chunk_no, columns, level = task
+    return extract_chunk(entry, columns, level, chunk_no, partial, options)
 
 
-#: glibc trim threshold for worker processes. Dask sets 64 KiB by default, which returns
-#: every freed tile buffer (196 KB for a 256-px RGB tile) to the OS and page-faults it back
-#: on the next decode: extraction runs ~25% slower. 128 MiB keeps the buffers in the heap.
-WORKER_MALLOC_TRIM_THRESHOLD = str(128 << 20)
+def _chunk_size(task) -> int:
+    return len(task[1]["x"])
 
 
-def local_cluster(workers: int, quiet: bool = True):
-    """A ``LocalCluster`` of ``workers`` single-threaded worker processes, set up for
-    extraction (see :data:`WORKER_MALLOC_TRIM_THRESHOLD`). Quiet: a failing task is
-    reported once, by exaslide, not with Dask's traceback."""
-    import dask
-    from distributed import LocalCluster
+def _finish(entry, options: ExtractOptions, plan: SlidePlan, results: list, ctx) -> dict:
+    """Index the slide's kept patches and adopt its chunks' shards."""
+    from exaslide.patches.index import write_slide_index
 
-    environ = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
-    with dask.config.set({environ: WORKER_MALLOC_TRIM_THRESHOLD}):
-        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                            dashboard_address=":0",
-                            silence_logs=logging.CRITICAL if quiet else logging.WARNING)
-
-
-def make_executor(workers: int | None = None, scheduler: str | None = None):
-    """``InlineExecutor`` for ``scheduler="inline"``, else a :class:`DaskExecutor` (quiet
-    unless this module logs at INFO)."""
-    if scheduler == "inline":
-        return InlineExecutor()
-    return DaskExecutor(workers, scheduler, quiet=not logger.isEnabledFor(logging.INFO))
-
-
-@dataclass
-class _SlideState:
-    entry: Any
-    plan: SlidePlan | None = None
-    results: dict[int, dict] = field(default_factory=dict)
-    running: int = 0  #: chunk tasks submitted and not finished
-    error: BaseException | None = None
-    started: float = field(default_factory=time.perf_counter)
-
-
-def run_extraction(entries, out_dir: str | Path, options: ExtractOptions, *,
-                   workers: int | None = None, scheduler: str | None = None,
-                   overwrite: bool = False,
-                   on_event: Callable[[str, Any], None] | None = None) -> list[SlideOutcome]:
-    """Extract every manifest entry into ``out_dir``; one slide's failure does not stop the
-    others. ``on_event(kind, value)`` receives ``("patches", n)`` when a slide's plan is
-    known, ``("progress", n)`` as chunks finish and ``("slide", SlideOutcome)``.
-
-    At most two slides per worker are in flight at a time, so the driver's memory does not
-    grow with the cohort.
-    """
-    options.validate()
-    out = Path(out_dir)
-    for sub in ("index", "status") + (("shards",) if options.materialize else ()):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    emit = on_event or (lambda kind, value: None)
-    outcomes: dict[str, SlideOutcome] = {}
-    todo = []
-    for entry in entries:
-        if not overwrite and is_finished(out, entry, options):
-            outcomes[entry.slide_id] = SlideOutcome(entry.slide_id, "skipped")
-            emit("slide", outcomes[entry.slide_id])
-        else:
-            todo.append(entry)
-    if todo:
-        clear_slide_outputs(out, [e.slide_id for e in todo])
-        executor = make_executor(workers, scheduler)
-        try:
-            _drive(executor, todo, out, options, outcomes, emit)
-        finally:
-            executor.close()
-    return [outcomes[e.slide_id] for e in entries]
-
-
-def _drive(executor, todo, out: Path, options: ExtractOptions, outcomes, emit) -> None:
-    waiting = deque(todo)
-    window = 2 * executor.workers
-    states: dict[str, _SlideState] = {}
-    tags: dict = {}
-
-    def start_next() -> None:
-        while waiting and len(states) < window:
-            entry = waiting.popleft()
-            states[entry.slide_id] = _SlideState(entry)
-            tags[executor.submit(plan_slide, entry, options)] = (entry.slide_id, None)
-
-    start_next()
-    for future in executor.completed():
-        slide_id, chunk = tags.pop(future)
-        state = states[slide_id]
-        if chunk is not None:
-            state.running -= 1
-        error = future.exception()
-        if error is not None:
-            state.error = state.error or error
-        elif chunk is None:
-            _start_chunks(executor, state, future.result(), out, options, tags, emit)
-        else:
-            state.results[chunk] = future.result()
-            emit("progress", len(state.plan.chunks[chunk]))
-        if state.running:
-            continue  # wait for the slide's other chunks, even when one has failed
-        if state.error is not None:
-            _fail(state, out, options, outcomes, emit)
-        else:
-            _finish(state, out, options, outcomes, emit)
-        del states[slide_id]
-        start_next()
-
-
-def _start_chunks(executor, state: _SlideState, plan: SlidePlan, out: Path,
-                  options: ExtractOptions, tags: dict, emit) -> None:
-    state.plan = plan
-    emit("patches", len(plan.columns["x"]))
-    for i, rows in enumerate(plan.chunks):
-        columns = {k: v[rows] for k, v in plan.columns.items()}
-        future = executor.submit(extract_chunk, state.entry, columns, plan.level, i,
-                                 str(out / "shards"), options)
-        state.running += 1
-        tags[future] = (plan.slide_id, i)
-
-
-def _finish(state: _SlideState, out: Path, options: ExtractOptions, outcomes, emit) -> None:
-    plan, entry = state.plan, state.entry
     n = len(plan.columns["x"])
     keep, shard = np.ones(n, bool), np.full(n, None, dtype=object)
-    for i, rows in enumerate(plan.chunks):
-        keep[rows] = state.results[i]["keep"]
-        shard[rows] = state.results[i]["shard"]
+    for rows, result in zip(plan.chunks, results, strict=True):
+        keep[rows] = result["keep"]
+        shard[rows] = result["shard"]
     columns = {k: v[keep] for k, v in plan.columns.items()}
     spec = options.spec
     keys = patch_keys(entry.slide_id, columns["x"], columns["y"])
     extension = {"png": "png", "jpeg": "jpg"}.get(options.materialize)
     member = [f"{k}.{extension}" for k in keys] if extension else None
     table = make_table(dict(columns, key=keys, shard=shard[keep], member=member,
-                            slide_id=entry.slide_id,
-                            level=plan.level, size=spec.size, mpp=spec.mpp,
-                            footprint=plan.footprint, **manifest_fields(entry)))
-    write_slide_index(table, out / "index" / f"{entry.slide_id}.parquet")
-    counts = {c: int((columns["label"] == c).sum()) for c in ("tumour", "normal")}
-    blank = sum(r["blank"] for r in state.results.values())
+                            slide_id=entry.slide_id, level=plan.level, size=spec.size,
+                            mpp=spec.mpp, footprint=plan.footprint, **manifest_fields(entry)))
+    with ctx.output(f"index/{entry.slide_id}.parquet") as tmp:
+        write_slide_index(table, tmp)
     shards = sorted({s for s in shard[keep] if s})
-    write_status(out, entry.slide_id, _status(state, options, counts, blank, shards))
-    outcome = SlideOutcome(entry.slide_id, "done", int(keep.sum()), counts, blank)
-    outcomes[entry.slide_id] = outcome
-    logger.info("%s: %d patches (%s), %d blank rejected, %.1f s", entry.slide_id,
-                outcome.patches, counts, blank, time.perf_counter() - state.started)
-    emit("slide", outcome)
-
-
-def _status(state: _SlideState, options: ExtractOptions, counts, blank, shards) -> dict:
-    from exaslide.masks.run import input_fingerprint
-
-    plan = state.plan
-    return {"status": "done", "slide_id": plan.slide_id, "options": options.to_dict(),
-            "inputs": input_fingerprint(state.entry.path, state.entry.annotation),
-            "manifest": manifest_fields(state.entry),
-            "patches": sum(counts.values()), "counts": counts, "blank_rejected": blank,
+    for name in shards:
+        ctx.adopt(ctx.partial / name, f"shards/{name}")
+    counts = {c: int((columns["label"] == c).sum()) for c in ("tumour", "normal")}
+    return {"patches": sum(counts.values()), "counts": counts,
+            "blank_rejected": sum(r["blank"] for r in results),
             "requested": plan.requested, "found": plan.found, "level": plan.level,
             "footprint": plan.footprint, "chunks": len(plan.chunks), "shards": shards,
-            "tile_decodes": sum(r["decodes"] for r in state.results.values()),
-            "seconds": round(time.perf_counter() - state.started, 3)}
+            "tile_decodes": sum(r["decodes"] for r in results),
+            "manifest": manifest_fields(entry),
+            "warnings": _warnings(plan, int(keep.sum()), options)}
 
 
-def _fail(state: _SlideState, out: Path, options: ExtractOptions, outcomes, emit) -> None:
-    """Record a failed slide once none of its tasks is running any more, and delete
-    whatever its chunks wrote."""
-    entry, error = state.entry, state.error
-    message = str(error) if isinstance(error, ExaslideError | OSError) else \
-        f"{type(error).__name__}: {error}"
-    logger.debug("%s failed: %s", entry.slide_id, message)
-    clear_slide_outputs(out, entry.slide_id)
-    write_status(out, entry.slide_id, {"status": "failed", "slide_id": entry.slide_id,
-                                       "error": message, "options": options.to_dict()})
-    outcomes[entry.slide_id] = SlideOutcome(entry.slide_id, "failed", error=message)
-    emit("slide", outcomes[entry.slide_id])
+def _warnings(plan: SlidePlan, kept: int, options: ExtractOptions) -> list[str]:
+    """Why a slide gave no patches, when it gave none."""
+    if kept:
+        return []
+    if len(plan.columns["x"]):
+        return [f"0 patches: all {len(plan.columns['x'])} sampled patches were blank"]
+    if options.region_labels:
+        return [f"0 patches: no annotation with label(s) {', '.join(options.region_labels)} "
+                "(or none inside the tissue)"]
+    return ["0 patches: no patch position meets the tissue threshold (is the patch larger "
+            "than the slide at this level, or the slide blank?)"]
+
+
+def extract_stage(options: ExtractOptions):
+    """The ``extract`` :class:`~exaslide.jobs.Stage` with these options."""
+    from exaslide.jobs import Stage
+
+    return Stage("extract", options, plan=_plan, run_task=_run_chunk, finish=_finish,
+                 task_size=_chunk_size,
+                 extra_fingerprint=lambda entry, _: {"manifest": manifest_fields(entry)})
+
+
+def run_extraction(entries, out_dir: str | Path, options: ExtractOptions, *,
+                   workers: int | None = None, scheduler: str | None = None,
+                   overwrite: bool = False,
+                   on_event: Callable[[str, Any], None] | None = None) -> list[SlideOutcome]:
+    """Extract every manifest entry into ``out_dir`` with the job engine; one slide's
+    failure does not stop the others.
+
+    Args:
+        workers, scheduler: a Dask ``LocalCluster`` of ``workers`` processes (default: one
+            per core), an existing scheduler's address, or ``"inline"`` (this process).
+        overwrite: redo slides already finished.
+        on_event: ``("total", n)`` when a slide's patch count is known, ``("progress",
+            n)`` as chunks finish and ``("slide", Outcome)``.
+    """
+    from exaslide.jobs import run_stage
+
+    options.validate()
+    outcomes = run_stage(extract_stage(options), entries, out_dir, workers=workers,
+                         scheduler=scheduler, overwrite=overwrite, on_event=on_event)
+    return [SlideOutcome(o.slide_id, o.status, int(o.result.get("patches", 0)),
+                         dict(o.result.get("counts", {})),
+                         int(o.result.get("blank_rejected", 0)), o.error, o.warnings)
+            for o in outcomes]
