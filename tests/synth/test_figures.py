@@ -6,6 +6,7 @@ import csv
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from exaslide.synth.figures import (
@@ -47,3 +48,12 @@ def test_tissues_stains_and_magnifications_look_different():
     he = paint_figure("tumour", "he", "high", (64, 64), 0).astype(float)
     ihc = paint_figure("tumour", "ihc", "high", (64, 64), 0).astype(float)
     assert (ihc[..., 0] - ihc[..., 2]).mean() > (he[..., 0] - he[..., 2]).mean() + 10  # brown
+
+
+def test_figure_size_is_bounded_and_checked_before_writing(tmp_path):
+    from exaslide.synth.slide import SynthError
+
+    for size in ((100_000, 100_000), (8, 64), (64, 5000)):
+        with pytest.raises(SynthError, match="each side from 16 to 4096"):
+            make_figures(tmp_path / "f", 3, size=size)
+    assert not (tmp_path / "f").exists()

@@ -14,6 +14,7 @@ import pytest
 from exaslide.annotations import read_annotations
 from exaslide.manifest import read_manifest
 from exaslide.synth import SynthSpec, level_sizes, make_cohort, write_synthetic_slide
+from exaslide.synth.slide import SynthError, check_disk_space, estimated_disk_bytes
 
 
 def test_openslide_sees_levels_and_mpp(synth_slide):
@@ -64,10 +65,43 @@ def test_no_tumours_means_no_annotation_file(tmp_path):
 
 def test_invalid_specs_are_rejected(tmp_path):
     for bad in (SynthSpec(width=100), SynthSpec(tile=100), SynthSpec(tumours=-1),
-                SynthSpec(level_factor=3)):
-        with pytest.raises(ValueError):
-            write_synthetic_slide(tmp_path / "x.tif", bad)
+                SynthSpec(level_factor=3), SynthSpec(width=250_001),
+                SynthSpec(height=10_000_000), SynthSpec(tumours=1001),
+                SynthSpec(width=200_000, tile=512), SynthSpec(mpp=float("nan"))):
+        with pytest.raises(SynthError):
+            write_synthetic_slide(tmp_path / "sub" / "x.tif", bad)
     assert not list(tmp_path.iterdir())
+    SynthSpec(width=250_000, height=250_000).validate()  # the documented maximum
+
+
+def test_disk_estimate_covers_the_written_file(tmp_path):
+    for quality in (50, 90, 100):
+        spec = SynthSpec(width=2048, height=2048, quality=quality, seed=3)
+        made = write_synthetic_slide(tmp_path / f"q{quality}.tif", spec)
+        spooled = sum(w * h * 3 for w, h in level_sizes(spec)[1:3])
+        assert made.path.stat().st_size < estimated_disk_bytes(spec) - spooled
+    big = estimated_disk_bytes(SynthSpec(width=200_000, height=200_000))
+    assert 10e9 < big < 20e9
+
+
+def test_not_enough_disk_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(SynthError, match=r"needs about 2.0 GB .* 1.0 GB are free"):
+        check_disk_space(tmp_path / "a" / "b", 2_000_000_000, free=1_000_000_000)
+    check_disk_space(tmp_path / "a" / "b", 10)  # the nearest existing parent is measured
+    assert not (tmp_path / "a").exists()
+
+
+def test_cohort_sizes_stay_within_the_maximum(tmp_path):
+    from exaslide.synth.cohort import _slide_spec
+
+    rng = np.random.default_rng(0)
+    base = SynthSpec(width=250_000, height=250_000)
+    for _ in range(20):
+        spec = _slide_spec(base, rng, 0.25, True)
+        assert max(spec.width, spec.height) <= 250_000
+    with pytest.raises(SynthError, match="1 to 100000 slides"):
+        make_cohort(tmp_path / "c", 0)
+    assert not (tmp_path / "c").exists()
 
 
 def test_level_sizes():

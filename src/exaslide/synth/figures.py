@@ -16,18 +16,22 @@ holds the PNG files, ``captions.jsonl`` (``figure_id``, ``image``, ``caption``,
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 
+from exaslide.atomic import atomic_path, write_text
+from exaslide.synth.slide import SynthError
 from exaslide.synth.texture import STYLES, Style, _nuclei, _periodic_noise, make_texture
 
 TISSUES = ("tumour", "lymph_node", "adipose", "necrosis")
 STAINS = ("he", "ihc")
 MAGNIFICATIONS = ("low", "high")
 MPP = {"low": 2.0, "high": 0.5}
+MAX_FIGURE_SIDE = 4096  #: largest height or width of a synthetic figure
 COLUMNS = ("figure_id", "image", "caption", "tissue", "stain", "magnification")
 
 _LYMPH = Style((214, 160, 200), (60, 40, 120), 28.0, (2.0, 2.6), 1.15, 8.0, 0.0)
@@ -150,13 +154,22 @@ def make_figures(out_dir: str | os.PathLike, n: int, seed: int = 0,
         out_dir: the folder (created); figures go to ``images/fig_00000.png`` ...
         n: number of figures; combinations are drawn at random for each figure.
         seed: random seed.
-        size: ``(height, width)`` of each figure in pixels.
+        size: ``(height, width)`` of each figure in pixels, each side 16 to
+            :data:`MAX_FIGURE_SIDE`.
 
     Returns:
         The folder.
+
+    Raises:
+        SynthError: a figure size out of range or ``n < 1``, before anything is written.
     """
     from PIL import Image
 
+    if not all(16 <= int(side) <= MAX_FIGURE_SIDE for side in size) or len(size) != 2:
+        raise SynthError(f"figure size {tuple(size)} must be (height, width), each side from "
+                         f"16 to {MAX_FIGURE_SIDE} pixels")
+    if n < 1:
+        raise SynthError(f"make at least one figure, not {n}")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -167,15 +180,15 @@ def make_figures(out_dir: str | os.PathLike, n: int, seed: int = 0,
         mag = MAGNIFICATIONS[rng.integers(len(MAGNIFICATIONS))]
         fig_seed = int(rng.integers(2**31))
         name = f"images/fig_{i:05d}.png"
-        Image.fromarray(paint_figure(tissue, stain, mag, size, fig_seed)).save(out / name)
+        with atomic_path(out / name) as tmp:
+            Image.fromarray(paint_figure(tissue, stain, mag, size, fig_seed)).save(tmp)
         rows.append({"figure_id": f"fig_{i:05d}", "image": name,
                      "caption": make_caption(tissue, stain, mag, rng),
                      "tissue": tissue, "stain": stain, "magnification": mag})
-    with open(out / "captions.jsonl", "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row) + "\n")
-    with open(out / "captions.csv", "w", encoding="utf-8", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_text(out / "captions.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / "captions.csv", table.getvalue())
     return out

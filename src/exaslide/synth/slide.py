@@ -8,7 +8,12 @@ tumour, ``_2`` exclusion).
 Memory stays bounded whatever the size: level 0 is painted one strip of tile rows at a time
 (rasterising the ground-truth polygons in that strip), each strip is also box-averaged into
 the next level, which is spooled to a temporary raw file and then written the same way.
-Peak memory is a few strips plus the textures (~100 MB for a 100,000-pixel-wide slide).
+Peak memory is a few strips plus the textures and grows with the width only (about 4.5 KB
+per column: ~300 MB for a 50,000-pixel-wide slide, ~1.2 GB at the maximum side,
+:data:`MAX_SIDE`). Disk needs the TIFF plus two spooled levels (about 0.35 bytes per
+level-0 pixel at quality 90: ~14 GB for 200,000 x 200,000); a slide that does not fit in
+the free space of its folder is refused before anything is written
+(:func:`check_disk_space`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from exaslide.atomic import atomic_path
+from exaslide.errors import ExaslideError
 from exaslide.masks.raster import rasterize
 from exaslide.synth.shapes import Layout, make_layout
 from exaslide.synth.texture import make_texture
@@ -31,6 +37,18 @@ from exaslide.synth.texture import make_texture
 logger = logging.getLogger(__name__)
 
 TEXTURE_SIZE = 1024
+
+#: Largest width or height of a synthetic slide, in pixels. Memory grows with the width
+#: times the tile side (a strip of tile rows is painted at a time), so this bounds it
+#: (~1.2 GB with 256-pixel tiles; larger tiles allow proportionally narrower slides); it
+#: allows realistic slides (CAMELYON16's largest are about 220,000 x 100,000).
+MAX_SIDE = 250_000
+MAX_TUMOURS = 1000  #: most tumours per synthetic slide
+
+
+class SynthError(ExaslideError, ValueError):
+    """Synthetic-slide parameters that cannot be used: impossible values, a slide larger
+    than :data:`MAX_SIDE` or than the free disk space."""
 
 
 @dataclass(frozen=True)
@@ -49,17 +67,27 @@ class SynthSpec:
     exclusion_rate: float = 0.5  #: chance that a tumour holds an exclusion island
 
     def validate(self) -> None:
-        """Raise ``ValueError`` for impossible parameters."""
+        """Raise :class:`SynthError` (a ``ValueError``) for impossible parameters, and for
+        a width or height above :data:`MAX_SIDE`."""
         if self.width < 256 or self.height < 256:
-            raise ValueError(f"slide must be at least 256x256, got {self.width}x{self.height}")
-        if self.tumours < 0:
-            raise ValueError("tumours must be >= 0")
+            raise SynthError(f"slide must be at least 256x256, got {self.width}x{self.height}")
+        if max(self.width, self.height) > MAX_SIDE:
+            raise SynthError(f"a {self.width} x {self.height} slide is too large: width and "
+                             f"height can be at most {MAX_SIDE} pixels (memory grows with the "
+                             "width, disk and time with the area); choose a smaller "
+                             "--width/--height")
+        if not 0 <= self.tumours <= MAX_TUMOURS:
+            raise SynthError(f"tumours must be from 0 to {MAX_TUMOURS}, got {self.tumours}")
         if self.tile % 16 or self.tile < 16:
-            raise ValueError("tile must be a positive multiple of 16")
+            raise SynthError("tile must be a positive multiple of 16")
+        if self.tile * self.width > 256 * MAX_SIDE:
+            raise SynthError(f"tile {self.tile} with width {self.width}: a strip of tile "
+                             f"rows would hold {self.tile * self.width} pixels, at most "
+                             f"{256 * MAX_SIDE} are allowed (memory); use smaller tiles")
         if self.level_factor < 2 or self.tile % self.level_factor:
-            raise ValueError("level_factor must be >= 2 and divide the tile size")
-        if not 1 <= self.quality <= 100 or self.mpp <= 0:
-            raise ValueError("quality must be 1-100 and mpp positive")
+            raise SynthError("level_factor must be >= 2 and divide the tile size")
+        if not 1 <= self.quality <= 100 or not self.mpp > 0:
+            raise SynthError("quality must be 1-100 and mpp positive")
 
 
 @dataclass
@@ -82,6 +110,38 @@ def level_sizes(spec: SynthSpec) -> list[tuple[int, int]]:
         w, h = sizes[-1]
         sizes.append((w // spec.level_factor, h // spec.level_factor))
     return sizes
+
+
+def _jpeg_bytes_per_pixel(quality: int) -> float:
+    """A generous JPEG size per pixel of these textures (measured: 0.04 at quality 50,
+    0.12 at 90, 0.21 at 95, 0.63 at 100)."""
+    return 0.08 if quality <= 75 else 0.16 if quality <= 90 else 0.28 if quality <= 95 \
+        else 0.8
+
+
+def estimated_disk_bytes(spec: SynthSpec) -> int:
+    """Disk a slide needs while it is written: the TIFF (every level) and the two raw
+    levels spooled at the same time."""
+    sizes = level_sizes(spec)
+    pixels = sum(w * h for w, h in sizes)
+    spooled = sum(w * h * 3 for w, h in sizes[1:3])
+    return int(pixels * _jpeg_bytes_per_pixel(spec.quality)) + spooled
+
+
+def check_disk_space(folder: str | os.PathLike, needed: int,
+                     free: int | None = None) -> None:
+    """Raise :class:`SynthError` when ``needed`` bytes exceed the free space of
+    ``folder`` (or of its nearest existing parent; ``free`` overrides the measure)."""
+    import shutil
+
+    where = Path(folder).absolute()
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free if free is None else free
+    if needed > free:
+        raise SynthError(f"{folder}: writing needs about {needed / 1e9:.1f} GB of disk (the "
+                         f"TIFF and its spooled levels) but {free / 1e9:.1f} GB are free; "
+                         "choose a smaller --width/--height or another folder")
 
 
 class _Painter:
@@ -175,10 +235,15 @@ def write_synthetic_slide(path: str | os.PathLike, spec: SynthSpec | None = None
 
     Returns:
         The paths, the spec and the ground-truth layout.
+
+    Raises:
+        SynthError: invalid parameters, a side above :data:`MAX_SIDE`, or less free disk
+            than :func:`estimated_disk_bytes` (checked before anything is written).
     """
     spec = spec or SynthSpec()
     spec.validate()
     path = Path(path)
+    check_disk_space(path.parent, estimated_disk_bytes(spec))
     path.parent.mkdir(parents=True, exist_ok=True)
     layout = make_layout(spec.width, spec.height, spec.tumours,
                          np.random.default_rng(spec.seed), spec.exclusion_rate)
