@@ -17,10 +17,12 @@ import click
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 def command(index_dir, out_file, by, per_group, split, seed) -> None:
     """Draw the same number of patches from every group of INDEX_DIR (an extraction's
-    output folder or its index/) and write them to --out."""
+    output folder or its index/) and write them to --out (which must not be inside the
+    index folder)."""
     import pyarrow.dataset as ds
 
     from exaslide.patches import balanced_sample, open_index, schema
+    from exaslide.patches.balance import check_output
     from exaslide.patches.index import write_slide_index
 
     columns = [c.strip() for c in by.split(",") if c.strip()]
@@ -30,6 +32,7 @@ def command(index_dir, out_file, by, per_group, split, seed) -> None:
                                  f"{', '.join(schema().names)}", param_hint="--by")
     if per_group is not None and per_group < 1:
         raise click.BadParameter("must be at least 1", param_hint="--per-group")
+    check_output(index_dir, out_file)
     dataset = open_index(index_dir)
     table = balanced_sample(dataset, tuple(columns), per_group, seed,
                             filter=ds.field("split") == split if split else None)

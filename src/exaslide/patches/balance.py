@@ -7,11 +7,42 @@ centre). Groups with fewer patches give all they have; ``per_group=None`` takes 
 the smallest group (exact balance). Only the ``by`` columns are read to choose rows; the
 chosen rows are then taken from the files, so a 33 M-row index is never loaded whole; the
 grouping is one sort of integer codes.
+
+:func:`check_output` refuses an output that would overwrite one of the index's files or
+land inside its folder (where the next :func:`~exaslide.patches.open_index` would read it
+as one more slide).
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
+
+from exaslide.patches.spec import PatchError
+
+
+def check_output(index_dir: str | os.PathLike, out_file: str | os.PathLike) -> Path:
+    """Return ``out_file`` when writing it leaves the index of ``index_dir`` (an
+    extraction's folder or its ``index/``, as :func:`~exaslide.patches.open_index` reads
+    it) untouched.
+
+    Raises:
+        PatchError: ``out_file`` is one of the index files (also through a link) or lies
+            inside the index folder.
+    """
+    directory = Path(index_dir)
+    folder = directory / "index" if (directory / "index").is_dir() else directory
+    folder, target = folder.resolve(), Path(out_file).resolve()
+    inside = target.is_relative_to(folder)
+    if not inside and target.exists():
+        inside = any(os.path.samefile(target, f) for f in folder.glob("*.parquet"))
+    if inside:
+        raise PatchError(f"--out {out_file}: inside the input index {folder}; writing there "
+                         "would overwrite or add to the index being read. Write it elsewhere, "
+                         f"e.g. {folder.parent / 'balanced.parquet'}")
+    return Path(out_file)
 
 
 def balanced_sample(dataset, by: tuple[str, ...] = ("label",), per_group: int | None = None,
