@@ -66,14 +66,10 @@ def command(model, slides, out_dir, stride, batch_size, device, workers, min_tis
 
 
 def _summary(outcomes, out_dir: str, seconds: float, prefix: str) -> None:
-    done = [o for o in outcomes if o.status == "done"]
-    failed = [o for o in outcomes if o.status == "failed"]
-    skipped = len(outcomes) - len(done) - len(failed)
-    cells = sum(o.cells for o in done)
-    for o in failed:
-        click.echo(f"exaslide: error: {o.slide_id}: {o.error}", err=True)
-    click.echo(f"{prefix}{len(outcomes)} slides: {len(done)} done, {skipped} already done, "
-               f"{len(failed)} failed; {cells} cells in {seconds:.1f} s "
-               f"({cells / max(seconds, 1e-9):.0f} cells/s); heatmaps in {Path(out_dir)}")
-    if failed:
-        raise SystemExit(1)
+    from exaslide.cli.options import report_outcomes
+
+    cells = sum(o.cells for o in outcomes if o.status == "done")
+    status = "infer_status.json" if not prefix else "infer_status.rank*.json"
+    report_outcomes(outcomes, str(Path(out_dir) / status),
+                    f"{cells} cells in {seconds:.1f} s ({cells / max(seconds, 1e-9):.0f} "
+                    f"cells/s); heatmaps in {Path(out_dir)}", prefix)

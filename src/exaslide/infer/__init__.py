@@ -17,7 +17,6 @@ from exaslide.infer.cohort import (
     default_workers,
     heatmap_fingerprint,
     infer_cohort,
-    is_done,
 )
 from exaslide.infer.grid import CellGrid, plan_grid
 from exaslide.infer.outputs import output_paths
@@ -30,7 +29,6 @@ __all__ = [
     "heatmap_fingerprint",
     "infer_cohort",
     "infer_slide",
-    "is_done",
     "model_inputs",
     "output_paths",
     "plan_grid",

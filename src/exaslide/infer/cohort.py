@@ -3,15 +3,15 @@ ranks (rank ``r`` of ``n`` does slides ``r, r+n, r+2n, ...``)."""
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exaslide.errors import ExaslideError, InferenceError
+from exaslide.errors import InferenceError
 from exaslide.patches.spec import PatchSpec
 
 logger = logging.getLogger(__name__)
@@ -26,6 +26,7 @@ class SlideOutcome:
     error: str = ""
     cells: int = 0  #: cells computed
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
 
 def _entries(slides) -> list[tuple[str, Any]]:
@@ -86,23 +87,6 @@ def heatmap_fingerprint(model: Mapping[str, Any], slide_path, *, class_name: str
             "tissue": TissueParams().to_dict()}
 
 
-def is_done(out_dir: str | os.PathLike, slide_id: str,
-            fingerprint: Mapping[str, Any]) -> bool:
-    """True when all of ``slide_id``'s outputs exist and its heatmap JSON records the same
-    :func:`heatmap_fingerprint` (same model file, slide, class, settings)."""
-    from exaslide.infer.outputs import output_paths
-
-    paths = output_paths(out_dir, slide_id)
-    try:
-        if not all(p.is_file() for p in paths.values()):
-            return False
-        meta = json.loads(paths["json"].read_text(encoding="utf-8"))
-        expected = json.loads(json.dumps(fingerprint))
-    except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and meta.get("fingerprint") == expected
-
-
 #: Reading threads beyond this do not help (measured on an H200 with 16 cores: 1, 2, 4, 8
 #: threads read 6.1k, 8.1k, 8.8k, 8.4k patches/s; the Python work of assembling patches
 #: holds the GIL).
@@ -117,6 +101,57 @@ def default_workers(device: str, world_size: int = 1) -> int:
     return max(1, min(MAX_READ_THREADS, (os.cpu_count() or 1) // max(1, world_size)))
 
 
+@dataclass(frozen=True)
+class InferOptions:
+    """Everything that decides a heatmap (stored in each slide's status; a change redoes
+    the slide). How the work runs (device, batch size, threads) is not here."""
+
+    class_name: str = "tumour"
+    min_tissue: float = 0.1
+    stride: int | None = None
+    backend: str | None = None
+
+
+@dataclass(frozen=True)
+class _Runner:
+    """The loaded model and how to run it (not part of the fingerprint)."""
+
+    model: Any
+    meta: dict
+    model_print: dict
+    spec: PatchSpec
+    device: Any
+    batch_size: int
+    workers: int
+    amp: bool
+    progress: bool
+
+
+def _process(runner: _Runner, entry, options: InferOptions, ctx) -> dict[str, Any]:
+    """The ``infer`` stage: one slide's heatmap files, written into the partial folder
+    and adopted under their final names."""
+    from exaslide.infer.outputs import output_paths
+    from exaslide.infer.slide import run_slide
+
+    fingerprint = heatmap_fingerprint(runner.model_print, entry.path,
+                                      class_name=options.class_name,
+                                      min_tissue=options.min_tissue, stride=options.stride,
+                                      spec=runner.spec)
+    _, info = run_slide(runner.model, runner.meta, entry.path, ctx.partial,
+                        slide_id=entry.slide_id, stride=options.stride,
+                        batch_size=runner.batch_size, device=runner.device,
+                        workers=runner.workers, amp=runner.amp,
+                        min_tissue=options.min_tissue, class_name=options.class_name,
+                        backend=options.backend, progress=runner.progress,
+                        fingerprint=fingerprint)
+    for path in output_paths(ctx.partial, entry.slide_id).values():
+        ctx.adopt(path, path.name)
+    warnings = [] if info["computed_cells"] else \
+        ["0 cells computed: no patch position meets --min-tissue"]
+    return {"cells": info["computed_cells"], "seconds": info["seconds"],
+            "warnings": warnings}
+
+
 def infer_cohort(model_path: str | os.PathLike, slides: str | os.PathLike | Iterable,
                  out_dir: str | os.PathLike, *, stride: int | None = None,
                  batch_size: int = 64, device: str = "cpu", workers: int | None = None,
@@ -126,20 +161,20 @@ def infer_cohort(model_path: str | os.PathLike, slides: str | os.PathLike | Iter
                  progress: bool = True,
                  on_result: Callable[[SlideOutcome], None] | None = None
                  ) -> list[SlideOutcome]:
-    """Heatmaps of many slides with one model file (see :func:`infer_slide`).
+    """Heatmaps of many slides with one model file (see :func:`infer_slide`), on the job
+    engine (:func:`exaslide.jobs.run_stage`, stage ``infer``).
 
     Args:
         model_path: a file written by :func:`exaslide.models.save_model`.
         slides: a manifest CSV, one slide path, or an iterable of slide paths or manifest
             entries (slide ids: the manifest's, or file names without extension).
-        out_dir: output folder; ``infer_status.json`` (``infer_status.rank<r>.json``
-            under torchrun) records each slide's outcome.
+        out_dir: output folder; ``status/<slide_id>.json`` and ``infer_status.json``
+            (``infer_status.rank<r>.json`` under torchrun) record each slide's outcome.
         workers: patch-reading threads per slide (default: :func:`default_workers`).
-        overwrite: redo slides already done (outputs present, made with the same model
-            file, slide and settings: see :func:`heatmap_fingerprint`).
+        overwrite: redo slides already done (same model file, slide and settings).
         rank, world_size: this process's share of the slides (default: from
             ``torch.distributed`` or the ``RANK`` / ``WORLD_SIZE`` variables torchrun sets).
-        on_result: called after every slide.
+        on_result: called with each slide's :class:`SlideOutcome`.
         stride, batch_size, device, amp, min_tissue, class_name, backend, progress: as for
             :func:`infer_slide`.
 
@@ -151,46 +186,38 @@ def infer_cohort(model_path: str | os.PathLike, slides: str | os.PathLike | Iter
         ModelError: the model file cannot be loaded. ManifestError: a bad manifest.
         InferenceError: bad meta, class or device.
     """
-    from exaslide.atomic import write_text
-    from exaslide.data.sampler import distributed_context
-    from exaslide.infer.slide import model_inputs, resolve_device, run_slide
+    from exaslide.infer.slide import model_inputs, resolve_device
+    from exaslide.jobs import SlideEntry, Stage, run_stage
     from exaslide.models import load_model
 
-    rank, world_size = distributed_context(rank, world_size)
-    entries = _entries(slides)[rank::world_size]
+    entries = [SlideEntry(slide_id, path) for slide_id, path in _entries(slides)]
     model_file = Path(model_path)
     # before loading: a file replaced meanwhile then does not match its heatmaps
     model_print = file_fingerprint(model_file) if model_file.is_file() else {}
     model, meta = load_model(model_file)
     spec = model_inputs(meta, class_name).spec  # bad meta or class: fail once, not per slide
     dev = resolve_device(device)
-    workers = default_workers(device, world_size) if workers is None else workers
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    status = out / ("infer_status.json" if world_size == 1 else
-                    f"infer_status.rank{rank}.json")
-    outcomes: list[SlideOutcome] = []
-    for slide_id, path in entries:
-        try:
-            fingerprint = heatmap_fingerprint(model_print, path, class_name=class_name,
-                                              min_tissue=min_tissue, stride=stride, spec=spec)
-            if not overwrite and is_done(out, slide_id, fingerprint):
-                outcome = SlideOutcome(slide_id, "skipped")
-            else:
-                _, info = run_slide(model, meta, path, out, slide_id=slide_id, stride=stride,
-                                    batch_size=batch_size, device=dev, workers=workers,
-                                    amp=amp, min_tissue=min_tissue, class_name=class_name,
-                                    backend=backend, progress=progress,
-                                    fingerprint=fingerprint)
-                outcome = SlideOutcome(slide_id, "done", cells=info["computed_cells"],
-                                       seconds=info["seconds"])
-        except Exception as exc:  # one slide's failure must not stop the cohort
-            logger.debug("%s failed", slide_id, exc_info=True)
-            message = str(exc) if isinstance(exc, ExaslideError | OSError) else \
-                f"{type(exc).__name__}: {exc}"
-            outcome = SlideOutcome(slide_id, "failed", message)
-        outcomes.append(outcome)
-        write_text(status, json.dumps([asdict(o) for o in outcomes], indent=2) + "\n")
-        if on_result is not None:
-            on_result(outcome)
-    return outcomes
+    from exaslide.runtime import distributed_context
+
+    _, world = distributed_context(rank, world_size)
+    runner = _Runner(model, meta, model_print, spec, dev, batch_size,
+                     default_workers(str(dev), world) if workers is None else workers, amp,
+                     progress)
+    options = InferOptions(class_name, float(min_tissue), stride, backend)
+    stage = Stage("infer", options, process=functools.partial(_process, runner),
+                  inputs=lambda entry: [entry.path],
+                  extra_fingerprint=lambda _e, _o: {"model": model_print, "patch": {
+                      "size": spec.size, "level": spec.level, "mpp": spec.mpp}})
+
+    def on_event(kind: str, value) -> None:
+        if kind == "slide" and on_result is not None:
+            on_result(_outcome(value))
+
+    outcomes = run_stage(stage, entries, out_dir, scheduler="inline", overwrite=overwrite,
+                         rank=rank, world_size=world_size, on_event=on_event)
+    return [_outcome(o) for o in outcomes]
+
+
+def _outcome(o) -> SlideOutcome:
+    return SlideOutcome(o.slide_id, o.status, o.error, int(o.result.get("cells", 0)),
+                        float(o.result.get("seconds", 0.0)), o.warnings)

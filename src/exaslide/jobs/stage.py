@@ -80,6 +80,16 @@ class Stage:
         return self.process is None
 
 
+@dataclass(frozen=True)
+class SlideEntry:
+    """A slide to process when there is no manifest entry (the engine needs only these
+    three fields; :class:`~exaslide.manifest.ManifestEntry` has them too)."""
+
+    slide_id: str
+    path: Any
+    annotation: Any = None
+
+
 def safe_relative(name: str) -> PurePosixPath:
     """``name`` as a relative path that stays inside the output folder.
 
@@ -129,7 +139,7 @@ class SlideContext:
         """Declare a file already written under :attr:`partial` as the output ``name``."""
         relative = str(safe_relative(name))
         path = Path(path)
-        if path.resolve().parent != self.partial.resolve():
+        if not path.resolve().is_relative_to(self.partial.resolve()):
             raise JobError(f"{path}: outputs must be written in {self.partial}")
         self.outputs[relative] = path
 

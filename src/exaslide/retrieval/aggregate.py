@@ -135,7 +135,8 @@ def slide_embeddings(store_folder: str | os.PathLike, out_dir: str | os.PathLike
         RetrievalError: not a patch store, an unknown method, or ``out_dir`` holds slide
             embeddings of another model or method.
     """
-    from exaslide.retrieval.store import part_done, write_info, write_part
+    from exaslide.jobs import SlideEntry, Stage, run_stage
+    from exaslide.retrieval.store import write_info
 
     if method not in METHODS:
         raise RetrievalError(f"method must be one of {METHODS}, got {method!r}")
@@ -163,23 +164,45 @@ def slide_embeddings(store_folder: str | os.PathLike, out_dir: str | os.PathLike
                                                   "mean", "std")},
                      "kind": "slides", **settings, "source": str(source)})
     parts = sorted(p.stem for p in (source / "parts").glob("[!.]*.parquet"))
-    for part in parts:
-        try:
-            if part_done(out, part):
-                outcome = SlideOutcome(part, "skipped")
-            else:
-                table, vectors = _read_part(source, part)
-                if table.num_rows == 0:
-                    raise RetrievalError(f"{part}: no patches")
-                rows, out_vectors = _slide_rows(table, vectors, method, mosaic_size, seed)
-                write_part(out, part, rows, out_vectors)
-                outcome = SlideOutcome(part, "done", rows=rows.num_rows)
-        except Exception as exc:  # one slide's failure must not stop the others
-            logger.debug("%s failed", part, exc_info=True)
-            outcome = SlideOutcome(part, "failed", f"{type(exc).__name__}: {exc}")
-        if on_result is not None:
-            on_result(outcome)
+    options = AggregateOptions(method, settings["mosaic_size"], settings["seed"],
+                               str(source.resolve()))
+    stage = Stage("embed-slides", options, process=_process,
+                  inputs=lambda entry: [entry.path, entry.annotation])
+
+    def on_event(kind: str, value) -> None:
+        if kind == "slide" and on_result is not None:
+            on_result(SlideOutcome(value.slide_id, value.status, value.error,
+                                   int(value.result.get("rows", 0))))
+
+    entries = [SlideEntry(part, source / "parts" / f"{part}.parquet",
+                          source / "parts" / f"{part}.npy") for part in parts]
+    run_stage(stage, entries, out, scheduler="inline", on_event=on_event)
     return out
+
+
+@dataclass(frozen=True)
+class AggregateOptions:
+    """What decides a slide's embedding rows (stored in its status)."""
+
+    method: str
+    mosaic_size: int | None
+    seed: int | None
+    source: str
+
+
+def _process(entry, options: AggregateOptions, ctx) -> dict:
+    """The ``embed-slides`` stage: one slide's rows from its patch-store part."""
+    from exaslide.retrieval.embed import adopt_parts
+    from exaslide.retrieval.store import write_part
+
+    table, vectors = _read_part(Path(options.source), entry.slide_id)
+    if table.num_rows == 0:
+        raise RetrievalError(f"{entry.slide_id}: no patches")
+    rows, out_vectors = _slide_rows(table, vectors, options.method,
+                                    options.mosaic_size or 16, options.seed or 0)
+    write_part(ctx.partial, entry.slide_id, rows, out_vectors)
+    adopt_parts(ctx)
+    return {"rows": rows.num_rows}
 
 
 def mosaic_distance(a: np.ndarray, b: np.ndarray) -> float:

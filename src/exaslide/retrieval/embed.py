@@ -11,19 +11,19 @@ stored as they come out of the model (float16, not L2-normalised: the index does
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from exaslide.errors import ExaslideError, RetrievalError
+from exaslide.errors import RetrievalError
 
 logger = logging.getLogger(__name__)
 
@@ -195,18 +195,15 @@ def embed_patches(model, source, out_dir, *, filter=None, batch_size: int = 256,
         the store holds other embeddings, or the model's patch resolution is not the
         index's. DatasetError: slides without a known path.
     """
-    from exaslide.atomic import write_text
     from exaslide.augment import IMAGENET_MEAN, IMAGENET_STD
-    from exaslide.data import distributed_context
     from exaslide.infer.slide import resolve_device
+    from exaslide.jobs import SlideEntry, Stage, run_stage
     from exaslide.models import embedding_dim
-    from exaslide.retrieval.store import part_done, write_info, write_part
+    from exaslide.retrieval.store import write_info
 
-    rank, world_size = distributed_context(rank, world_size)
     table, slide_ids, paths = _index(source, filter)
     module, name, model_path, meta = resolve_model(model, pretrained)
     patch = _patch_spec(meta, table, size)
-    read_size = patch["size"]
     mean = list(meta.get("mean") or IMAGENET_MEAN)
     std = list(meta.get("std") or IMAGENET_STD)
     dev = resolve_device(device)
@@ -221,35 +218,83 @@ def embed_patches(model, source, out_dir, *, filter=None, batch_size: int = 256,
         raise RetrievalError(f"{out}: already holds embeddings made with random weights of "
                              f"{name}; new random weights would not be comparable: embed "
                              "into a new folder, or use a model file or --pretrained")
-    write_info(out, {"kind": "patches", "dim": embedding_dim(module), "model": name,
-                     "model_path": model_path, "weights": weights, "patch": patch,
-                     "mean": mean, "std": std, "source": str(source)})
-    status = out / ("embed_status.json" if world_size == 1 else
-                    f"embed_status.rank{rank}.json")
-    outcomes: list[EmbedOutcome] = []
-    for slide_id in slide_ids[rank::world_size]:
-        started = time.perf_counter()
-        try:
-            if part_done(out, slide_id):
-                outcome = EmbedOutcome(slide_id, "skipped")
-            else:
-                rows, columns = _slide_table(table, slide_id)
-                vectors = _embed_slide(module, rows, paths[slide_id], device=dev,
-                                       size=read_size, mean=mean, std=std,
-                                       batch_size=batch_size, workers=workers)
-                write_part(out, slide_id, columns, vectors)
-                outcome = EmbedOutcome(slide_id, "done", patches=len(vectors),
-                                       seconds=time.perf_counter() - started)
-        except Exception as exc:  # one slide's failure must not stop the others
-            logger.debug("%s failed", slide_id, exc_info=True)
-            message = str(exc) if isinstance(exc, ExaslideError | OSError) else \
-                f"{type(exc).__name__}: {exc}"
-            outcome = EmbedOutcome(slide_id, "failed", message)
-        if progress:
-            logger.info("%s: %s (%d patches, %.1f s)", slide_id, outcome.status,
-                        outcome.patches, outcome.seconds)
-        outcomes.append(outcome)
-        write_text(status, json.dumps([asdict(o) for o in outcomes], indent=2) + "\n")
-        if on_result is not None:
-            on_result(outcome)
+    info = {"kind": "patches", "dim": embedding_dim(module), "model": name,
+            "model_path": model_path, "weights": weights, "patch": patch, "mean": mean,
+            "std": std, "source": str(source)}
+    write_info(out, info)
+    options = EmbedOptions(name, model_path, weights, patch, mean, std, str(filter))
+    runner = _Runner(module, table, dev, batch_size, workers)
+    stage = Stage("embed", options, process=functools.partial(_process, runner),
+                  inputs=lambda entry: [entry.path],
+                  extra_fingerprint=lambda entry, _: {"patches": _row_count(table,
+                                                                           entry.slide_id)})
+
+    def on_event(kind: str, value) -> None:
+        if kind == "slide":
+            if progress:
+                logger.info("%s: %s (%s patches, %.1f s)", value.slide_id, value.status,
+                            value.result.get("patches", 0), value.seconds)
+            if on_result is not None:
+                on_result(_outcome(value))
+
+    entries = [SlideEntry(s, paths[s]) for s in slide_ids]
+    run_stage(stage, entries, out, scheduler="inline", rank=rank, world_size=world_size,
+              on_event=on_event)
     return out
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    """What decides a slide's patch embeddings (stored in its status)."""
+
+    model: str
+    model_path: str | None
+    weights: str | None
+    patch: dict[str, Any]
+    mean: list[float]
+    std: list[float]
+    filter: str
+
+
+@dataclass(frozen=True)
+class _Runner:
+    module: Any
+    table: Any
+    device: Any
+    batch_size: int
+    workers: int
+
+
+def _row_count(table, slide_id: str) -> int:
+    import pyarrow.compute as pc
+
+    return int(pc.sum(pc.equal(table.column("slide_id"), slide_id)).as_py() or 0)
+
+
+def _process(runner: _Runner, entry, options: EmbedOptions, ctx) -> dict[str, Any]:
+    """The ``embed`` stage: one slide's part, written into the partial folder and adopted
+    (vectors and checksums first, the Parquet table, the part's completion mark, last)."""
+    from exaslide.retrieval.store import write_part
+
+    started = time.perf_counter()
+    rows, columns = _slide_table(runner.table, entry.slide_id)
+    vectors = _embed_slide(runner.module, rows, entry.path, device=runner.device,
+                           size=options.patch["size"], mean=options.mean, std=options.std,
+                           batch_size=runner.batch_size, workers=runner.workers)
+    write_part(ctx.partial, entry.slide_id, columns, vectors)
+    adopt_parts(ctx)
+    return {"patches": len(vectors), "seconds": round(time.perf_counter() - started, 3)}
+
+
+def adopt_parts(ctx) -> None:
+    """Adopt every file a store part wrote under ``ctx.partial/parts``, Parquet tables
+    last (a part whose table exists is complete)."""
+    files = sorted((ctx.partial / "parts").iterdir(), key=lambda p: (p.suffix == ".parquet",
+                                                                     p.name))
+    for path in files:
+        ctx.adopt(path, f"parts/{path.name}")
+
+
+def _outcome(o) -> EmbedOutcome:
+    return EmbedOutcome(o.slide_id, o.status, o.error, int(o.result.get("patches", 0)),
+                        float(o.result.get("seconds", 0.0)))
