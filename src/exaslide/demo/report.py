@@ -38,6 +38,18 @@ def plot_training(history: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
+def format_seconds(seconds: float) -> str:
+    """A duration for people: ``12.3 s`` under a minute, ``1 min 05 s`` under an hour,
+    ``1 h 02 min`` above."""
+    if round(seconds, 1) < 60:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
 def _number(value: Any) -> str:
     if value is None:
         return "n/a"
@@ -76,7 +88,7 @@ def write_report(out: Path, metrics: dict[str, Any], *, figure: Path,
          f"{_number(metrics['training']['best_val_auc'])} "
          f"({metrics['training']['best_epoch']})"),
     ]
-    rows += [(f"Seconds: {name}", round(value, 1))
+    rows += [(f"Time: {name}", format_seconds(value))
              for name, value in metrics.get("seconds", {}).items()]
     table = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{_number(v)}</td></tr>"
                       for k, v in rows)

@@ -1,5 +1,9 @@
 """ROC and FROC figures as PNG (matplotlib's Agg canvas; pyplot and its global backend are
-never touched)."""
+never touched).
+
+The axes extend a little past the data's range (:data:`PAD`) and the points are marked, so
+a curve lying on the edge (a perfect detector: sensitivity 1.0 everywhere) or made of one
+point stays visible instead of merging with the frame."""
 
 from __future__ import annotations
 
@@ -9,6 +13,18 @@ from pathlib import Path
 
 from exaslide.atomic import atomic_path
 from exaslide.evaluate.froc import FP_RATES
+
+PAD = 0.03  #: margin around the data range, as a fraction of the axis range
+
+
+def _markers(n: int) -> dict:
+    """Round markers on at most ~30 of a curve's ``n`` points (all of a short curve)."""
+    return {"marker": "o", "ms": 3, "markevery": max(1, n // 30)}
+
+
+def _padded(low: float, high: float) -> tuple[float, float]:
+    margin = (high - low) * PAD
+    return low - margin, high + margin
 
 
 def _figure():
@@ -32,9 +48,10 @@ def plot_roc(fpr: Sequence[float], tpr: Sequence[float], path: str | os.PathLike
     """Write a ROC curve (false-positive rate vs true-positive rate) to ``path`` (PNG)."""
     figure, ax = _figure()
     label = f"AUC = {auc:.4f}" if auc is not None else None
-    ax.plot(fpr, tpr, color="#c0392b", lw=2, label=label, drawstyle="default")
+    ax.plot(fpr, tpr, color="#c0392b", lw=2, label=label, zorder=3, clip_on=False,
+            **_markers(len(fpr)))
     ax.plot([0, 1], [0, 1], color="#999999", lw=1, ls="--")
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="False positive rate",
+    ax.set(xlim=_padded(0, 1), ylim=_padded(0, 1), xlabel="False positive rate",
            ylabel="True positive rate", title=title)
     if label:
         ax.legend(loc="lower right")
@@ -50,11 +67,13 @@ def plot_froc(average_fps: Sequence[float], sensitivities: Sequence[float],
     ``path`` (PNG), with the FP rates of the score marked."""
     figure, ax = _figure()
     label = f"FROC score = {score:.4f}" if score is not None else None
-    ax.plot(average_fps, sensitivities, color="#1f4e79", lw=2, label=label)
+    ax.plot(average_fps, sensitivities, color="#1f4e79", lw=2, label=label, zorder=3,
+            clip_on=False, **_markers(len(average_fps)))
     for rate in fp_rates:
         ax.axvline(rate, color="#bbbbbb", lw=0.8, ls=":")
-    right = max([*fp_rates, *average_fps]) * 1.05 if average_fps else 8.5
-    ax.set(xlim=(0, right), ylim=(0, 1.01), xlabel="Average number of false positives per slide",
+    right = max([*fp_rates, *average_fps]) if len(average_fps) else 8.0
+    ax.set(xlim=_padded(0, right), ylim=_padded(0, 1),
+           xlabel="Average number of false positives per slide",
            ylabel="Metastasis detection sensitivity", title=title)
     if label:
         ax.legend(loc="lower right")
