@@ -61,3 +61,19 @@ def test_a_utf8_manifest_with_a_bom_and_accents_is_read(tmp_path):
     manifest.write_bytes(b"\xef\xbb\xbf" + HEADER + "café,café.tif,,,\n".encode())
     (entry,) = read_manifest(manifest)
     assert entry.slide_id == "café" and entry.path == tmp_path / "café.tif"
+
+
+@pytest.mark.parametrize("name", [".hidden.tif", "a" * 240 + ".tif"])
+def test_a_slide_file_whose_name_cannot_be_an_id_is_refused(tmp_path, watch, synth_slide,
+                                                            name):
+    """``exaslide mask SLIDE`` names its outputs after the file: the same id rule."""
+    slide = tmp_path / name
+    slide.write_bytes(synth_slide.path.read_bytes())
+    out = tmp_path / "O"
+    check = watch()
+    result = exaslide("mask", slide, "--level", 2, "--out", out)
+    assert result.code == 2, result.stderr
+    line = result.one_line_error()
+    assert "rename the file" in line, line
+    assert not out.exists()
+    check()
