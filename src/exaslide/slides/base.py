@@ -24,17 +24,23 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from exaslide.errors import LevelError, SlideReadError, StorageError
+from exaslide.errors import LevelError, SlideOpenError, SlideReadError, StorageError
 
 if TYPE_CHECKING:
     from exaslide.slides.tile_cache import TileCache
 
 logger = logging.getLogger(__name__)
 
-#: Largest region, in pixels, that one ``read_region`` call may return (about 800 MB of RGB).
+#: Largest region, in pixels, that one ``read_region`` call may return (about 800 MB of RGB):
+#: larger requests are refused before anything is allocated.
 MAX_READ_PIXELS = 1 << 28
-#: Source pixels decoded per chunk when a read is resampled (``mpp=`` reads, thumbnails).
+#: Source pixels decoded per block when a read is resampled (``mpp=`` reads, thumbnails):
+#: blocks are whole rows of the output when they fit, else columns too. A read in which one
+#: output pixel alone averages more source pixels than this is refused.
 RESAMPLE_CHUNK_PIXELS = 1 << 24
+#: Largest plausible width or height of a level (1,048,576 pixels; real slides stay below
+#: 300,000): a header that claims more is damaged or forged and is refused at open.
+MAX_SLIDE_SIDE = 1 << 20
 #: Relative tolerance when matching a requested resolution or downsample to a level.
 DEFAULT_RTOL = 0.05
 
@@ -121,6 +127,17 @@ class Slide(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release file handles. Idempotent."""
+
+    def check_dimensions(self) -> None:
+        """Raise :class:`SlideOpenError` when a level claims an implausible size (zero, or
+        more than :data:`MAX_SLIDE_SIDE` a side): backends call it while opening, before
+        anything is sized from the header."""
+        for i, (w, h) in enumerate(self.level_dimensions):
+            if not (0 < w <= MAX_SLIDE_SIDE and 0 < h <= MAX_SLIDE_SIDE):
+                raise SlideOpenError(
+                    f"{self.path}: implausible slide header: level {i} claims {w}x{h} "
+                    f"pixels (at most {MAX_SLIDE_SIDE} a side); the file is damaged or "
+                    "forged, not a slide")
 
     # ------------------------------------------------------------------ derived metadata
     @property
@@ -245,14 +262,7 @@ class Slide(ABC):
                 the file's data cannot be decoded.
             LevelError: the level or resolution does not exist.
         """
-        width, height = (int(v) for v in size)
-        if width <= 0 or height <= 0:
-            raise SlideReadError(f"{self.path}: region size must be positive, got {size}")
-        if width * height > MAX_READ_PIXELS:
-            raise SlideReadError(
-                f"{self.path}: a {width}x{height} region is too large for one read "
-                f"(max {MAX_READ_PIXELS} pixels); read a coarser level or in tiles"
-            )
+        width, height = self._check_request(location, size)
         if level is not None and mpp is not None:
             raise LevelError("give level= or mpp=, not both")
         x, y = float(location[0]), float(location[1])
@@ -266,6 +276,26 @@ class Slide(ABC):
         scale = mpp / (self.mpp[0] * d)  # level pixels per output pixel
         return self._read_resampled(level, x / d, y / d, width * scale, height * scale,
                                     (width, height))
+
+    def _check_request(self, location, size) -> tuple[int, int]:
+        """``(width, height)`` of a read request, refused up front (before anything is
+        allocated) when not finite, not positive or above :data:`MAX_READ_PIXELS`."""
+        try:
+            width, height = (int(v) for v in size)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise SlideReadError(f"{self.path}: region size must be two finite positive "
+                                 f"numbers, got {size}") from exc
+        if width <= 0 or height <= 0:
+            raise SlideReadError(f"{self.path}: region size must be positive, got {size}")
+        if width * height > MAX_READ_PIXELS:
+            raise SlideReadError(
+                f"{self.path}: a {width}x{height} region is too large for one read "
+                f"(max {MAX_READ_PIXELS} pixels); read a coarser level or in tiles"
+            )
+        if not all(math.isfinite(float(v)) for v in location[:2]):
+            raise SlideReadError(f"{self.path}: region location must be finite numbers, "
+                                 f"got {tuple(location)}")
+        return width, height
 
     def thumbnail(self, max_size: int | tuple[int, int] = 1024) -> np.ndarray:
         """The whole slide scaled to fit in ``max_size`` (keeping the aspect ratio)."""
@@ -332,16 +362,30 @@ class Slide(ABC):
         pixels) to ``out_size``.
 
         Only the output pixels whose source overlaps the level are computed (the rest are
-        white), in strips of at most :data:`RESAMPLE_CHUNK_PIXELS` source pixels, so
-        thumbnails of gigapixel single-level slides stay small.
-        """
-        import cv2
+        white), in blocks of at most :data:`RESAMPLE_CHUNK_PIXELS` source pixels (whole
+        output rows when they fit, else narrower blocks), so memory is bounded by the output
+        and the block size whatever the level's size.
 
+        Raises:
+            SlideReadError: the output is larger than :data:`MAX_READ_PIXELS`, lies outside
+                the level, or one output pixel alone averages more than
+                :data:`RESAMPLE_CHUNK_PIXELS` source pixels.
+        """
         out_w, out_h = out_size
+        if out_w * out_h > MAX_READ_PIXELS:
+            raise SlideReadError(f"{self.path}: a {out_w}x{out_h} image is too large for one "
+                                 f"read (max {MAX_READ_PIXELS} pixels)")
         sx, sy = src_w / out_w, src_h / out_h
         if abs(sx - 1.0) < 1e-6 and abs(sy - 1.0) < 1e-6:
             return self._read_padded(level, _round(x), _round(y), out_w, out_h)
         lw, lh = self.level_dimensions[level]
+        budget = RESAMPLE_CHUNK_PIXELS
+        per_pixel = min(sx, lw) * min(sy, lh)  # source decoded for one output pixel
+        if per_pixel > budget:
+            raise SlideReadError(
+                f"{self.path}: each pixel of a {out_w}x{out_h} image would average "
+                f"{sx:.0f}x{sy:.0f} source pixels of level {level} (more than {budget} source "
+                "pixels at a time); ask for a larger image or use a slide with a pyramid")
         u0, u1 = max(0, math.floor(-x / sx)), min(out_w, math.ceil((lw - x) / sx))
         v0, v1 = max(0, math.floor(-y / sy)), min(out_h, math.ceil((lh - y) / sy))
         if u0 >= u1 or v0 >= v1:
@@ -350,20 +394,35 @@ class Slide(ABC):
                 f"level {level} lies outside the slide (level {level} is {lw}x{lh})"
             )
         out = np.full((out_h, out_w, 3), 255, dtype=np.uint8)
+        cols = u1 - u0  # whole output rows per block when one row's source fits the budget
+        if min((u1 - u0) * sx, lw) * min(max(sy, 1e-9), lh) > budget:
+            cols = max(1, int(budget / max(per_pixel, 1e-9)))
+        for c0 in range(u0, u1, cols):
+            c1 = min(u1, c0 + cols)
+            self._resample_columns(level, x, y, (sx, sy), (c0, c1), (v0, v1), out)
+        return out
+
+    def _resample_columns(self, level: int, x: float, y: float, scale: tuple[float, float],
+                          columns: tuple[int, int], rows: tuple[int, int],
+                          out: np.ndarray) -> None:
+        """Fill ``out[rows, columns]`` (output pixels) from the level, in strips of rows
+        of at most :data:`RESAMPLE_CHUNK_PIXELS` source pixels (see
+        :meth:`_read_resampled`). Source bounds are rounded, so adjacent blocks share their
+        edges exactly (the sub-pixel offset ignored is below one source pixel)."""
+        import cv2
+
+        (sx, sy), (u0, u1), (v0, v1) = scale, columns, rows
+        lw, lh = self.level_dimensions[level]
         interp = cv2.INTER_AREA if sx >= 1.0 and sy >= 1.0 else cv2.INTER_LINEAR
-        # Source columns of output columns u0..u1, clipped to the level; rounded bounds, so
-        # adjacent strips share their edge row exactly (the sub-pixel offset ignored is
-        # below one source pixel).
-        ix0 = max(0, _round(x + u0 * sx))
+        ix0 = min(lw - 1, max(0, _round(x + u0 * sx)))
         ix1 = min(lw, max(ix0 + 1, _round(x + u1 * sx)))
-        rows_per_strip = max(1, int(RESAMPLE_CHUNK_PIXELS / max(ix1 - ix0, 1) / max(sy, 1e-9)))
+        rows_per_strip = max(1, int(RESAMPLE_CHUNK_PIXELS / (ix1 - ix0) / max(sy, 1e-9)))
         for r0 in range(v0, v1, rows_per_strip):
             r1 = min(v1, r0 + rows_per_strip)
-            iy0 = max(0, _round(y + r0 * sy))
+            iy0 = min(lh - 1, max(0, _round(y + r0 * sy)))
             iy1 = min(lh, max(iy0 + 1, _round(y + r1 * sy)))
             src = self._read_padded(level, ix0, iy0, ix1 - ix0, iy1 - iy0)
             out[r0:r1, u0:u1] = cv2.resize(src, (u1 - u0, r1 - r0), interpolation=interp)
-        return out
 
     # ------------------------------------------------------------------ context manager
     def __enter__(self) -> Slide:

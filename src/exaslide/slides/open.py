@@ -68,8 +68,11 @@ def local_path(path_or_url: str | os.PathLike) -> str:
 
 
 def _check_tiff_structure(path: str, source=None) -> None:
-    """Refuse a TIFF whose directory chain is damaged (usually a truncated copy).
-    ``source``: the file's byte source when it is remote (``path`` is then its URL)."""
+    """Refuse a TIFF whose directory chain is damaged (usually a truncated copy) or, for a
+    local file, whose directories claim an implausible layout (a forged or damaged header:
+    see :func:`~exaslide.slides.tifffile_backend.tiff_layout_problem`), before any backend
+    sizes a buffer from it. ``source``: the file's byte source when it is remote (``path``
+    is then its URL; the tifffile backend checks the levels it reads itself)."""
     from exaslide.errors import StorageError
     from exaslide.slides.tifffile_backend import is_tiff, tiff_structure_problem
 
@@ -86,6 +89,23 @@ def _check_tiff_structure(path: str, source=None) -> None:
         problem = f"unreadable TIFF header ({exc})"
     if problem:
         raise SlideOpenError(f"{path}: truncated or damaged TIFF: {problem}")
+    if source is None:
+        _check_tiff_layout(path)
+
+
+def _check_tiff_layout(path: str) -> None:
+    """Raise :class:`SlideOpenError` for the first layout problem of a local TIFF."""
+    from exaslide.slides.tifffile_backend import tiff_layout_problem
+
+    try:
+        problem = tiff_layout_problem(path)
+    except OSError as exc:
+        raise SlideOpenError(f"{path}: cannot read: {exc}") from exc
+    except Exception as exc:  # tifffile refuses the file: the backends will say why
+        logger.debug("%s: layout not checked: %s", path, exc)
+        return
+    if problem:
+        raise SlideOpenError(f"{path}: {problem}")
 
 
 def _auto_order(path: str) -> list[str]:

@@ -50,6 +50,11 @@ class OpenSlideSlide(Slide):
             raise SlideOpenError(f"{path}: format not supported by OpenSlide") from exc
         except openslide.OpenSlideError as exc:
             raise SlideOpenError(f"{path}: OpenSlide cannot open it: {exc}") from exc
+        try:
+            self.check_dimensions()
+        except SlideOpenError:
+            self._osr.close()
+            raise
         #: Bytes of the OpenSlide cache set from ``tile_cache`` (``None``: OpenSlide's default).
         self.openslide_cache_bytes: int | None = None
         if tile_cache is not None:

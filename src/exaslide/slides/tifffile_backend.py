@@ -30,8 +30,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from exaslide.errors import SlideOpenError, StorageError
-from exaslide.slides.base import LazyImages, Slide
+from exaslide.errors import SlideOpenError, SlideReadError, StorageError
+from exaslide.slides.base import MAX_READ_PIXELS, MAX_SLIDE_SIDE, LazyImages, Slide
 from exaslide.slides.pixels import stretch_to_uint8, to_rgb
 from exaslide.slides.tile_cache import TileCache
 
@@ -46,6 +46,12 @@ PALETTE = np.array(
 SCALING_SAMPLE_PIXELS = 4_000_000
 SKIPPED_TAGS = ("StripOffsets", "StripByteCounts", "TileOffsets", "TileByteCounts",
                 "JPEGTables")
+#: Largest decoded size of one stored tile or strip: a file whose segments are larger is
+#: refused at open (every read decodes whole segments, so this bounds a read's memory).
+MAX_SEGMENT_BYTES = 1 << 30
+#: Image directories checked by :func:`tiff_layout_problem` (the first ones; the levels of
+#: the series read are always checked when the tifffile backend opens the file).
+MAX_CHECKED_PAGES = 256
 
 
 def is_tiff(path) -> bool:
@@ -115,6 +121,55 @@ def _tags(entries: bytes, order: str, entry_size: int) -> set[int]:
 
     return {struct.unpack(order + "H", entries[i : i + 2])[0]
             for i in range(0, len(entries) - 1, entry_size)}
+
+
+def tiff_layout_problem(path) -> str | None:
+    """Check what the image directories of a local TIFF claim before any reader sizes a
+    buffer from it, and describe the first problem as ``"<kind>: <details>"`` (or return
+    ``None``): a width or height beyond :data:`~exaslide.slides.base.MAX_SLIDE_SIDE`,
+    tiles or strips larger than :data:`MAX_SEGMENT_BYTES` decoded, fewer stored tiles than
+    the dimensions need, or tile data beyond the end of the file. Checks the first
+    :data:`MAX_CHECKED_PAGES` directories (levels, label, macro...)."""
+    import itertools
+
+    import tifffile
+
+    size = os.path.getsize(path)
+    with tifffile.TiffFile(path) as tif:
+        for i, page in enumerate(itertools.islice(tif.pages, MAX_CHECKED_PAGES)):
+            problem = page_layout_problem(page, size, f"image {i}")
+            if problem:
+                return problem
+    return None
+
+
+def page_layout_problem(page, file_size: int, name: str) -> str | None:
+    """:func:`tiff_layout_problem` for one page (or frame) named ``name`` in messages."""
+    key = page.keyframe  # a TiffFrame's layout is its keyframe's; its offsets are its own
+    width, length = int(key.imagewidth), int(key.imagelength)
+    if width == 0 or length == 0:
+        return None  # an empty directory: no pixels to read
+    if width > MAX_SLIDE_SIDE or length > MAX_SLIDE_SIDE:
+        return (f"implausible TIFF header: {name} claims {width}x{length} pixels, more than "
+                f"{MAX_SLIDE_SIDE} a side; the file is damaged or forged, not a slide")
+    kind = "tiles" if key.is_tiled else "strips"
+    chunks = tuple(int(n) for n in key.chunks)
+    nbytes = math.prod(chunks) * max(1, -(-int(key.bitspersample) // 8))
+    if nbytes > MAX_SEGMENT_BYTES:
+        return (f"unsupported TIFF layout: {name} stores its pixels in segments ({kind}) of "
+                f"{'x'.join(map(str, chunks))} samples, {nbytes / 2**30:.1f} GiB each "
+                f"decoded, more than the {MAX_SEGMENT_BYTES / 2**30:g} GiB exaslide "
+                "decodes at once; re-save it as a tiled TIFF (e.g. 256 x 256 tiles)")
+    needed, stored = math.prod(int(n) for n in key.chunked), len(page.dataoffsets)
+    if stored < needed:
+        return (f"truncated or damaged TIFF: {name} stores {stored} {kind} but its "
+                f"{width}x{length} pixels need {needed}")
+    offsets = np.asarray(page.dataoffsets, dtype=np.int64)
+    ends = offsets + np.asarray(page.databytecounts, dtype=np.int64)
+    if len(ends) and int(ends.max()) > file_size:
+        return (f"truncated or damaged TIFF: {name} has {kind[:-1]} data past the end of "
+                f"the file (byte {int(ends.max())} of {file_size})")
+    return None
 
 
 def prefers_tifffile(path) -> bool:
@@ -280,7 +335,17 @@ class TiffFileSlide(Slide):
         """Series named Thumbnail, Label, Macro or Overview, as RGB arrays."""
         found = {(s.name or "").lower(): s for s in self._tif.series
                  if (s.name or "").lower() in ASSOCIATED_NAMES}
-        return LazyImages(sorted(found), lambda n: to_rgb(found[n].asarray()))
+        return LazyImages(sorted(found), lambda n: self._associated(n, found[n]))
+
+    def _associated(self, name: str, series) -> np.ndarray:
+        """One associated image as RGB, refused when it claims more than
+        :data:`~exaslide.slides.base.MAX_READ_PIXELS` pixels."""
+        pixels = math.prod(int(n) for n, a in zip(series.shape, series.axes, strict=True)
+                           if a in "YX")
+        if pixels > MAX_READ_PIXELS:
+            raise SlideReadError(f"{self.path}: the {name} image claims {pixels} pixels, too "
+                                 f"many for one read (max {MAX_READ_PIXELS})")
+        return to_rgb(series.asarray())
 
     # ------------------------------------------------------------------------- reading
     def tile_grid(self, level: int) -> tuple[int, int]:
@@ -396,15 +461,17 @@ class TiffFileSlide(Slide):
 
     def _channel_range(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel 0.1th and 99.9th percentiles on a bounded subsample of the smallest
-        level, read in strips (computed once)."""
+        level, read in blocks of about :data:`SCALING_SAMPLE_PIXELS` (computed once)."""
         if self._scaling is None:
             level = self.level_count - 1
             w, h = self.level_dimensions[level]
             step = max(1, math.ceil(math.sqrt(w * h / SCALING_SAMPLE_PIXELS)))
             rows = max(step, (SCALING_SAMPLE_PIXELS // max(w, 1)) // step * step)
-            parts = [self._planes(level, 0, y0, w, min(rows, h - y0))[::step, ::step]
-                     for y0 in range(0, h, rows)]
-            flat = np.concatenate(parts).reshape(-1, parts[0].shape[2]).astype(np.float32)
+            cols = max(step, (SCALING_SAMPLE_PIXELS // rows) // step * step)
+            parts = [self._planes(level, x0, y0, min(cols, w - x0), min(rows, h - y0))
+                     [::step, ::step] for y0 in range(0, h, rows) for x0 in range(0, w, cols)]
+            flat = np.concatenate([p.reshape(-1, p.shape[2]) for p in parts])
+            flat = flat.astype(np.float32)
             lo, hi = np.percentile(flat, 0.1, axis=0), np.percentile(flat, 99.9, axis=0)
             self._scaling = (lo, np.maximum(hi, lo + 1e-6))
         return self._scaling
@@ -432,19 +499,20 @@ class TiffFileSlide(Slide):
 
 
 def _check_complete(levels: list[_Level], file_size: int) -> None:
-    """Raise :class:`SlideOpenError` when stored tiles or strips lie beyond the end of the
-    file (a truncated copy): tifffile would otherwise open what is left, e.g. a pyramid
-    without its lower levels, and only log a warning."""
+    """Raise :class:`SlideOpenError` when a level's pages claim an implausible layout (see
+    :func:`page_layout_problem`), e.g. stored tiles or strips beyond the end of the file (a
+    truncated copy): tifffile would otherwise open what is left, e.g. a pyramid without its
+    lower levels, and only log a warning."""
     for i, level in enumerate(levels):
+        if level.width > MAX_SLIDE_SIDE or level.height > MAX_SLIDE_SIDE:
+            raise SlideOpenError(
+                f"implausible TIFF header: level {i} claims {level.width}x{level.height} "
+                f"pixels, more than {MAX_SLIDE_SIDE} a side; the file is damaged or forged, "
+                "not a slide")
         for page in level.pages:
-            offsets = np.asarray(page.dataoffsets, dtype=np.int64)
-            counts = np.asarray(page.databytecounts, dtype=np.int64)
-            end = int((offsets + counts).max()) if len(offsets) else 0
-            if end > file_size:
-                raise SlideOpenError(
-                    f"truncated or damaged TIFF: level {i} needs {end} bytes but the file "
-                    f"has {file_size}"
-                )
+            problem = page_layout_problem(page, file_size, f"level {i}")
+            if problem:
+                raise SlideOpenError(problem)
 
 
 def _segment_size(page) -> tuple[int, int]:
