@@ -53,7 +53,7 @@ def cohort(tmp_path):
 
 def test_evaluate_writes_metrics_and_figures(cohort):
     out = cohort / "eval"
-    done = run("evaluate", "--heatmaps", cohort / "heatmaps", "--manifest",
+    done = run("evaluate", "heatmaps", "--heatmaps", cohort / "heatmaps", "--manifest",
                cohort / "manifest.csv", "--patch-predictions", cohort / "patches.csv",
                "--split", "test", "--out", out)
     assert "FROC score 1.0000" in done.stdout and "slide: n=3 (2 tumour) AUC 1.0000" in done.stdout
@@ -72,23 +72,23 @@ def test_evaluate_writes_metrics_and_figures(cohort):
 
 
 def test_missing_heatmaps(cohort):
-    done = run("evaluate", "--heatmaps", cohort / "nowhere", "--manifest",
+    done = run("evaluate", "heatmaps", "--heatmaps", cohort / "nowhere", "--manifest",
                cohort / "manifest.csv", "--out", cohort / "o", check_rc=2)
     assert "nowhere: no such heatmap folder" in done.stderr
     assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr
-    done = run("evaluate", "--heatmaps", cohort / "heatmaps", "--manifest",
+    done = run("evaluate", "heatmaps", "--heatmaps", cohort / "heatmaps", "--manifest",
                cohort / "manifest.csv", "--out", cohort / "o", check_rc=1)
     assert "x9" in done.stderr and "3 slides evaluated, 1 failed" in done.stdout
     failed = json.loads((cohort / "o" / "metrics.json").read_text())["slides"]["failed"]
     assert [f["slide_id"] for f in failed] == ["x9"]
-    run("evaluate", "--heatmaps", cohort / "heatmaps", check_rc=2)  # no --manifest/--out
+    run("evaluate", "heatmaps", "--heatmaps", cohort / "heatmaps", check_rc=2)  # no --manifest/--out
 
 
 def test_heatmap_of_another_class_refused(cohort):
     meta_path = cohort / "heatmaps" / "t1.heatmap.json"
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "class": "normal"}))
-    args = ("evaluate", "--heatmaps", cohort / "heatmaps", "--manifest",
+    args = ("evaluate", "heatmaps", "--heatmaps", cohort / "heatmaps", "--manifest",
             cohort / "manifest.csv", "--split", "test", "--out", cohort / "o")
     done = run(*args, check_rc=2)
     assert "t1: the heatmap maps the probability of class 'normal', not 'tumour'" \

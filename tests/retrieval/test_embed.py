@@ -155,7 +155,7 @@ def test_cli_embed_and_embed_slides(extracted, model_file, tmp_path):
                               capture_output=True, text=True, env=env, timeout=120)
 
     store = tmp_path / "store"
-    result = run("embed", model_file, extracted, "--out", store, "--split", "val",
+    result = run("embed", "patches", model_file, extracted, "--out", store, "--split", "val",
                  "--workers", "0", "--batch-size", "64")
     assert result.returncode == 0, result.stderr
     assert "done" in result.stdout and "failed" in result.stdout
@@ -165,12 +165,12 @@ def test_cli_embed_and_embed_slides(extracted, model_file, tmp_path):
     from exaslide.cli.main import cli
 
     runner = CliRunner()
-    result = runner.invoke(cli, ["embed-slides", str(store), "--out", str(tmp_path / "slides"),
+    result = runner.invoke(cli, ["embed", "slides", str(store), "--out", str(tmp_path / "slides"),
                                  "--method", "mosaic", "--mosaic-size", "4"])
     assert result.exit_code == 0, result.output
     assert "2 slides: 2 done" in result.output or "1 slides: 1 done" in result.output
     slides = read_embeddings(tmp_path / "slides")
     assert slides.info["kind"] == "slides" and slides.info["method"] == "mosaic"
-    result = runner.invoke(cli, ["embed", str(model_file), str(extracted), "--out",
+    result = runner.invoke(cli, ["embed", "patches", str(model_file), str(extracted), "--out",
                                  str(store), "--split", "nosuch"])
     assert result.exit_code == 2 and "selects no patches" in result.output

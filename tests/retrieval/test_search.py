@@ -136,7 +136,7 @@ def test_text_hook_and_errors(tiny, tmp_path):
 
 def test_evaluate_retrieval_cli(tiny):
     _, store, index, _, _, _ = tiny
-    done = run("evaluate-retrieval", index, "--queries", store, "-k", 5, "--json")
+    done = run("evaluate", "retrieval", index, "--queries", store, "-k", 5, "--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["queries"] == 48 and result["k"] == 5

@@ -41,20 +41,35 @@ _RUN_OPTIONS = ("heatmaps", "manifest", "out_dir", "patch_predictions", "split",
 def command(ctx: click.Context, heatmaps, manifest, out_dir, patch_predictions, split, mpp,
             detection_threshold, min_distance_um, slide_method, froc_method,
             patch_threshold, positive_class) -> None:
-    """Patch, slide (ROC AUC) and lesion (CAMELYON16 FROC) metrics of the heatmaps in
-    --heatmaps against --manifest; writes metrics.json, slide_scores.csv, detections.csv
-    and ROC/FROC figures into --out. `exaslide evaluate stage` scores CAMELYON17 stages."""
+    """Evaluate predictions: `heatmaps` (patch/slide AUC and CAMELYON16 FROC), `stage`
+    (CAMELYON17 pN-stage kappa), `retrieval` (precision@k and mAP of an index)."""
     if ctx.invoked_subcommand is not None:
         given = [f"--{n.replace('_dir', '').replace('_', '-')}" for n in _RUN_OPTIONS
                  if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE]
         if given:
-            raise click.UsageError(f"{', '.join(given)} belong to `exaslide evaluate`, not to "
-                                   f"`exaslide evaluate {ctx.invoked_subcommand}`")
+            raise click.UsageError(f"{', '.join(given)} belong to `exaslide evaluate "
+                                   f"heatmaps`, not to `exaslide evaluate "
+                                   f"{ctx.invoked_subcommand}`")
         return
+    if heatmaps is None and manifest is None and out_dir is None:
+        click.echo(ctx.get_help())
+        return
+    click.echo("exaslide: note: `exaslide evaluate --heatmaps ...` is now `exaslide evaluate "
+               "heatmaps ...`; the old form goes in the next release", err=True)
+    _heatmaps(heatmaps, manifest, out_dir, patch_predictions, split, mpp, detection_threshold,
+              min_distance_um, slide_method, froc_method, patch_threshold, positive_class)
+
+
+def _heatmaps(heatmaps, manifest, out_dir, patch_predictions, split, mpp,
+              detection_threshold, min_distance_um, slide_method, froc_method,
+              patch_threshold, positive_class) -> None:
+    """Patch, slide (ROC AUC) and lesion (CAMELYON16 FROC) metrics of the heatmaps in
+    --heatmaps against --manifest; writes metrics.json, slide_scores.csv, detections.csv
+    and ROC/FROC figures into --out."""
     missing = [f"--{n}" for n, v in (("heatmaps", heatmaps), ("manifest", manifest),
                                       ("out", out_dir)) if v is None]
     if missing:
-        raise click.UsageError(f"missing {', '.join(missing)} (or use a subcommand: stage)")
+        raise click.UsageError(f"missing {', '.join(missing)}")
     from exaslide.evaluate.run import EvaluateOptions, evaluate_run
 
     options = EvaluateOptions(detection_threshold=detection_threshold,
@@ -106,3 +121,9 @@ def stage(reference: str, submission: str, as_json: bool) -> None:
         return
     click.echo(f"kappa (quadratic) {report['kappa']:.4f} over {report['patients']} patients; "
                f"accuracy {report['accuracy']:.4f}")
+
+
+heatmaps = click.Command("heatmaps", params=[p for p in command.params
+                                             if p.name not in ("help",)],
+                         callback=_heatmaps, help=_heatmaps.__doc__)
+command.add_command(heatmaps)

@@ -28,14 +28,12 @@ class ExaslideGroup(click.Group):
         try:
             return super().invoke(ctx)
         except EXPECTED_ERRORS as exc:
+            code = getattr(exc, "exit_code", 2)  # 1: a run that failed part-way (rerun)
             if ctx.meta.get("exaslide.debug"):
                 traceback.print_exc()
-                ctx.exit(2)
-            message = str(exc)
-            if isinstance(exc, OSError) and exc.filename:
-                message = f"{exc.filename}: {exc.strerror}"
-            click.echo(f"exaslide: error: {message}", err=True)
-            ctx.exit(2)
+                ctx.exit(code)
+            click.echo(f"exaslide: error: {one_line(exc)}", err=True)
+            ctx.exit(code)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
         except Exception as exc:
@@ -68,6 +66,20 @@ def cli(ctx: click.Context, debug: bool, verbose: bool, config_file: str | None)
         warnings.filterwarnings("ignore", module="PIL")
 
 
+def one_line(exc: BaseException) -> str:
+    """An expected error as one line: an OS error as ``file: problem`` (a full disk says
+    so), anything else its message with line breaks folded."""
+    import errno
+
+    if isinstance(exc, OSError) and not isinstance(exc, ExaslideError):
+        where = exc.filename or "the output folder"
+        if exc.errno == errno.ENOSPC:
+            return f"{where}: no space left on device; free some space and rerun"
+        if exc.filename:
+            return f"{exc.filename}: {exc.strerror or exc}"
+    return " ".join(str(exc).split())
+
+
 def apply_cache_config(section: dict) -> None:
     """A config file's ``cache: {dir, size}`` applies to every command (and to the Dask
     workers they start): it sets ``EXASLIDE_CACHE_DIR`` / ``EXASLIDE_CACHE_SIZE`` for this
@@ -81,34 +93,82 @@ def apply_cache_config(section: dict) -> None:
 
 def load_config(path: str, group: click.Group) -> dict:
     """Read a YAML config: a mapping of command names to option defaults (keys are the
-    option names with ``_`` or ``-``). Unknown commands or options are usage errors."""
+    option names with ``_`` or ``-``); a group's section holds one section per subcommand
+    (``embed: {patches: {batch_size: 64}}``). Unknown commands or options are usage
+    errors."""
     import yaml
 
     try:
         with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh) or {}
-    except yaml.YAMLError as exc:
-        raise click.BadParameter(f"{path}: not valid YAML: {exc}",
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = " ".join(str(exc).split())[:200]
+        raise click.BadParameter(f"{path}: not valid YAML: {first}",
                                  param_hint="--config") from exc
     if not isinstance(data, dict):
         raise click.BadParameter(f"{path}: expected a mapping of command names",
                                  param_hint="--config")
-    resolved = {}
+    return _config_section(path, group, data, "")
+
+
+def _config_section(path: str, group: click.Group, data: dict, where: str) -> dict:
+    resolved: dict = {}
     for name, options in data.items():
         command = group.commands.get(name)
         if command is None or not isinstance(options, dict):
-            raise click.BadParameter(f"{path}: {name!r} is not a command with options "
-                                     f"(commands: {', '.join(sorted(group.commands))})",
+            visible = sorted(n for n, c in group.commands.items() if not c.hidden)
+            raise click.BadParameter(f"{path}: {where}{name!r} is not a command with "
+                                     f"options (commands: {', '.join(visible)})",
                                      param_hint="--config")
         known = {p.name for p in command.params}
         resolved[name] = {}
         for key, value in options.items():
             param = str(key).replace("-", "_")
-            if param not in known:
-                raise click.BadParameter(f"{path}: {name} has no option {key!r}",
+            if isinstance(command, click.Group) and param in command.commands and \
+                    isinstance(value, dict):
+                resolved[name].update(_config_section(path, command, {param: value},
+                                                      f"{where}{name} "))
+            elif param in known:
+                resolved[name][param] = value
+            else:
+                raise click.BadParameter(f"{path}: {where}{name} has no option {key!r}",
                                          param_hint="--config")
-            resolved[name][param] = value
     return resolved
+
+
+class DefaultGroup(ExaslideGroup):
+    """A noun group (``embed patches|slides|figures``) that also takes the arguments of
+    its ``default`` subcommand directly (``exaslide embed MODEL DIR`` = ``exaslide embed
+    patches MODEL DIR``), the form of the previous release."""
+
+    def __init__(self, *args, default: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.default = default
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            note(f"`exaslide {self.name} ARGS` is now `exaslide {self.name} {self.default} "
+                 "ARGS`")
+            return self.default, self.commands[self.default], args
+        return super().resolve_command(ctx, args)
+
+
+def note(message: str) -> None:
+    """A deprecation note on stderr: the old form works for one more release."""
+    click.echo(f"exaslide: note: {message}; the old form goes in the next release",
+               err=True)
+
+
+def alias(command: click.Command, old: str, new: str) -> click.Command:
+    """A hidden command ``old`` that runs ``command`` (now ``exaslide NEW``) after a
+    note."""
+
+    def callback(**kwargs):
+        note(f"`exaslide {old}` is now `exaslide {new}`")
+        return command.callback(**kwargs)
+
+    return click.Command(old, params=list(command.params), callback=callback, hidden=True,
+                         help=f"Old name of `exaslide {new}`.")
 
 
 def _register() -> None:
@@ -129,11 +189,20 @@ def _register() -> None:
     )
     from exaslide.cli import index as index_cli
 
+    embed_group = DefaultGroup("embed", default="patches",
+                               help="Embeddings: `patches` of an extraction with a model, "
+                                    "`slides` from a patch store, captioned `figures`.")
+    embed_group.add_command(embed.command, "patches")
+    embed_group.add_command(embed.slides_command, "slides")
+    embed_group.add_command(figures.embed_command, "figures")
+    evaluate.command.add_command(search.evaluate_command, "retrieval")
     for command in (info.command, mask.command, extract.command, balance.command,
                     synth.command, demo.command, cache.command, train.command,
-                    evaluate.command, infer.command, embed.command, embed.slides_command,
-                    index_cli.command, search.command, search.evaluate_command,
-                    figures.command):
+                    evaluate.command, infer.command, embed_group, index_cli.command,
+                    search.command, figures.command,
+                    alias(embed.slides_command, "embed-slides", "embed slides"),
+                    alias(search.evaluate_command, "evaluate-retrieval",
+                          "evaluate retrieval")):
         cli.add_command(command)
 
 
