@@ -333,17 +333,17 @@ def _drive(run: _Run, executor, todo: list[_Slide]) -> None:
     for future in executor.completed():
         slide_id, task_no = tags.pop(future)
         slide = slides[slide_id]
-        error = _exception(executor, future)
+        error, value = _collect(executor, future)
         if task_no is not None:
             slide.running -= 1
         if error is not None:
             slide.error = slide.error or error
         elif not stage.split:
-            _settle(run, slide, *future.result())
+            _settle(run, slide, *value)
         elif task_no is None:
-            _submit_tasks(run, executor, slide, future.result(), tags)
+            _submit_tasks(run, executor, slide, value, tags)
         else:
-            slide.results[task_no] = future.result()
+            slide.results[task_no] = value
             run.emit("progress", stage.task_size(slide.tasks[task_no])
                      if stage.task_size else 1)
         if slide.running:
@@ -356,17 +356,18 @@ def _drive(run: _Run, executor, todo: list[_Slide]) -> None:
         start_next()
 
 
-def _exception(executor, future) -> BaseException | None:
-    """The future's exception; raises ``ClusterLostError`` when the cluster is gone."""
+def _collect(executor, future) -> tuple[BaseException | None, Any]:
+    """``(error, result)`` of a finished future; raises ``ClusterLostError`` when the
+    cluster is gone (a cancelled future, a closed connection)."""
     try:
-        error = future.exception()
-    except BaseException as exc:  # e.g. CancelledError when the scheduler died
-        error = exc
-    if error is not None and hasattr(executor, "lost"):
-        lost = executor.lost(error)
+        return None, future.result()
+    except BaseException as exc:  # a task's own failure, or the cluster's
+        lost = executor.lost(exc) if hasattr(executor, "lost") else None
         if lost is not None:
-            raise lost from error
-    return error
+            raise lost from exc
+        if not isinstance(exc, Exception):
+            raise
+        return exc, None
 
 
 def _settle(run: _Run, slide: _Slide, result: dict, outputs: dict[str, str]) -> None:

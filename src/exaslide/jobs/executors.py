@@ -123,10 +123,14 @@ class DaskExecutor:
     def lost(self, exc: BaseException) -> ClusterLostError | None:
         """A :class:`ClusterLostError` when ``exc`` (raised by a future) means the
         scheduler is gone, else None."""
+        import asyncio
+
         from distributed.comm import CommClosedError
 
         gone = self.client.status not in ("running", "connecting", "newly-created")
-        if gone or isinstance(exc, CommClosedError | concurrent.futures.CancelledError):
+        cancelled = isinstance(exc, CommClosedError | concurrent.futures.CancelledError |
+                               asyncio.CancelledError)
+        if gone or cancelled:
             where = self.address or "the local cluster"
             return ClusterLostError(f"lost the Dask scheduler ({where}) during the run: "
                                     f"{type(exc).__name__}; rerun to resume (finished "
