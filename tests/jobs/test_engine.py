@@ -1,0 +1,140 @@
+"""The job engine on its own: the documented example stage (docs/architecture.md), resume,
+redo on changed options or inputs, failures, foreign folders, unsafe output names, the
+'committing' state, ranks and Dask."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from exaslide.jobs import JobError, SlideEntry, Stage, read_status, run_stage
+
+
+# -- the example of docs/architecture.md, verbatim ------------------------------------------
+@dataclass(frozen=True)
+class TissueAreaOptions:
+    level: int = 2          # pyramid level the tissue mask is computed at
+    min_area_um2: float = 10_000.0
+
+
+def tissue_area(entry, options: TissueAreaOptions, ctx) -> dict:
+    """One slide: its tissue mask as a PNG and the tissue area in mm^2."""
+    from PIL import Image
+
+    from exaslide.masks.tissue import TissueParams, detect_tissue
+    from exaslide.slides import open_slide
+
+    with open_slide(entry.path) as slide:
+        image = slide.read_level(options.level)
+        mpp = slide.level_mpp(options.level)
+        mask = detect_tissue(image, mpp[0] if mpp else None,
+                             TissueParams(min_area_um2=options.min_area_um2))
+    with ctx.output(f"tissue/{entry.slide_id}.png") as tmp:
+        Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG")
+    area = float(mask.sum()) * (mpp[0] * mpp[1] if mpp else 0.0) / 1e6
+    return {"tissue_mm2": round(area, 4)}
+
+
+def run_tissue_area(entries, out, **kwargs):
+    stage = Stage("tissue-area", TissueAreaOptions(**kwargs.pop("options", {})),
+                  process=tissue_area)
+    return run_stage(stage, entries, out, **kwargs)
+# -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def entries(synth_slide, tmp_path):
+    other = tmp_path / "copy.tif"
+    other.write_bytes(Path(synth_slide.path).read_bytes())
+    return [SlideEntry("a", synth_slide.path), SlideEntry("b", other)]
+
+
+def test_example_stage_writes_outputs_status_and_resumes(entries, tmp_path):
+    out = tmp_path / "out"
+    first = run_tissue_area(entries, out)
+    assert [o.status for o in first] == ["done", "done"]
+    assert first[0].result["tissue_mm2"] > 0
+    assert (out / "tissue" / "a.png").is_file()
+    status = read_status(out, "a")
+    assert status["stage"] == "tissue-area" and status["status"] == "done"
+    assert status["options"] == {"level": 2, "min_area_um2": 10_000.0}
+    assert status["outputs"] == {"tissue/a.png": (out / "tissue" / "a.png").stat().st_size}
+    summary = json.loads((out / "tissue-area_status.json").read_text())
+    assert [s["status"] for s in summary] == ["done", "done"]
+    assert [o.status for o in run_tissue_area(entries, out)] == ["skipped", "skipped"]
+    assert not (out / ".partial").exists()
+
+
+def test_changed_options_inputs_or_missing_outputs_are_redone(entries, tmp_path):
+    out = tmp_path / "out"
+    run_tissue_area(entries, out)
+    assert [o.status for o in run_tissue_area(entries, out, options={"level": 1})] == \
+        ["done", "done"]
+    Path(entries[1].path).write_bytes(Path(entries[1].path).read_bytes())  # new mtime
+    (out / "tissue" / "a.png").unlink()
+    again = run_tissue_area(entries, out, options={"level": 1})
+    assert [o.status for o in again] == ["done", "done"]
+    (out / "tissue" / "a.png").write_bytes(b"truncated")  # size no longer matches
+    assert run_tissue_area(entries, out, options={"level": 1})[0].status == "done"
+
+
+def test_a_failing_slide_is_recorded_and_leaves_no_output(entries, tmp_path):
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"II*\x00" + bytes(64))
+    out = tmp_path / "out"
+    outcomes = run_tissue_area([entries[0], SlideEntry("bad", broken)], out)
+    assert [o.status for o in outcomes] == ["done", "failed"]
+    assert "broken.tif" in outcomes[1].error
+    assert read_status(out, "bad")["status"] == "failed"
+    assert not (out / "tissue" / "bad.png").exists()
+    missing = run_tissue_area([SlideEntry("gone", tmp_path / "nope.tif")], out)
+    assert missing[0].status == "failed" and "nope.tif" in missing[0].error
+
+
+def test_refuses_another_stages_folder_duplicate_ids_and_escaping_names(entries, tmp_path):
+    out = tmp_path / "out"
+    run_tissue_area(entries[:1], out)
+    other = Stage("other", TissueAreaOptions(), process=tissue_area)
+    with pytest.raises(JobError, match="holds 'tissue-area' outputs"):
+        run_stage(other, entries[:1], out)
+    with pytest.raises(JobError, match="two slides have the id"):
+        run_tissue_area([entries[0], entries[0]], tmp_path / "dup")
+
+    def escape(entry, options, ctx):
+        with ctx.output("../outside.txt") as tmp:
+            tmp.write_text("x")
+        return {}
+
+    [outcome] = run_stage(Stage("escape", None, process=escape), entries[:1],
+                          tmp_path / "esc")
+    assert outcome.status == "failed" and "would escape" in outcome.error
+    assert not (tmp_path / "outside.txt").exists()
+
+
+def test_a_run_killed_while_committing_is_cleaned_before_the_redo(entries, tmp_path):
+    out = tmp_path / "out"
+    run_tissue_area(entries[:1], out)
+    status = read_status(out, "a")
+    # as if killed after moving a file of a different run and before the final status
+    (out / "tissue" / "stale.png").write_bytes(b"x")
+    status.update(status="committing", outputs={"tissue/stale.png": 0, "tissue/a.png": 0})
+    (out / "status" / "a.json").write_text(json.dumps(status))
+    assert run_tissue_area(entries[:1], out)[0].status == "done"
+    assert not (out / "tissue" / "stale.png").exists()
+    assert read_status(out, "a")["status"] == "done"
+
+
+def test_ranks_share_the_slides_and_dask_gives_the_same_files(entries, tmp_path):
+    ranks = [run_tissue_area(entries, tmp_path / "ranks", rank=r, world_size=2)
+             for r in (0, 1)]
+    assert [[o.slide_id for o in r] for r in ranks] == [["a"], ["b"]]
+    assert (tmp_path / "ranks" / "tissue-area_status.rank1.json").is_file()
+    dask = run_tissue_area(entries, tmp_path / "dask", scheduler=None, workers=2)
+    assert [o.status for o in dask] == ["done", "done"]
+    for name in ("a", "b"):
+        assert (tmp_path / "dask" / "tissue" / f"{name}.png").read_bytes() == \
+            (tmp_path / "ranks" / "tissue" / f"{name}.png").read_bytes()
