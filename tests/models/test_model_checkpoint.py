@@ -46,6 +46,7 @@ def test_ddp_and_compiled_prefixes_accepted(tmp_path):
     raw = torch.load(path, weights_only=True)
     raw["state_dict"] = {f"_orig_mod.module.{k}": v for k, v in raw["state_dict"].items()}
     torch.save(raw, path)
+    path.with_name("model.pt.sha256").unlink()  # edited on purpose: drop the checksum
     loaded, _ = load_model(path)
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value)
@@ -110,6 +111,7 @@ def test_wrong_contents(tmp_path):
     with pytest.raises(ModelError, match=r"only 1 of its .* tensors fit"):
         create_model("small-cnn", pretrained=other)
     path = save_model(tmp_path / "model.pt", create_model("small-cnn", num_classes=3), META)
+    path.with_name("model.pt.sha256").unlink()  # edited on purpose below
     raw = torch.load(path, weights_only=True)
     raw["num_classes"] = 2
     torch.save(raw, path)
