@@ -127,3 +127,11 @@ def test_slide_without_mpp_and_mask_cap(tmp_path, monkeypatch):
     x_mid, y_mid = sampled.x + 16, sampled.y + 16
     inside = (x_mid > 800) & (x_mid < 3200) & (y_mid > 500) & (y_mid < 2500)
     assert len(sampled) > 3000 and inside.mean() > 0.97
+
+
+def test_patch_spec_takes_mpp_without_level_none():
+    assert PatchSpec(224, mpp=0.5) == PatchSpec(224, level=None, mpp=0.5)
+    PatchSpec(224, mpp=0.5).validate()
+    assert PatchSpec().level == 0 and PatchSpec(level=2).level == 2
+    with pytest.raises(PatchError, match="exactly one of level or mpp"):
+        PatchSpec(224, level=1, mpp=0.5).validate()

@@ -74,9 +74,7 @@ def command(manifest, out_dir, sampler, patch_size, level, mpp, stride, per_clas
     if level is not None and mpp is not None:
         raise click.UsageError("give --level or --mpp, not both")
     workers, scheduler = executor_choice(workers, scheduler, None)
-    spec = PatchSpec(size=patch_size, level=level if mpp is None else None, mpp=mpp)
-    if mpp is None and level is None:
-        spec = PatchSpec(size=patch_size, level=0)
+    spec = PatchSpec(size=patch_size, level=level, mpp=mpp)
     sampling = SamplingOptions(sampler=sampler, stride=stride, per_class=per_class,
                                min_tissue=min_tissue, label_rule=label_rule,
                                tumour_threshold=tumour_threshold, seed=seed)

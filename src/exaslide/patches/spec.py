@@ -20,12 +20,18 @@ class PatchSpec:
     """Size and resolution of patches.
 
     A patch is ``size`` x ``size`` output pixels, read at pyramid ``level`` or at ``mpp``
-    microns per pixel (read at the best level, resampled with area interpolation).
+    microns per pixel (read at the best level, resampled with area interpolation). Give
+    one of them: ``PatchSpec(224, mpp=0.5)``, ``PatchSpec(256, level=1)``; with neither,
+    level 0.
     """
 
     size: int = 256
-    level: int | None = 0
+    level: int | None = None
     mpp: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.level is None and self.mpp is None:
+            object.__setattr__(self, "level", 0)
 
     def validate(self) -> None:
         """Raise :class:`PatchError` for impossible values."""
