@@ -66,5 +66,30 @@ def test_errors(tmp_path):
     with pytest.raises(EvaluationError, match="names slide 'zzz'"):
         read_heatmap(tmp_path, "b")
     (tmp_path / "a.heatmap.npy").write_bytes(b"junk")
+    with pytest.raises(EvaluationError, match=r"a\.heatmap\.npy: corrupt file"):
+        read_heatmap(tmp_path, "a")
+    legacy = json.loads((tmp_path / "a.heatmap.json").read_text())
+    del legacy["npy_sha256"]  # written before heatmaps recorded their digest
+    (tmp_path / "a.heatmap.json").write_text(json.dumps(legacy))
     with pytest.raises(EvaluationError, match="not a readable"):
         read_heatmap(tmp_path, "a")
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_damaged_npy_is_refused(tmp_path, damage):
+    """A flipped bit or a truncated copy of the ``.npy`` is an error, not wrong
+    probabilities: the JSON records the SHA-256 of the bytes written."""
+    import hashlib
+
+    path = write_heatmap(tmp_path, "t1", np.full((40, 50), 0.25), META)
+    meta = json.loads((tmp_path / "t1.heatmap.json").read_text())
+    assert meta["npy_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0x10
+    else:
+        data = data[: len(data) - 8]
+    path.write_bytes(bytes(data))
+    with pytest.raises(EvaluationError, match=r"t1.heatmap.npy: corrupt file .*expected.*"
+                                              r"found.*exaslide infer --overwrite"):
+        read_heatmap(tmp_path, "t1")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from exaslide.heatmaps import JSON_SUFFIX, NPY_SUFFIX
 from exaslide.masks.outputs import save_png, save_pyramid_tiff
 
 #: Longest side of the overlay PNG.
@@ -14,8 +15,8 @@ OVERLAY_SIDE = 1024
 #: Weight of the colour map where a cell was computed.
 OVERLAY_ALPHA = 0.5
 #: File name suffixes of one slide's outputs (the JSON, written last, marks completion).
-SUFFIXES = {"overlay": ".overlay.png", "tiff": ".heatmap.tif", "npy": ".heatmap.npy",
-            "json": ".heatmap.json"}
+SUFFIXES = {"overlay": ".overlay.png", "tiff": ".heatmap.tif", "npy": NPY_SUFFIX,
+            "json": JSON_SUFFIX}
 
 
 def output_paths(out_dir: str | Path, slide_id: str) -> dict[str, Path]:

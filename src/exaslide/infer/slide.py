@@ -160,7 +160,7 @@ def run_slide(model, meta, slide_path, out_dir, *, slide_id=None, stride=None,
               fingerprint=None) -> tuple[Path, dict[str, Any]]:
     """:func:`infer_slide`, also returning the heatmap's JSON metadata; ``fingerprint``
     (see :func:`exaslide.infer.cohort.heatmap_fingerprint`) is stored in it when given."""
-    from exaslide.evaluate.heatmap import write_heatmap
+    from exaslide.heatmaps import write_heatmap
     from exaslide.infer.grid import plan_grid
     from exaslide.infer.outputs import OVERLAY_SIDE, output_paths, write_extra_outputs
     from exaslide.models import model_name
