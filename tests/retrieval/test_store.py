@@ -36,3 +36,24 @@ def test_mismatches_and_missing_stores_are_errors(tmp_path):
         read_embeddings(tmp_path)
     with pytest.raises(RetrievalError, match="not an embedding store"):
         read_embeddings(tmp_path / "nothing")
+
+
+def test_store_without_checksums_warns_once_and_redone_part_is_checked(tmp_path, caplog):
+    """A store written before checksums existed loads with one warning for all its
+    files; a part deleted and written again gets checksums."""
+    from exaslide.retrieval.store import read_part
+
+    write_info(tmp_path, INFO)
+    for part in ("a", "b"):
+        write_part(tmp_path, part, pa.table({"key": [part]}), np.ones((1, 4)))
+    for sidecar in tmp_path.rglob("*.sha256"):
+        sidecar.unlink()
+    with caplog.at_level("WARNING", logger="exaslide.integrity"):
+        assert len(read_embeddings(tmp_path)) == 2
+    warnings = [r for r in caplog.records if "no checksum" in r.getMessage()]
+    assert len(warnings) == 1 and "and 4 more" in warnings[0].getMessage()
+    (tmp_path / "parts" / "a.parquet").unlink()
+    write_part(tmp_path, "a", pa.table({"key": ["a"]}), np.zeros((1, 4)))
+    assert (tmp_path / "parts" / "a.npy.sha256").exists()
+    table, vectors = read_part(tmp_path, "a")
+    assert table["key"].to_pylist() == ["a"] and vectors.tolist() == [[0, 0, 0, 0]]

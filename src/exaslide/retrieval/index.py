@@ -6,6 +6,9 @@ An index is a folder::
     meta.parquet    the store's table; row i describes id i
     index.json      {"kind", "params", "dim", "count", "store": <the store's info>,
                      "slides": {slide_id: path}}
+    *.sha256        the SHA-256 of each file above (``sha256sum`` format), written with
+                    it; :func:`load_index` refuses a file whose digest differs
+
 
 Kinds (see ``docs/retrieval.md`` for when to use which):
 
@@ -31,13 +34,18 @@ from typing import Any
 
 import numpy as np
 
-from exaslide.atomic import atomic_path, write_text
 from exaslide.errors import RetrievalError
+from exaslide.integrity import atomic_write, verify, warn_unchecked
+from exaslide.jsonio import write_json
 
 logger = logging.getLogger(__name__)
 
 KINDS = ("auto", "flat", "ivfpq", "hnsw")
 AUTO_FLAT_BELOW = 100_000
+#: The files of an index folder, in the order they are written.
+FILES = ("index.faiss", "meta.parquet", "index.json")
+#: What to do about a corrupt index file (ends the error message).
+REMEDY = "rebuild the index with 'exaslide index build'"
 
 
 @dataclass
@@ -203,18 +211,19 @@ class VectorIndex:
                  if i >= 0] for srow, irow in zip(scores, ids, strict=True)]
 
     def save(self, out_dir: str | os.PathLike) -> Path:
-        """Write ``index.faiss``, ``meta.parquet`` and ``index.json`` (each atomically)."""
+        """Write ``index.faiss``, ``meta.parquet`` and ``index.json`` (each atomically,
+        with its ``.sha256`` checksum)."""
         import faiss
         import pyarrow.parquet as pq
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / "index.faiss") as tmp:
+        with atomic_write(out / "index.faiss") as tmp:
             faiss.write_index(self.index, str(tmp))
-        with atomic_path(out / "meta.parquet") as tmp:
+        with atomic_write(out / "meta.parquet") as tmp:
             pq.write_table(self.table, tmp, compression="zstd")
         self.info["count"] = int(self.index.ntotal)
-        write_text(out / "index.json", json.dumps(self.info, indent=2, default=str) + "\n")
+        write_json(out / "index.json", self.info, checksum=True)
         return out
 
     def bytes_per_vector(self) -> float:
@@ -227,13 +236,21 @@ class VectorIndex:
 def load_index(folder: str | os.PathLike) -> VectorIndex:
     """Open an index folder written by :meth:`VectorIndex.save`.
 
+    Every file is checked against its ``.sha256`` checksum first; files without one
+    (written by an earlier release) are read with a warning.
+
     Raises:
-        RetrievalError: missing or damaged files, or files that disagree.
+        RetrievalError: missing, corrupt (a digest that is not the recorded one) or
+            unreadable files, or files that disagree.
     """
     import faiss
     import pyarrow.parquet as pq
 
     folder = Path(folder)
+    unchecked = [folder / name for name in FILES
+                 if not verify(folder / name, RetrievalError, REMEDY, warn_missing=False)
+                 and (folder / name).is_file()]
+    warn_unchecked(unchecked)
     try:
         info = json.loads((folder / "index.json").read_text())
         table = pq.read_table(folder / "meta.parquet")

@@ -251,22 +251,32 @@ class ProjectionHeads:
         return self._embed("text", feats)
 
     def save(self, path: str | os.PathLike) -> Path:
+        """Write the heads to ``path`` atomically, with its ``.sha256`` checksum."""
         import torch
 
-        from exaslide.atomic import atomic_path
+        from exaslide.integrity import atomic_write
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
+        with atomic_write(path) as tmp:
             torch.save({"format": HEADS_FORMAT, "config": self.module.config,
                         "state_dict": self.module.state_dict()}, tmp)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ProjectionHeads:
-        """Raises: RetrievalError for a missing or foreign file."""
+        """The heads saved at ``path``, checked against its ``.sha256`` checksum (a file
+        without one, written by an earlier release, loads with a warning).
+
+        Raises:
+            RetrievalError: a missing, corrupt or foreign file.
+        """
         import torch
 
+        from exaslide.integrity import verify
+
+        verify(path, RetrievalError, "re-embed the figures (exaslide embed figures) to "
+               "train and save new heads")
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:

@@ -13,6 +13,11 @@ Parts (one per slide, or per chunk of figures) are written atomically, the ``.np
 first and the ``.parquet`` last, so a part whose Parquet file exists is complete: an
 interrupted embedding run resumes by skipping the parts already there.
 :func:`read_embeddings` concatenates the parts in name order.
+
+Every file has a ``<name>.sha256`` sidecar (``sha256sum`` format, see
+:mod:`exaslide.integrity`) written with it; readers refuse a file whose digest differs
+(corrupt or truncated: re-embed) and warn once about files without one (stores written
+by an earlier release).
 """
 
 from __future__ import annotations
@@ -25,10 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from exaslide.atomic import atomic_path, write_text
 from exaslide.errors import RetrievalError
+from exaslide.integrity import atomic_write, verify, warn_unchecked
+from exaslide.jsonio import write_json
 
 KINDS = ("patches", "slides", "figures", "captions")
+#: What to do about a corrupt ``embeddings.json`` (ends the error message).
+REMEDY = "re-embed into a new folder"
 
 
 @dataclass
@@ -55,14 +63,47 @@ def write_info(folder: str | os.PathLike, info: dict[str, Any]) -> None:
         raise RetrievalError(f"embedding kind must be one of {KINDS}, got {info.get('kind')!r}")
     path = folder / "embeddings.json"
     if path.exists():
-        old = json.loads(path.read_text())
+        old = read_info(folder)
         for key in ("kind", "dim", "model", "model_path", "weights"):
             if old.get(key) != info.get(key):
                 raise RetrievalError(f"{folder}: holds embeddings with {key}={old.get(key)!r}, "
                                      f"not {info.get(key)!r}; use another folder")
         return
     folder.mkdir(parents=True, exist_ok=True)
-    write_text(path, json.dumps(info, indent=2, default=str) + "\n")
+    write_json(path, info, checksum=True)
+
+
+def read_info(folder: str | os.PathLike, unchecked: list[Path] | None = None) -> dict:
+    """The store's ``embeddings.json``, checked against its checksum.
+
+    Args:
+        unchecked: where to append the file when it has no checksum (the caller warns);
+            None to warn here.
+
+    Raises:
+        RetrievalError: no readable ``embeddings.json``, or a corrupt one.
+    """
+    path = Path(folder) / "embeddings.json"
+    _check(path, unchecked)
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RetrievalError(f"{folder}: not an embedding store (no readable "
+                             "embeddings.json)") from exc
+    if not isinstance(info, dict):
+        raise RetrievalError(f"{path}: expected a JSON object")
+    return info
+
+
+def _check(path: Path, unchecked: list[Path] | None, remedy: str = REMEDY) -> None:
+    if not verify(path, RetrievalError, remedy, warn_missing=unchecked is None) \
+            and unchecked is not None and path.is_file():
+        unchecked.append(path)
+
+
+def _part_remedy(parquet: Path) -> str:
+    return (f"re-embed: delete {parquet.name} (the part's completion mark) and run the same "
+            "command again, which redoes only missing parts, or embed into a new folder")
 
 
 def part_done(folder: str | os.PathLike, part: str) -> bool:
@@ -84,36 +125,64 @@ def write_part(folder: str | os.PathLike, part: str, table, vectors: np.ndarray)
         raise RetrievalError(f"part {part}: {table.num_rows} rows but {len(vectors)} vectors")
     parts = Path(folder) / "parts"
     parts.mkdir(parents=True, exist_ok=True)
-    with atomic_path(parts / f"{part}.npy") as tmp, open(tmp, "wb") as fh:
+    with atomic_write(parts / f"{part}.npy") as tmp, open(tmp, "wb") as fh:
         np.save(fh, np.asarray(vectors, dtype=np.float16))
-    with atomic_path(parts / f"{part}.parquet") as tmp:
+    with atomic_write(parts / f"{part}.parquet") as tmp:
         pq.write_table(table, tmp, compression="zstd")
+
+
+def read_part(folder: str | os.PathLike, part: str,
+              unchecked: list[Path] | None = None) -> tuple[Any, np.ndarray]:
+    """``(table, float32 vectors)`` of one complete part, checked against their
+    checksums.
+
+    Args:
+        unchecked: where to append files without a checksum (the caller warns once);
+            None to warn here.
+
+    Raises:
+        RetrievalError: a corrupt or unreadable file, or rows and vectors that differ in
+            number.
+    """
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    npy, parquet = (folder / "parts" / f"{part}{ext}" for ext in (".npy", ".parquet"))
+    for path in (npy, parquet):
+        _check(path, unchecked, _part_remedy(parquet))
+    try:
+        table = pq.read_table(parquet)
+        vectors = np.load(npy, allow_pickle=False).astype(np.float32)
+    except (OSError, ValueError, EOFError) as exc:
+        raise RetrievalError(f"{folder}: part {part} is not readable "
+                             f"({str(exc).splitlines()[0][:200]}); "
+                             f"{_part_remedy(parquet)}") from exc
+    if len(vectors) != table.num_rows:
+        raise RetrievalError(f"{folder}: part {part} has {table.num_rows} rows but "
+                             f"{len(vectors)} vectors")
+    return table, vectors
 
 
 def read_embeddings(folder: str | os.PathLike) -> Embeddings:
     """Every complete part of a store, concatenated in part-name order.
 
     Raises:
-        RetrievalError: not a store, or no complete part.
+        RetrievalError: not a store, no complete part, or a corrupt file (its digest is
+            not the one recorded when it was written).
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     folder = Path(folder)
-    try:
-        info = json.loads((folder / "embeddings.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise RetrievalError(f"{folder}: not an embedding store (no readable "
-                             "embeddings.json)") from exc
+    unchecked: list[Path] = []
+    info = read_info(folder, unchecked)
     names = sorted(p.stem for p in (folder / "parts").glob("[!.]*.parquet"))
     if not names:
         raise RetrievalError(f"{folder}: the store holds no embeddings yet")
     tables, vectors = [], []
     for name in names:
-        tables.append(pq.read_table(folder / "parts" / f"{name}.parquet"))
-        vectors.append(np.load(folder / "parts" / f"{name}.npy").astype(np.float32))
-        if len(vectors[-1]) != tables[-1].num_rows:
-            raise RetrievalError(f"{folder}: part {name} has {tables[-1].num_rows} rows "
-                                 f"but {len(vectors[-1])} vectors")
+        table, part_vectors = read_part(folder, name, unchecked)
+        tables.append(table)
+        vectors.append(part_vectors)
+    warn_unchecked(unchecked)
     table = pa.concat_tables(tables, promote_options="default")
     return Embeddings(np.concatenate(vectors), table, info)

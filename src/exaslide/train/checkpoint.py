@@ -5,6 +5,10 @@ optimiser and scheduler states, the epoch, the best validation score so far, the
 history and the random-number states (Python, NumPy, torch CPU and CUDA). The samplers
 and augmentations draw from ``(seed, epoch)``, so with these states a resumed run repeats
 the epochs an uninterrupted run would have run.
+
+Beside it, ``last.pt.sha256`` records its SHA-256 (:mod:`exaslide.integrity`); a
+checkpoint whose digest differs is refused (a checkpoint without one, written by an
+earlier release, is read with a warning).
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from exaslide.atomic import atomic_path
 from exaslide.errors import TrainingError
+from exaslide.integrity import atomic_write, verify
 
 FORMAT = "exaslide-train/1"
 
@@ -41,8 +45,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_training_state(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write a training checkpoint atomically (a killed write leaves the old one)."""
-    with atomic_path(path) as tmp:
+    """Write a training checkpoint atomically (a killed write leaves the old one), with
+    its ``.sha256`` checksum."""
+    with atomic_write(path) as tmp:
         torch.save({"format": FORMAT, **state}, tmp)
     return Path(path)
 
@@ -51,8 +56,10 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_training_state`.
 
     Raises:
-        TrainingError: a missing, truncated or foreign file.
+        TrainingError: a missing, corrupt, truncated or foreign file.
     """
+    verify(path, TrainingError, "delete it to train again from the first epoch, or restore "
+           "the run folder from a backup")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except FileNotFoundError as exc:
