@@ -30,6 +30,17 @@ def temporary_sibling(target: Path) -> Path:
             continue
 
 
+def commit(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Flush a finished temporary file to disk and rename it to ``target`` (the last step
+    of every atomic write, also for writers that stream into a temporary themselves)."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, target)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; if the block succeeds, flush it to disk and
@@ -39,12 +50,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = temporary_sibling(target)
     try:
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
+        commit(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from exaslide.atomic import temporary_sibling
+from exaslide.atomic import commit, temporary_sibling
 
 FORMATS = ("png", "jpeg")
 
@@ -93,9 +92,7 @@ class ShardWriter:
         if self._tar is None:
             return
         self._tar.close()
-        with open(self._tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(self._tmp, self.directory / self.shards[-1])
+        commit(self._tmp, self.directory / self.shards[-1])
         self._tar = self._tmp = None
 
     def close(self) -> list[str]:
