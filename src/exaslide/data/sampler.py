@@ -18,34 +18,11 @@ of a distributed job computes the same global order and takes its own share
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-
-def distributed_context(rank: int | None = None,
-                        world_size: int | None = None) -> tuple[int, int]:
-    """``(rank, world_size)``: the given values, else ``torch.distributed``'s when it is
-    initialised, else the ``RANK`` / ``WORLD_SIZE`` variables ``torchrun`` sets, else
-    ``(0, 1)``."""
-    if rank is None or world_size is None:
-        found_rank, found_world = 0, 1
-        try:
-            import torch.distributed as dist
-
-            if dist.is_available() and dist.is_initialized():
-                found_rank, found_world = dist.get_rank(), dist.get_world_size()
-            else:
-                raise RuntimeError
-        except (ImportError, RuntimeError):
-            found_rank = int(os.environ.get("RANK", 0))
-            found_world = int(os.environ.get("WORLD_SIZE", 1))
-        rank = found_rank if rank is None else rank
-        world_size = found_world if world_size is None else world_size
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not within world size {world_size}")
-    return rank, world_size
+from exaslide.runtime import distributed_context  # re-exported: its old home
 
 
 def epoch_rng(seed: int, epoch: int, *extra: int) -> np.random.Generator:

@@ -65,20 +65,19 @@ def model_inputs(meta: Mapping[str, Any], class_name: str = "tumour") -> ModelIn
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``device`` as a ``torch.device``; plain ``"cuda"`` under ``torchrun`` is this
+    """``device`` as a ``torch.device`` (:func:`exaslide.runtime.resolve_device`: ``auto``,
+    ``cpu``, ``cuda``, ``cuda:N``, ``mps``); plain ``"cuda"`` under ``torchrun`` is this
     process's GPU (``LOCAL_RANK``).
 
     Raises:
-        InferenceError: CUDA asked for but not available.
+        InferenceError: an unknown device, or a GPU this machine does not have.
     """
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InferenceError(f"device {device!r}: CUDA is not available on this machine; "
-                                 "use --device cpu")
-        if dev.index is None:
-            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return dev
+    from exaslide import runtime
+
+    try:
+        return runtime.resolve_device(device)
+    except runtime.DeviceError as exc:
+        raise InferenceError(str(exc)) from exc
 
 
 def _predict(model: torch.nn.Module, batch: np.ndarray, inputs: ModelInputs,
