@@ -136,3 +136,14 @@ def test_best_model_follows_validation_loss_when_auc_is_undefined():
     assert _improved(best, {"val_loss": 0.4, "val_auc": float("nan")})
     assert not _improved(best, {"val_loss": 0.6, "val_auc": float("nan")})
     assert _improved(best, {"train_loss": 1.0})  # no validation: keep the latest
+
+
+def test_a_bad_augmentation_fails_before_anything_is_written(extracted, tmp_path):
+    from exaslide.errors import ExaslideError
+
+    out = tmp_path / "run"
+    config = TrainConfig(**_config(extracted, out, augment={
+        "normalize": {"method": "reinhard", "reference": str(tmp_path / "missing.png")}}))
+    with pytest.raises((ExaslideError, OSError), match=r"missing\.png"):
+        train(config, progress=False)
+    assert not out.exists()

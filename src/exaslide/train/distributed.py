@@ -2,13 +2,12 @@
 
 ``torchrun`` sets ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``; when ``WORLD_SIZE > 1``,
 :func:`setup` joins the process group (NCCL on GPUs, gloo on CPUs) and picks this
-process's device (``cuda:LOCAL_RANK``). A plain ``python``/``exaslide`` run is a world of
-one and needs no process group.
+process's device (``cuda:LOCAL_RANK``) through :mod:`exaslide.runtime`. A plain
+``python``/``exaslide`` run is a world of one and needs no process group.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -34,21 +33,21 @@ class Context:
         return self.world_size > 1
 
 
-def pick_device(requested: str, local_rank: int = 0) -> torch.device:
-    """``auto``: this rank's GPU when CUDA is available, else the CPU."""
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda":
-        requested = f"cuda:{local_rank}"
-    return torch.device(requested)
-
-
 def setup(device: str = "auto") -> Context:
-    """Join the ``torchrun`` process group if there is one; return the context."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    rank = int(os.environ.get("RANK", 0))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    chosen = pick_device(device, local_rank)
+    """Join the ``torchrun`` process group if there is one; return the context.
+
+    The device is :func:`exaslide.runtime.resolve_device`'s (``auto``: this rank's GPU
+    when CUDA is available); rank and world size are
+    :func:`exaslide.runtime.distributed_context`'s.
+
+    Raises:
+        DeviceError: a device this machine does not have.
+    """
+    from exaslide import runtime
+
+    rank, world = runtime.distributed_context()
+    local_rank = runtime.local_rank()
+    chosen = runtime.resolve_device(device)
     if chosen.type == "cuda":
         torch.cuda.set_device(chosen)
     if world > 1 and not dist.is_initialized():

@@ -62,15 +62,20 @@ def train(config: TrainConfig, *, resume: bool = False,
     """Train ``config.model`` on ``config.data`` (see the module docstring).
 
     Args:
-        config: the run's configuration (validated here).
+        config: the run's configuration (validated again here; nothing is written
+            before it, the device and the data have been checked).
         resume: continue from ``out/checkpoints/last.pt`` (the run must have the same
             model and classes); without a checkpoint, start from scratch.
         progress: show a progress bar with images/s on rank 0.
 
     Raises:
         TrainingError: bad configuration, no training data, a mismatching checkpoint.
+        DeviceError: a device this machine does not have.
     """
-    config.validate()
+    from exaslide.runtime import set_threads
+
+    config = config.validate()  # a checked copy: fields may have been changed in place
+    set_threads(config.threads)
     context = setup(config.device)
     try:
         return _train(config, context, resume, progress)
@@ -81,44 +86,27 @@ def train(config: TrainConfig, *, resume: bool = False,
 def _train(config: TrainConfig, context: Context, resume: bool,
            progress: bool) -> TrainResult:
     from exaslide.augment import build_augmentation, to_float
-    from exaslide.data import make_loader, to_device
+    from exaslide.data import to_device
+    from exaslide.runtime import seed_everything
 
     out = Path(config.out)
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed % 2**32)
+    seed_everything(config.seed)  # the same initial weights on every rank
+    augment = build_augmentation(config.augment)  # before writing: a bad reference fails
     train_set, sampler, val_set = _datasets(config, context)
     model = _model(config, context)
+    if context.distributed:
+        seed_everything(config.seed, rank=context.rank)  # then each rank its own draws
     optimizer = _optimizer(config, model)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs) \
         if config.scheduler == "cosine" else None
-    start, history = 0, []
-    best = {"auc": None, "loss": None, "epoch": -1, "stale": 0}
     checkpoint = out / "checkpoints" / "last.pt"
-    resumed_from = None
-    if resume and checkpoint.exists():
-        state = load_training_state(checkpoint)
-        _check_compatible(state, config, checkpoint, context)
-        _unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        start, history, best = state["epoch"] + 1, state["history"], state["best"]
-        set_rng_state(state["rng"][context.rank])
-        resumed_from = start
-        logger.info("resuming %s at epoch %d", out, start)
-    elif resume:
-        logger.warning("%s: no checkpoint yet; starting from the first epoch", checkpoint)
+    start, history, best, resumed_from = _restore(config, context, checkpoint, resume, model,
+                                                  optimizer, scheduler)
     if context.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
     writer = _tensorboard(config, out, start) if context.is_main else None
-    augment = build_augmentation(config.augment)
-    loader = make_loader(train_set, batch_size=config.batch_size, workers=config.workers,
-                         sampler=sampler, device=str(context.device),
-                         drop_last=False, seed=config.seed)
-    val_loader = make_loader(val_set, batch_size=config.batch_size, workers=config.workers,
-                             device=str(context.device), seed=config.seed) \
-        if val_set is not None else None
+    loader, val_loader = _loaders(config, context, train_set, sampler, val_set)
     loss_fn = torch.nn.CrossEntropyLoss()
     positive = config.classes.index("tumour") if "tumour" in config.classes else 1
     stopped = _patience_spent(config, best)  # a resumed run that had already stopped
@@ -140,21 +128,12 @@ def _train(config: TrainConfig, context: Context, resume: bool,
             row.update(_validate(config, context, _unwrap(model), val_loader, to_device,
                                  to_float, positive))
         history.append(row)
-        improved = _improved(best, row)
-        if improved:
-            best.update(auc=_finite(row.get("val_auc")), loss=row.get("val_loss"),
-                        epoch=epoch, stale=0)
-        else:
-            best["stale"] += 1
+        improved = _update_best(best, row)
         if context.is_main:
             if improved:
                 _save_model(config, model, out / "model.pt", train_set.classes)
             _write_metrics(out / "metrics.csv", history)
-            if writer is not None:
-                for key, value in row.items():
-                    if key != "epoch" and value is not None:
-                        writer.add_scalar(key, value, epoch)
-                writer.flush()
+            _add_scalars(writer, row)
         states = all_gather_objects(context, rng_state())
         if context.is_main:
             save_training_state(checkpoint, {
@@ -170,6 +149,58 @@ def _train(config: TrainConfig, context: Context, resume: bool,
         writer.close()
     return TrainResult(out, out / "model.pt", best["epoch"], best["auc"], history, stopped,
                        weights_digest(_unwrap(model)), resumed_from)
+
+
+def _restore(config: TrainConfig, context: Context, checkpoint: Path, resume: bool,
+             model, optimizer, scheduler) -> tuple[int, list, dict, int | None]:
+    """``(first epoch, history, best, resumed_from)``: from ``checkpoint`` when resuming
+    (weights, optimiser, scheduler and this rank's random state restored), else fresh."""
+    best = {"auc": None, "loss": None, "epoch": -1, "stale": 0}
+    if resume and checkpoint.exists():
+        state = load_training_state(checkpoint)
+        _check_compatible(state, config, checkpoint, context)
+        _unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"][context.rank])
+        start = state["epoch"] + 1
+        logger.info("resuming %s at epoch %d", config.out, start)
+        return start, state["history"], state["best"], start
+    if resume:
+        logger.warning("%s: no checkpoint yet; starting from the first epoch", checkpoint)
+    return 0, [], best, None
+
+
+def _loaders(config: TrainConfig, context: Context, train_set, sampler, val_set):
+    from exaslide.data import make_loader
+
+    loader = make_loader(train_set, batch_size=config.batch_size, workers=config.workers,
+                         sampler=sampler, device=str(context.device),
+                         drop_last=False, seed=config.seed)
+    val_loader = make_loader(val_set, batch_size=config.batch_size, workers=config.workers,
+                             device=str(context.device), seed=config.seed) \
+        if val_set is not None else None
+    return loader, val_loader
+
+
+def _update_best(best: dict, row: dict) -> bool:
+    """Record an epoch in ``best``; True when it is the best so far."""
+    improved = _improved(best, row)
+    if improved:
+        best.update(auc=_finite(row.get("val_auc")), loss=row.get("val_loss"),
+                    epoch=row["epoch"], stale=0)
+    else:
+        best["stale"] += 1
+    return improved
+
+
+def _add_scalars(writer, row: dict) -> None:
+    if writer is not None:
+        for key, value in row.items():
+            if key != "epoch" and value is not None:
+                writer.add_scalar(key, value, row["epoch"])
+        writer.flush()
 
 
 def _patience_spent(config: TrainConfig, best: dict) -> bool:
