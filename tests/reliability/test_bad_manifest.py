@@ -8,8 +8,7 @@ the column and the rule, and write nothing (not even the output folder).
 from __future__ import annotations
 
 import pytest
-
-from conftest import exaslide
+from harness import exaslide
 
 HEADER = b"slide_id,path,annotation,label,split\n"
 GOOD = b"good,good.tif,,normal,train\n"

@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-
-from conftest import exaslide
+from harness import exaslide
 
 
 def _index(root):

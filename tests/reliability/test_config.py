@@ -10,26 +10,9 @@ nothing is written (not even the output folder).
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import yaml
-
-
-def _harness():
-    """tests/reliability/conftest.py by path: ``from conftest import`` finds whichever
-    conftest was imported last when other test folders run in the same session."""
-    spec = importlib.util.spec_from_file_location(
-        "reliability_harness", Path(__file__).with_name("conftest.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-exaslide = _harness().exaslide
+from harness import exaslide
 
 ENV = {"OMP_NUM_THREADS": "1"}
 

@@ -25,8 +25,8 @@ from forge import (
     forge_tiles_past_eof,
     write_small_tiff,
 )
+from harness import Result
 
-from conftest import Result
 from exaslide.errors import SlideOpenError, SlideReadError
 from exaslide.slides import base, open_slide
 

@@ -9,28 +9,12 @@ release) load with a warning.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-
-def _harness():
-    """tests/reliability/conftest.py by path: ``from conftest import`` picks whichever
-    conftest module was imported first when other test folders run in the same session."""
-    path = Path(__file__).with_name("conftest.py")
-    spec = importlib.util.spec_from_file_location("reliability_harness", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-exaslide = _harness().exaslide
+from harness import exaslide
 
 SIZE = 32  # patch side of the tiny model
 

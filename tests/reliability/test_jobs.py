@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
+from harness import exaslide
 
 from exaslide.synth import SynthSpec, make_cohort
-
-from conftest import exaslide
 
 PNG = ["--patch-size", 128, "--materialize", "png", "--shard-size", 100]
 
@@ -250,9 +249,9 @@ def small_disk(tmp_path):
 def test_a_full_disk_names_the_path_and_a_rerun_after_freeing_space_is_identical(
         cohort, small_disk, reference):
     filler = small_disk / "filler.bin"
-    with open(filler, "wb") as fh:  # leave about 2 MB: less than one slide's shards
-        with contextlib.suppress(OSError):
-            fh.write(bytes(22 << 20))
+    # leave about 2 MB: less than one slide's shards
+    with open(filler, "wb") as fh, contextlib.suppress(OSError):
+        fh.write(bytes(22 << 20))
     out = small_disk / "out"
     done = exaslide("extract", cohort, "--out", out, "--scheduler", "inline", *PNG)
     assert done.code in (1, 2), done.stderr

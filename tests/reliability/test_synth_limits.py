@@ -10,8 +10,7 @@ import sys
 import time
 
 import pytest
-
-from conftest import Result, exaslide
+from harness import Result, exaslide
 
 GIB = 1 << 30
 

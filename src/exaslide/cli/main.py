@@ -210,5 +210,21 @@ _register()
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="exaslide")
+    """Console-script entry point. Usage errors (a missing or invalid option) are one
+    line too, ``exaslide: error: COMMAND: problem (see exaslide COMMAND --help)``, exit
+    code 2."""
+    try:
+        code = cli.main(prog_name="exaslide", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("exaslide: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        where = exc.ctx.command_path if getattr(exc, "ctx", None) else "exaslide"
+        message = " ".join(exc.format_message().split())
+        command = where.removeprefix("exaslide").strip()
+        click.echo(f"exaslide: error: {command + ': ' if command else ''}{message} (see "
+                   f"{where} --help)", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
