@@ -26,9 +26,11 @@ def test_parse_and_format_sizes():
     assert parse_size("500 MB") == 500 * 10**6
     assert parse_size("1.5GiB") == int(1.5 * 2**30)
     assert parse_size("123") == parse_size(123) == 123
-    assert format_size(12_345_678) == "12.3 MB" and format_size(999) == "999 B"
-    with pytest.raises(StorageError, match="not a size"):
-        parse_size("lots")
+    assert parse_size("2gib") == 2 * 2**30 and parse_size("5k") == 5000
+    assert format_size(12_345_678) == "11.77 MiB" and format_size(500) == "500 B"
+    for bad in ("lots", "", "kb", "-5MB", "5 parsecs"):
+        with pytest.raises(StorageError, match="not a size"):
+            parse_size(bad)
 
 
 def test_urls():
@@ -165,53 +167,68 @@ def test_the_running_total_subtracts_the_blocks_a_whole_copy_replaces(tmp_path):
     assert cache._estimate == 5000  # not 5000 + the 5 x 1004 bytes of deleted blocks
 
 
-def _dead_pid() -> int:
+_HOLD_LOCK = """
+import sys, time
+from filelock import FileLock
+lock = FileLock(sys.argv[1])
+lock.acquire()
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def _holder(lock, seconds: float):
+    """A process that holds the whole-file lock ``lock`` for ``seconds``."""
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(lock), str(seconds)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
 
 
-def test_stale_whole_file_locks_are_removed(tmp_path, caplog):
-    import json
-    import socket
-
+def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
     cache = DiskCache(tmp_path / "c", block_size=1000)
     info = _info("a.tif", size=100)
     cache.validate(info)
     lock = cache.whole_file_path(info).parent.parent / "whole.lock"
-    lock.parent.mkdir(parents=True)
-    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": _dead_pid(),
-                                "time": time.time()}))
-    copy = cache.store_whole_file(info, _write(b"x" * 100))  # the owner died: taken over
-    assert copy.read_bytes() == b"x" * 100 and not lock.exists()
-    assert "stale whole-file lock" in caplog.text and "is gone" in caplog.text
-    other = _info("b.tif", size=100)  # another host's lock, untouched for too long
-    cache.validate(other)
-    lock = cache.whole_file_path(other).parent.parent / "whole.lock"
-    lock.parent.mkdir(parents=True)
-    lock.write_text(json.dumps({"host": "elsewhere", "pid": 1, "time": 0}))
-    old = time.time() - 3600
-    os.utime(lock, (old, old))
-    assert cache.store_whole_file(other, _write(b"y" * 100)).read_bytes() == b"y" * 100
+    holder = _holder(lock, 60)
+    holder.kill()  # SIGKILL: no clean-up, the lock file stays
+    holder.wait()
+    assert lock.exists()
+    started = time.monotonic()
+    copy = cache.store_whole_file(info, _write(b"x" * 100))  # the OS released the lock
+    assert copy.read_bytes() == b"x" * 100 and time.monotonic() - started < 5
     assert not lock.exists()
 
 
-def test_a_live_whole_file_lock_makes_others_wait_for_the_copy(tmp_path, monkeypatch):
-    import json
+_OWNER = """
+import sys, time
+from exaslide.storage import DiskCache, RemoteInfo
+
+def fill(tmp):
+    print("filling", flush=True)
+    time.sleep(1.0)
+    tmp.write_bytes(b"z" * 100)
+
+info = RemoteInfo(url="https://host/a.tif", size=100, etag="a")
+print(DiskCache(sys.argv[1], block_size=1000).store_whole_file(info, fill), flush=True)
+"""
+
+
+def test_a_held_whole_file_lock_makes_others_wait_for_the_copy(tmp_path):
+    import subprocess
+    import sys
     import threading
+    from pathlib import Path
 
-    from exaslide.storage import disk_cache
-
-    monkeypatch.setattr(disk_cache, "LOCK_POLL_SECONDS", 0.02)
     cache = DiskCache(tmp_path / "c", block_size=1000)
     info = _info("a.tif", size=100)
-    cache.validate(info)
-    lock = cache.whole_file_path(info).parent.parent / "whole.lock"
-    lock.parent.mkdir(parents=True)
-    lock.write_text(json.dumps({"host": "elsewhere", "pid": 1, "time": time.time()}))
+    owner = subprocess.Popen([sys.executable, "-c", _OWNER, str(tmp_path / "c")],
+                             stdout=subprocess.PIPE, text=True)
+    assert owner.stdout.readline().strip() == "filling"  # it holds the lock
     calls = []
     result = {}
     waiter = threading.Thread(target=lambda: result.update(
@@ -219,13 +236,40 @@ def test_a_live_whole_file_lock_makes_others_wait_for_the_copy(tmp_path, monkeyp
     waiter.start()
     time.sleep(0.3)
     assert waiter.is_alive() and calls == []  # waiting for the lock's owner
-    target = cache.whole_file_path(info)  # the owner finishes its copy
-    target.parent.mkdir(parents=True)
-    target.write_bytes(b"z" * 100)
-    assert cache.total_bytes() == 100  # (the lock itself is not cached data)
-    lock.unlink()
+    made = Path(owner.stdout.readline().strip())
+    assert owner.wait(30) == 0
     waiter.join(10)
-    assert result["path"] == target and calls == []  # the copy was not made twice
+    assert result["path"] == made and calls == []  # the copy was not made twice
+    assert made.read_bytes() == b"z" * 100 and not (made.parent.parent / "whole.lock").exists()
+
+
+def test_a_whole_file_copy_is_verified_before_it_is_reused(tmp_path, caplog):
+    cache = DiskCache(tmp_path / "c", block_size=1000)
+    info = _info("a.tif", size=1000)
+    cache.validate(info)
+    copy = cache.store_whole_file(info, _write(bytes(range(250)) * 4))
+    assert cache.whole_file(info) == copy
+    data = bytearray(copy.read_bytes())
+    data[500] ^= 0x80
+    copy.write_bytes(data)
+    assert DiskCache(tmp_path / "c").whole_file(info) is None  # another process
+    assert "damaged" in caplog.text and not copy.exists()
+    copy = cache.store_whole_file(info, _write(bytes(range(250)) * 4))
+    copy.write_bytes(copy.read_bytes()[:10])
+    assert cache.whole_file(info) is None  # this process, which made it
+
+
+def test_a_folder_that_is_not_a_cache_is_refused(tmp_path):
+    (tmp_path / "d" / "photos").mkdir(parents=True)
+    (tmp_path / "d" / "photos" / "a.jpg").write_bytes(b"jpeg")
+    cache = DiskCache(tmp_path / "d")
+    for use in (lambda: cache.validate(_info("a.tif")), cache.entries, cache.clear,
+                cache.prune, cache.total_bytes):
+        with pytest.raises(StorageError, match="empty or new folder"):
+            use()
+    assert (tmp_path / "d" / "photos" / "a.jpg").read_bytes() == b"jpeg"
+    assert DiskCache(tmp_path / "missing").entries() == []  # nothing made to list nothing
+    assert not (tmp_path / "missing").exists()
 
 
 def test_cache_key_drops_only_presigning_parameters():

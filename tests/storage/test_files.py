@@ -246,3 +246,76 @@ def test_a_presigned_url_hits_the_cache_after_its_signature_changes(server, blob
     assert server.sent() == sent  # the block cached under the first signature served it
     [entry] = DiskCache().entries()
     assert entry.url == url
+
+
+def _gets(server, name: str) -> int:
+    """GET requests the server has seen for ``name``."""
+    return sum(1 for method, seen, _ in server.requests if method == "GET" and seen == name)
+
+
+def _damage(path: Path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "flip":  # one byte, in place, modification time kept
+        stat = path.stat()
+        data[len(data) // 3] ^= 0x01
+        with open(path, "r+b") as fh:
+            fh.write(data)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    elif how == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    else:  # a copy left by an earlier exaslide: no record of its checksum
+        (path.parent.parent / "whole.json").unlink()
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate", "no record"])
+def test_a_damaged_whole_file_copy_is_fetched_again(server, blob, how, caplog):
+    path, data = blob
+    url = server.publish(path)
+    copy = local_copy(url)
+    assert copy.read_bytes() == data
+    _damage(copy, how)
+    gets = _gets(server, "blob.bin")
+    with caplog.at_level("WARNING", logger="exaslide.storage"):
+        again = local_copy(url)
+    assert again.read_bytes() == data
+    assert _gets(server, "blob.bin") > gets  # the server saw the refetch
+    assert "damaged" in caplog.text and "blob.bin" in caplog.text
+    gets = _gets(server, "blob.bin")
+    assert local_copy(url).read_bytes() == data and _gets(server, "blob.bin") == gets
+
+
+def test_an_open_handle_never_reads_a_damaged_copy(server, blob):
+    path, data = blob
+    url = server.publish(path)
+    _damage(local_copy(url), "flip")
+    with open_file(url) as fh:  # a new handle: the copy is checked before it is used
+        assert fh.read() == data
+
+
+def test_a_damaged_annotation_copy_is_fetched_again(server, synth_slide):
+    from exaslide.annotations import read_annotations
+
+    url = server.publish(synth_slide.annotation_path, "slide.xml")
+    first = read_annotations(url)
+    [copy] = list(DiskCache().root.rglob("file/slide.xml"))
+    text = copy.read_bytes()
+    at = text.index(b'X="') + 3  # a coordinate's first digit: 1 -> 0, 5 -> 4, ...
+    copy.write_bytes(text[:at] + bytes([text[at] ^ 0x01]) + text[at + 1 :])
+    again = read_annotations(url)
+    assert [a.geometry.wkb for a in again] == [a.geometry.wkb for a in first]
+
+
+def test_a_link_in_the_cache_is_never_read_as_a_copy(server, blob, tmp_path):
+    path, _ = blob
+    url = server.publish(path)
+    with open_file(url) as fh:
+        fh.pread(10, 0)  # makes the entry and its version folder
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "blob.bin").write_bytes(b"not the remote file")
+    [version] = [p for p in DiskCache().entry_dir(url).iterdir() if p.is_dir()]
+    os.symlink(outside, version / "file")
+    with pytest.raises(StorageError, match=r"file: .*link"):
+        local_copy(url)
+    assert (outside / "blob.bin").read_bytes() == b"not the remote file"
+    assert sorted(p.name for p in outside.iterdir()) == ["blob.bin"]

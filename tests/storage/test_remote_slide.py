@@ -174,7 +174,7 @@ def test_cache_cli_info_and_clear(server, synth_slide, cache_dir):
     assert entry["url"] == url and entry["size"] == os.path.getsize(synth_slide.path)
     assert 0 < entry["cached_bytes"] < entry["size"] and not entry["whole_file"]
     text = cli("info").stdout
-    assert url in text and "limit 50.0 GB" in text
+    assert url in text and "limit 46.57 GiB" in text
     assert "0 entries" in cli("clear", "--yes", "http://elsewhere/*").stdout
     assert "1 entry" in cli("clear", "--yes").stdout
     assert json.loads(cli("info", "--json").stdout)["files"] == 0

@@ -10,7 +10,8 @@ import click
 
 @click.group("cache")
 @click.option("--dir", "dir", default=None,
-              help="Cache folder (default: $EXASLIDE_CACHE_DIR, else ~/.cache/exaslide).")
+              help="Cache folder: an exaslide cache, or an empty or new folder (default: "
+                   "$EXASLIDE_CACHE_DIR, else ~/.cache/exaslide).")
 @click.option("--size", "size", default=None,
               help="Size limit, e.g. 50GB or 500MB (default: $EXASLIDE_CACHE_SIZE, else 50GB).")
 @click.pass_context
@@ -18,7 +19,8 @@ def command(ctx: click.Context, dir: str | None, size: str | None) -> None:
     """Show or clear the disk cache of remote slides, annotations and manifests.
 
     Remote files (http(s)://, s3://, gs://... URLs) are cached block by block, or whole
-    for readers that need a local path; see docs/storage.md."""
+    for readers that need a local path; see docs/storage.md. The cache only lists and
+    deletes its own entries, and refuses a folder that holds other files."""
     from exaslide.storage import DiskCache
 
     ctx.obj = DiskCache(dir, size)
@@ -54,8 +56,8 @@ def info(cache, as_json: bool) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_obj
 def clear(cache, pattern: str | None, yes: bool) -> None:
-    """Delete every cached file, or those whose URL matches the glob PATTERN (e.g.
-    's3://bucket/*')."""
+    """Delete every cache entry, or those whose URL matches the glob PATTERN (e.g.
+    's3://bucket/*'); files in the folder that are not the cache's stay."""
     from fnmatch import fnmatch
 
     from exaslide.storage import format_size

@@ -1,10 +1,12 @@
 """The disk cache of remote files: byte-range blocks and whole-file copies, LRU-evicted.
 
-Layout (see ``docs/storage.md``)::
+Layout (see ``docs/storage.md`` and :mod:`~exaslide.storage.cache_layout`)::
 
+    <root>/CACHEDIR.TAG                                marks the folder as exaslide's cache
     <root>/<sha256(key)[:32]>/meta.json               key, size, etag, last_modified, version
     <root>/<sha256(key)[:32]>/<version>/blocks-<B>/<i> block i (bytes [i*B, (i+1)*B)) + CRC32
     <root>/<sha256(key)[:32]>/<version>/file/<name>    whole-file copy (for OpenSlide & co.)
+    <root>/<sha256(key)[:32]>/<version>/whole.json     the copy's size and CRC32
     <root>/<sha256(key)[:32]>/<version>/whole.lock     held while one process makes the copy
 
 ``key`` is the URL without the query parameters of presigned URLs
@@ -13,9 +15,12 @@ Layout (see ``docs/storage.md``)::
 ``<version>`` is a hash of the remote size, ETag and last-modified time, so blocks of two
 versions of a file never mix. Every file is written under a temporary name and renamed,
 so any number of processes share one cache (at worst two fetch the same block); only a
-whole-file copy takes a lock (``<version>/whole.lock``), so that one process downloads it
-while the others wait for it. Eviction: least recently used first, by file mtime (a hit
-touches the file).
+whole-file copy takes a lock (an OS file lock on ``<version>/whole.lock``), so that one
+process downloads it while the others wait for it. Eviction: least recently used first,
+by file mtime (a hit touches the block, or the record of a whole-file copy).
+
+The cache only ever touches its own files: those of the layout above, in a folder that
+holds its marker (see :func:`~exaslide.storage.cache_layout.claim`).
 """
 
 from __future__ import annotations
@@ -26,19 +31,22 @@ import json
 import logging
 import os
 import re
-import shutil
-import socket
+import stat
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 
 from exaslide.atomic import atomic_path, temporary_sibling, write_text
 from exaslide.errors import StorageError
+from exaslide.storage import cache_layout as layout
+from exaslide.storage import whole_copy
+from exaslide.storage.cache_layout import LOCK_NAME, META_NAME, RECORD_NAME
 from exaslide.storage.info import RemoteInfo
+from exaslide.storage.whole_copy import Checksum
 
 logger = logging.getLogger(__name__)
 
@@ -55,45 +63,39 @@ DEFAULT_BLOCK_SIZE = 256 * 1024
 PRUNE_TO = 0.9
 #: Temporary files older than this are leftovers of killed processes and are deleted.
 STALE_TEMP_SECONDS = 3600
-#: A whole-file lock not touched for this long is stale (its owner died on another host
-#: or hangs); the owner touches it every ``LOCK_STALE_SECONDS / 20`` while it downloads.
-LOCK_STALE_SECONDS = 600
-#: How often a process waiting for another's whole-file copy looks again.
-LOCK_POLL_SECONDS = 0.2
-LOCK_NAME = "whole.lock"
-META_NAME = "meta.json"
+#: A whole-file copy verified by this process is checked again only when its stat
+#: changed, or when it last changed less than this long before it was verified (a write
+#: within the file system's timestamp granularity would not show in its stat).
+RACY_SECONDS = 2.0
 
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
-          "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
-          "tib": 2**40}
-_TEMP = re.compile(r"^\..*\.[0-9a-f]{8}\.tmp")
+_SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*")
 
 
 def parse_size(value: int | float | str) -> int:
     """Bytes from ``123``, ``"500MB"``, ``"50 GB"``, ``"1.5GiB"`` (KB/MB/GB/TB are powers of
-    1000, KiB/MiB/GiB/TiB powers of 1024).
+    1000, KiB/MiB/GiB/TiB powers of 1024; read by :func:`dask.utils.parse_bytes`).
 
     Raises:
         StorageError: unreadable text.
     """
     if isinstance(value, int | float) and not isinstance(value, bool):
         return int(value)
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
-    if not match or match.group(2).lower() not in _UNITS:
+    from dask.utils import parse_bytes
+
+    try:
+        if not _SIZE.fullmatch(str(value)):
+            raise ValueError(value)
+        return int(parse_bytes(str(value).strip()))
+    except ValueError as exc:
         raise StorageError(f"cache size {value!r} is not a size; write e.g. 50GB, 500MB, "
-                           "2GiB or a number of bytes")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+                           "2GiB or a number of bytes") from exc
 
 
 def format_size(nbytes: float) -> str:
-    """``"12.3 MB"``-style text (powers of 1000, as :func:`parse_size` reads them)."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(nbytes) < 1000:
-            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1000
-    return f"{nbytes:.1f} TB"
+    """``"11.77 MiB"``-style text (:func:`dask.utils.format_bytes`, powers of 1024)."""
+    from dask.utils import format_bytes
 
-
+    return format_bytes(int(nbytes))
 def default_cache_dir() -> Path:
     """``$EXASLIDE_CACHE_DIR``, else ``$XDG_CACHE_HOME/exaslide``, else ``~/.cache/exaslide``."""
     if os.environ.get(CACHE_DIR_ENV):
@@ -132,6 +134,9 @@ class CacheEntry:
 class DiskCache:
     """A size-limited disk cache of remote files, shared by every process that uses ``root``.
 
+    The folder is claimed at first use (:func:`~exaslide.storage.cache_layout.claim`):
+    created and marked when missing or empty, refused when it holds other files.
+
     Args:
         root: cache folder (default :func:`default_cache_dir`).
         max_bytes: size limit, bytes or text such as ``"50GB"`` (default
@@ -151,9 +156,22 @@ class DiskCache:
         self._lock = threading.Lock()
         self._estimate: int | None = None  # total bytes, measured by the last scan + writes
         self._since_scan = 0
+        self._owned = False  # the root was claimed (see _claim)
+        self._verified: dict[str, tuple[tuple, int]] = {}  # copy -> (stat key, checked at)
 
     def __repr__(self) -> str:
         return f"DiskCache({str(self.root)!r}, max_bytes={self.max_bytes})"
+
+    def _claim(self, create: bool = True) -> bool:
+        """True when the root is this cache's folder (created when ``create``); False
+        when there is nothing to read yet.
+
+        Raises:
+            StorageError: the folder holds files that are not the cache's.
+        """
+        if not self._owned or (create and not self.root.is_dir()):  # (removed meanwhile)
+            self._owned = layout.claim(self.root, create)
+        return self._owned
 
     # ----------------------------------------------------------------------- layout
     def entry_dir(self, url: str) -> Path:
@@ -172,29 +190,36 @@ class DiskCache:
         the URL's name, since some readers pick the format from the extension."""
         from exaslide.storage.urls import url_basename
 
-        return self.entry_dir(info.url) / info.version / "file" / url_basename(info.url)
+        return self.entry_dir(info.url) / info.version / layout.COPY_FOLDER / \
+            url_basename(info.url)
 
     # ------------------------------------------------------------------- validation
     def validate(self, info: RemoteInfo) -> bool:
         """Record ``info`` as the current version of its URL and delete the cached data of
         any other version (the remote file changed). Returns True when something was
-        dropped."""
+        dropped.
+
+        Raises:
+            StorageError: the cache folder holds files that are not the cache's.
+        """
         from exaslide.storage.urls import cache_key
 
+        self._claim()
         entry = self.entry_dir(info.url)
         key = cache_key(info.url)
         meta = _read_json(entry / META_NAME)
         if meta is not None and meta.get("version") == info.version:
             return False
-        stale = [d for d in _subdirs(entry) if d.name != info.version]
+        stale = [d for d, _ in layout.folders(entry, "entry") if d.name != info.version]
         if meta is not None and meta.get("url") == key:
             logger.warning("%s changed since it was cached (size %s -> %s, etag %s -> %s, "
                            "last modified %s -> %s): dropping the cached copy", info.url,
                            meta.get("size"), info.size, meta.get("etag"), info.etag,
                            meta.get("last_modified"), info.last_modified)
         for folder in stale:
-            shutil.rmtree(folder, ignore_errors=True)
+            self._delete(folder, "version")
         try:
+            layout.make_folders(self.root, entry)
             record = {**info.to_dict(), "url": key}  # no signature in the cache's files
             write_text(entry / META_NAME, json.dumps(record, indent=1) + "\n")
         except OSError as exc:
@@ -204,27 +229,39 @@ class DiskCache:
     # ----------------------------------------------------------------------- blocks
     def read_block(self, info: RemoteInfo, index: int) -> bytes | None:
         """A cached block (touched, so it counts as recently used), or ``None`` when it is
-        missing or damaged (a damaged block is deleted)."""
+        missing or damaged (a damaged block is deleted; a link is neither read nor
+        deleted)."""
         path = self._block_path(info, index)
         try:
-            data = path.read_bytes()
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            return None
+        try:
+            with open(fd, "rb") as fh:
+                data = fh.read()
         except OSError:
             return None
         body, crc = data[:-4], data[-4:]
         if len(data) < 4 or zlib.crc32(body).to_bytes(4, "little") != crc:
-            logger.warning("damaged cache block %s: deleted", path)
-            with contextlib.suppress(OSError):
-                path.unlink()
+            if layout.real_folders(self.root, path):
+                logger.warning("damaged cache block %s: deleted", path)
+                with contextlib.suppress(OSError):
+                    path.unlink()
             return None
         _touch(path)
         return body
 
     def write_block(self, info: RemoteInfo, index: int, data: bytes) -> None:
         """Store a block atomically (body + CRC32). A full or read-only disk is logged and
-        ignored: the cache never makes a read fail."""
+        ignored: the cache never makes a read fail.
+
+        Raises:
+            StorageError: the cache folder holds files that are not the cache's.
+        """
+        self._claim()
         path = self._block_path(info, index)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            layout.make_folders(self.root, path.parent)
             tmp = temporary_sibling(path)
             try:
                 with open(tmp, "wb") as fh:
@@ -242,54 +279,102 @@ class DiskCache:
 
     # -------------------------------------------------------------------- whole file
     def whole_file(self, info: RemoteInfo) -> Path | None:
-        """The complete local copy of this version (touched), or ``None``."""
+        """The complete local copy of this version, or ``None``. The copy is verified
+        first (its size against its record and the remote size, its CRC32 against its
+        record) the first time this cache object uses it, and again whenever its stat
+        changed; a damaged copy is deleted with a warning (the caller fetches it again).
+        A use touches the copy's record (its time of last use)."""
         path = self.whole_file_path(info)
-        if not path.is_file():
+        try:
+            found = os.lstat(path)
+        except OSError:
             return None
-        _touch(path)
+        if not stat.S_ISREG(found.st_mode) or not layout.real_folders(self.root, path):
+            return None  # reached through a link, or a link: not the cache's
+        key = _stat_key(found)
+        with self._lock:
+            verified = self._verified.get(str(path))
+        if verified is None or verified[0] != key or \
+                found.st_ctime_ns >= verified[1] - RACY_SECONDS * 1e9:
+            checked_at = time.time_ns()
+            problem = whole_copy.copy_problem(path, path.parent.parent / RECORD_NAME,
+                                              found.st_size, info.size)
+            if problem is not None:
+                self._drop_copy(info, path, found, problem)
+                return None
+            with self._lock:
+                self._verified[str(path)] = (key, checked_at)
+        _touch(path.parent.parent / RECORD_NAME)
         return path
 
-    def store_whole_file(self, info: RemoteInfo, fill: Callable[[Path], None]) -> Path:
-        """Create the whole-file copy: ``fill(tmp)`` writes the content to a temporary path,
-        which is renamed into place. Room is made first (LRU eviction); the now redundant
-        blocks of this version are deleted afterwards.
+    def _drop_copy(self, info: RemoteInfo, path: Path, found: os.stat_result,
+                   problem: str) -> None:
+        """Delete a damaged copy (unless another process has replaced it since)."""
+        logger.warning("%s: the cached whole-file copy %s is damaged (%s): deleted, fetching "
+                       "it again", info.url, path, problem)
+        with self._lock:
+            self._verified.pop(str(path), None)
+        with contextlib.suppress(OSError):
+            now = os.lstat(path)
+            if (now.st_dev, now.st_ino) == (found.st_dev, found.st_ino):
+                path.unlink()
 
-        One process (or thread) at a time fills a given version: it holds
-        ``<version>/whole.lock`` (its host, pid and start time; touched while it works),
-        the others wait for its copy and return it. A lock whose owner is dead (same host)
-        or that has not been touched for :data:`LOCK_STALE_SECONDS` is removed and the copy
-        made again; when the owner fails, a waiter takes over.
+    def store_whole_file(self, info: RemoteInfo,
+                         fill: Callable[[Path], Checksum | None]) -> Path:
+        """Create the whole-file copy: ``fill(tmp)`` writes the content to a temporary path
+        and may return its :class:`~exaslide.storage.whole_copy.Checksum` (computed while
+        writing, e.g. by a :class:`~exaslide.storage.whole_copy.ChecksumWriter`; else
+        the file is read back). The size and CRC32 are recorded, then the copy is renamed
+        into place. Room is made first (LRU eviction); the now redundant blocks of this
+        version are deleted afterwards.
+
+        One process (or thread) at a time fills a given version: it holds an OS lock on
+        ``<version>/whole.lock`` (:class:`filelock.FileLock`, released by the OS if the
+        process dies); the others wait and return its copy, or make it themselves when
+        the owner failed.
 
         Raises:
-            StorageError: the file is larger than the cache limit.
+            StorageError: the file is larger than the cache limit, the download is shorter
+                than the store's size, or the cache folder is not the cache's.
         """
         if info.size is not None and info.size > self.max_bytes:
             raise StorageError(
                 f"{info.url}: the file ({format_size(info.size)}) is larger than the disk "
                 f"cache limit ({format_size(self.max_bytes)}); raise {CACHE_SIZE_ENV}")
+        self._claim()
         target = self.whole_file_path(info)
-        lock = target.parent.parent / LOCK_NAME
-        held = _acquire_whole_file_lock(lock, target, info.url)
-        if held is None:  # another process made the copy while we waited
-            _touch(target)
-            return target
-        try:
-            if target.is_file():  # made between our last look and taking the lock
-                _touch(target)
-                return target
+        version = target.parent.parent
+        layout.make_folders(self.root, target.parent)
+        with whole_copy.whole_file_lock(version / LOCK_NAME, info.url):
+            existing = self.whole_file(info)  # made while we waited for the lock
+            if existing is not None:
+                return existing
             if info.size:
                 self.prune(int(self.max_bytes * PRUNE_TO) - info.size, only_if_over=True)
-            with _heartbeat(lock), atomic_path(target) as tmp:
-                fill(tmp)
-            freed = 0
-            for folder in _subdirs(target.parent.parent):
-                if folder.name.startswith("blocks-"):
-                    freed += sum(_size(f) for f in _walk_files(folder))
-                    shutil.rmtree(folder, ignore_errors=True)
-            self._account(target.stat().st_size, freed=freed)
+            layout.make_folders(self.root, target.parent)  # (pruning may remove folders)
+            with atomic_path(target) as tmp:
+                checksum = self._fill(info, tmp, fill)
+                whole_copy.write_record(version / RECORD_NAME, target.name, checksum)
+            with self._lock:
+                self._verified[str(target)] = (_stat_key(os.lstat(target)), time.time_ns())
+            freed = sum(self._delete(folder, "blocks")
+                        for folder, level in layout.folders(version, "version")
+                        if level == "blocks")
+            self._account(checksum.size, freed=freed)
             return target
-        finally:
-            _release_whole_file_lock(lock, held)
+
+    @staticmethod
+    def _fill(info: RemoteInfo, tmp: Path, fill: Callable[[Path], Checksum | None]) -> Checksum:
+        """Run ``fill(tmp)``; the checksum it returns (checked against the file's size) or,
+        when it returns none, the one read back from the file."""
+        returned = fill(tmp)
+        size = os.path.getsize(tmp)
+        checksum = returned if isinstance(returned, Checksum) else whole_copy.checksum_of(tmp)
+        if checksum.size != size or (info.size is not None and size != info.size):
+            raise StorageError(f"{info.url}: truncated download: {size} bytes written of "
+                               f"{info.size if info.size is not None else checksum.size}; "
+                               "not cached")
+        return checksum
 
     # --------------------------------------------------------------- size and eviction
     def _account(self, written: int, freed: int = 0) -> None:
@@ -298,49 +383,46 @@ class DiskCache:
         limit written; prune when over the limit."""
         with self._lock:
             if self._estimate is None or self._since_scan > self.max_bytes // 10:
-                self._estimate, self._since_scan = self.total_bytes(), 0
+                estimate = None
             else:
                 self._estimate += written - freed
                 self._since_scan += written
-            over = self._estimate > self.max_bytes
-        if over:
+                estimate = self._estimate
+        if estimate is None:  # scanned outside the lock (whole_file takes it)
+            estimate = self.total_bytes()
+            with self._lock:
+                self._estimate, self._since_scan = estimate, 0
+        if estimate > self.max_bytes:
             self.prune()
 
-    def _is_meta(self, path: Path) -> bool:
-        """True for an entry's ``meta.json`` (not for a cached file of that name)."""
-        return path.name == META_NAME and path.parent.parent == self.root
-
-    def _files(self) -> Iterator[tuple[Path, int, float, bool]]:
-        """``(path, size, mtime, evictable)`` of every cached data file, and of every
-        temporary being written (counted toward the limit, but not evictable: a process is
-        writing it). Entries' ``meta.json`` and whole-file locks are left out. Temporaries
-        and locks left by killed processes are deleted."""
+    def _files(self) -> list[tuple[Path, int, float, bool]]:
+        """``(path, size, mtime, evictable)`` of every cached data file (blocks and
+        whole-file copies; a copy's time is that of its record too, which each use
+        touches), and of every temporary being written (counted toward the limit, but not
+        evictable: a process is writing it). Temporaries left by killed processes are
+        deleted. Only files of the layout are considered (never the folder's other files,
+        nor links)."""
+        if not self._claim(create=False):
+            return []
         now = time.time()
-        for folder, _, names in os.walk(self.root):
-            for name in names:
-                path = Path(folder, name)
-                try:
-                    stat = path.stat()
-                except OSError:
-                    continue
-                if name == LOCK_NAME and path.parent.parent.parent == self.root:
-                    if now - stat.st_mtime > LOCK_STALE_SECONDS:
-                        with contextlib.suppress(OSError):
-                            path.unlink()
-                    continue
-                if _TEMP.match(name):
-                    if now - stat.st_mtime > STALE_TEMP_SECONDS:
-                        with contextlib.suppress(OSError):
-                            path.unlink()
-                    else:
-                        yield path, stat.st_size, stat.st_mtime, False
-                    continue
-                if not self._is_meta(path):
-                    yield path, stat.st_size, stat.st_mtime, True
+        found = []
+        for path, kind, info in layout.walk(self.root):
+            if kind == "temp":
+                if now - info.st_mtime > STALE_TEMP_SECONDS:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+                else:
+                    found.append((path, info.st_size, info.st_mtime, False))
+            elif kind == "copy":
+                used = max(info.st_mtime, _mtime(path.parent.parent / RECORD_NAME))
+                found.append((path, info.st_size, used, True))
+            elif kind == "block":
+                found.append((path, info.st_size, info.st_mtime, True))
+        return found
 
     def total_bytes(self) -> int:
         """Bytes of cached data on disk, temporaries being written included (a scan of the
-        cache folder)."""
+        cache folder's layout)."""
         return sum(size for _, size, _, _ in self._files())
 
     def prune(self, target_bytes: int | None = None, *, only_if_over: bool = False) -> int:
@@ -348,7 +430,7 @@ class DiskCache:
         most ``target_bytes`` (default 90% of the limit); returns the bytes deleted. With
         ``only_if_over``, nothing is deleted unless the total exceeds ``target_bytes``."""
         target = int(self.max_bytes * PRUNE_TO) if target_bytes is None else target_bytes
-        files = list(self._files())
+        files = self._files()
         total = sum(size for _, size, _, _ in files)
         freed = 0
         if not only_if_over or total > target:
@@ -368,28 +450,56 @@ class DiskCache:
         return freed
 
     def _remove_empty_entries(self) -> None:
-        for entry in _subdirs(self.root):
-            meta = entry / META_NAME
-            if not any(f != meta for f in _walk_files(entry)):
-                shutil.rmtree(entry, ignore_errors=True)
+        """Delete the entries that hold no data (their ``meta.json``, records and free
+        locks) and their folders."""
+        for entry, _ in layout.folders(self.root, "root"):
+            files = list(layout.walk(entry, "entry"))
+            if any(kind in ("block", "copy", "temp") for _, kind, _ in files):
+                continue
+            if all(whole_copy.remove_free_lock(path) for path, kind, _ in files
+                   if kind == "lock"):  # (a held lock: a copy is being made)
+                self._delete(entry, "entry")
+
+    def _delete(self, folder: Path, level: str) -> int:
+        """Delete the layout's files under ``folder`` (a folder of ``level``), except
+        temporaries being written and locks being held, then its folders left empty;
+        returns the bytes of data deleted. Links and files that are not the cache's stay,
+        and so do the folders holding them."""
+        now, freed = time.time(), 0
+        for path, kind, info in layout.walk(folder, level):
+            if kind == "lock":
+                whole_copy.remove_free_lock(path)
+                continue
+            if kind == "temp" and now - info.st_mtime <= STALE_TEMP_SECONDS:
+                continue  # another process is writing it
+            with contextlib.suppress(OSError):
+                path.unlink()
+                freed += info.st_size if kind in layout.DATA_KINDS else 0
+        layout.remove_empty_folders(folder, level)
+        return freed
 
     # ------------------------------------------------------------------ listing, clear
     def entries(self) -> list[CacheEntry]:
-        """Every cached URL, most recently used first."""
+        """Every cached URL, most recently used first (only the cache's own entries).
+
+        Raises:
+            StorageError: the cache folder holds files that are not the cache's.
+        """
+        if not self._claim(create=False):
+            return []
         found = []
-        for entry in _subdirs(self.root):
-            meta = _read_json(entry / META_NAME) or {}
+        for entry, _ in layout.folders(self.root, "root"):
+            meta = _read_json(entry / META_NAME)
+            if meta is None:
+                continue  # not an entry the cache wrote
             cached, newest, whole = 0, 0.0, False
-            for path in _walk_files(entry):
-                if path == entry / META_NAME or _TEMP.match(path.name) or (
-                        path.name == LOCK_NAME and path.parent.parent == entry):
-                    continue
-                with contextlib.suppress(OSError):
-                    stat = path.stat()
-                    cached += stat.st_size
-                    newest = max(newest, stat.st_mtime)
-                    whole = whole or (path.parent.name == "file"
-                                      and path.parent.parent.name == meta.get("version"))
+            for path, kind, info in layout.walk(entry, "entry"):
+                if kind in ("record", *layout.DATA_KINDS):
+                    newest = max(newest, info.st_mtime)
+                if kind in layout.DATA_KINDS:
+                    cached += info.st_size
+                if kind == "copy" and path.parent.parent.name == meta.get("version"):
+                    whole = True
             found.append(CacheEntry(url=meta.get("url", "?"), path=entry, size=meta.get("size"),
                                     etag=meta.get("etag"),
                                     last_modified=meta.get("last_modified"),
@@ -398,13 +508,25 @@ class DiskCache:
 
     def clear(self, pattern: str | None = None) -> list[CacheEntry]:
         """Delete every entry, or those whose URL matches the glob ``pattern`` (e.g.
-        ``"s3://bucket/*"``); returns the entries deleted."""
+        ``"s3://bucket/*"``); returns the entries deleted. Only the cache's own files are
+        deleted; a copy being made (its lock held) and temporaries being written stay.
+
+        Raises:
+            StorageError: the cache folder holds files that are not the cache's.
+        """
         removed = [e for e in self.entries() if pattern is None or fnmatch(e.url, pattern)]
-        for entry in removed:
-            shutil.rmtree(entry.path, ignore_errors=True)
+        folders = [e.path for e in removed] if pattern is not None else \
+            [path for path, _ in layout.folders(self.root, "root")]  # (with no meta.json too)
+        for folder in folders:
+            self._delete(folder, "entry")
         with self._lock:
             self._estimate = None
+            self._verified.clear()
         return removed
+
+
+def _stat_key(found: os.stat_result) -> tuple:
+    return (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns)
 
 
 def _touch(path: Path) -> None:
@@ -412,138 +534,22 @@ def _touch(path: Path) -> None:
         os.utime(path)
 
 
-def _size(path: Path) -> int:
+def _mtime(path: Path) -> float:
     try:
-        return path.stat().st_size
+        return os.lstat(path).st_mtime
     except OSError:
-        return 0
-
-
-# ------------------------------------------------------------------- whole-file locks
-def _acquire_whole_file_lock(lock: Path, target: Path, url: str) -> int | None:
-    """Create ``lock`` (returns its inode) or wait until ``target`` exists (returns
-    ``None``). Stale locks are removed on the way."""
-    waiting = False
-    while True:
-        if target.is_file():
-            return None
-        inode = _try_lock(lock)
-        if inode is not None:
-            return inode
-        if not waiting:
-            logger.info("%s: another process is copying the whole file into the cache; "
-                        "waiting for it", url)
-            waiting = True
-        _remove_if_stale(lock)
-        time.sleep(LOCK_POLL_SECONDS)
-
-
-def _try_lock(lock: Path) -> int | None:
-    """Create the lock file with our host, pid and time; its inode, or None if it exists."""
-    try:
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return None
-    except FileNotFoundError:  # the version folder was just removed (a newer version)
-        return None
-    try:
-        owner = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
-        os.write(fd, json.dumps(owner).encode())
-        return os.fstat(fd).st_ino
-    finally:
-        os.close(fd)
-
-
-def _remove_if_stale(lock: Path) -> bool:
-    """Delete a lock whose owner is dead (same host) or that has not been touched for
-    :data:`LOCK_STALE_SECONDS`; True when it was deleted."""
-    try:
-        stat = lock.stat()
-        text = lock.read_text(encoding="utf-8")
-    except OSError:
-        return False
-    age = time.time() - stat.st_mtime
-    reason = None
-    if age > LOCK_STALE_SECONDS:
-        reason = f"not touched for {age:.0f} s"
-    else:
-        try:
-            owner = json.loads(text)
-        except ValueError:
-            return False  # being written
-        if isinstance(owner, dict) and owner.get("host") == socket.gethostname() \
-                and not _pid_alive(owner.get("pid")):
-            reason = f"its process {owner.get('pid')} is gone"
-    if reason is None:
-        return False
-    try:  # only the lock judged stale, not one another waiter has created since
-        now = lock.stat()
-        if (now.st_ino, now.st_mtime_ns) != (stat.st_ino, stat.st_mtime_ns):
-            return False
-        lock.unlink()
-    except OSError:
-        return False
-    logger.warning("removed the stale whole-file lock %s (%s)", lock, reason)
-    return True
-
-
-def _pid_alive(pid) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return True  # unknown: rely on the age of the lock
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: alive, another user's
-        return True
-    return True
-
-
-def _release_whole_file_lock(lock: Path, inode: int) -> None:
-    with contextlib.suppress(OSError):
-        if lock.stat().st_ino == inode:  # still ours (not removed as stale and retaken)
-            lock.unlink()
-
-
-@contextlib.contextmanager
-def _heartbeat(lock: Path) -> Iterator[None]:
-    """Touch ``lock`` regularly while the block runs, so that waiters never take a long
-    download for a dead one."""
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(LOCK_STALE_SECONDS / 20):
-            _touch(lock)
-
-    thread = threading.Thread(target=beat, name="exaslide-cache-lock", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+        return 0.0
 
 
 def _read_json(path: Path) -> dict | None:
+    """A JSON object from a regular file (a link is not followed), or None."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with open(fd, encoding="utf-8") as fh:
+            data = json.load(fh)
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def _subdirs(folder: Path) -> list[Path]:
-    try:
-        return [p for p in folder.iterdir() if p.is_dir()]
-    except OSError:
-        return []
-
-
-def _walk_files(folder: Path) -> Iterator[Path]:
-    for parent, _, names in os.walk(folder):
-        for name in names:
-            yield Path(parent, name)
 
 
 # ----------------------------------------------------------------- the process's default

@@ -13,6 +13,7 @@ from exaslide.storage.disk_cache import DiskCache, default_cache
 from exaslide.storage.info import remote_info
 from exaslide.storage.remote_file import RemoteFile, stream_whole_file
 from exaslide.storage.urls import filesystem, is_remote, to_local
+from exaslide.storage.whole_copy import Checksum, ChecksumWriter
 
 
 def open_file(path_or_url: str | os.PathLike, mode: str = "rb", *,
@@ -40,7 +41,8 @@ def local_copy(path_or_url: str | os.PathLike, *, cache: DiskCache | None = None
                storage_options: dict | None = None) -> Path:
     """A local path holding the file: local paths (and ``file://`` URLs) as they are; a
     remote file is copied whole into the disk cache (blocks already cached are reused) and
-    the cached copy is returned while the remote file is unchanged.
+    the cached copy is returned while the remote file is unchanged and the copy matches
+    the size and CRC32 recorded when it was written (a damaged copy is fetched again).
 
     Raises:
         StorageError: unreachable, truncated, or larger than the cache limit.
@@ -58,10 +60,12 @@ def local_copy(path_or_url: str | os.PathLike, *, cache: DiskCache | None = None
     if info.size is None:  # no size: stream it (no byte ranges, no truncation check)
         return cache.store_whole_file(info, lambda tmp: stream_whole_file(fs, path, url, tmp))
 
-    def fill(tmp: Path) -> None:
+    def fill(tmp: Path) -> Checksum:
         with RemoteFile(url, cache=cache, info=info, storage_options=options) as remote, \
                 open(tmp, "wb") as out:
-            remote.copy_to(out)
+            writer = ChecksumWriter(out)
+            remote.copy_to(writer)
+        return writer.checksum
 
     return cache.store_whole_file(info, fill)
 
