@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -75,6 +76,18 @@ def _plain(value: Any) -> Any:
     for kind in (bool, int, float):
         if isinstance(value, kind):
             return kind(value)
+    return value
+
+
+def finite(value: Any) -> Any:
+    """A JSON-ready ``value`` with NaN and infinities replaced by ``None`` (``null``), for
+    files that strict JSON readers must parse."""
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     return value
 
 

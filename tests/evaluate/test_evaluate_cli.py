@@ -81,7 +81,8 @@ def test_missing_heatmaps(cohort):
     assert "x9" in done.stderr and "3 slides evaluated, 1 failed" in done.stdout
     failed = json.loads((cohort / "o" / "metrics.json").read_text())["slides"]["failed"]
     assert [f["slide_id"] for f in failed] == ["x9"]
-    run("evaluate", "heatmaps", "--heatmaps", cohort / "heatmaps", check_rc=2)  # no --manifest/--out
+    # no --manifest/--out
+    run("evaluate", "heatmaps", "--heatmaps", cohort / "heatmaps", check_rc=2)
 
 
 def test_heatmap_of_another_class_refused(cohort):

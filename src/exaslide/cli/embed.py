@@ -10,17 +10,11 @@ import click
 
 
 def _summary(outcomes, what: str, unit: str, count: int, out_dir, seconds: float,
-             prefix: str = "") -> None:
-    done = [o for o in outcomes if o.status == "done"]
-    failed = [o for o in outcomes if o.status == "failed"]
-    skipped = len(outcomes) - len(done) - len(failed)
-    for o in failed:
-        click.echo(f"exaslide: error: {o.slide_id}: {o.error}", err=True)
-    click.echo(f"{prefix}{len(outcomes)} slides: {len(done)} done, {skipped} already done, "
-               f"{len(failed)} failed; {count} {unit} in {seconds:.1f} s; {what} in "
-               f"{Path(out_dir)}")
-    if failed:
-        raise SystemExit(1)
+             status: str, prefix: str = "") -> None:
+    from exaslide.cli.options import report_outcomes
+
+    report_outcomes(outcomes, str(Path(out_dir) / status),
+                    f"{count} {unit} in {seconds:.1f} s; {what} in {Path(out_dir)}", prefix)
 
 
 @click.command("embed")
@@ -48,8 +42,8 @@ def command(model, extract_dir, out_dir, split, batch_size, device, workers, siz
     Slides already in the store are skipped; under torchrun each rank takes every n-th
     slide. Exit code 1 when a slide failed."""
     from exaslide.cli.options import progress_bar
-    from exaslide.data import distributed_context
     from exaslide.retrieval.embed import embed_patches
+    from exaslide.runtime import distributed_context
 
     if batch_size < 1:
         raise click.BadParameter("must be at least 1", param_hint="--batch-size")
@@ -79,6 +73,7 @@ def command(model, extract_dir, out_dir, split, batch_size, device, workers, siz
         bar.close()
     _summary(outcomes, "embeddings", "patches", sum(o.patches for o in outcomes), out_dir,
              time.perf_counter() - started,
+             "embed_status.json" if world_size == 1 else "embed_status.rank*.json",
              f"rank {rank}/{world_size}: " if world_size > 1 else "")
 
 
@@ -105,4 +100,4 @@ def slides_command(store, out_dir, method, mosaic_size, seed) -> None:
     slide_embeddings(store, out_dir, method=method, mosaic_size=mosaic_size, seed=seed,
                      on_result=outcomes.append)
     _summary(outcomes, "slide embeddings", "vectors", sum(o.rows for o in outcomes),
-             out_dir, time.perf_counter() - started)
+             out_dir, time.perf_counter() - started, "embed-slides_status.json")

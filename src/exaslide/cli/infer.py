@@ -39,8 +39,8 @@ def command(model, slides, out_dir, stride, batch_size, device, workers, min_tis
     Slides already done with the same MODEL file, slide and settings are skipped; under
     torchrun each rank takes every n-th slide. Exit code 1 when a slide failed."""
     from exaslide.cli.options import progress_bar
-    from exaslide.data.sampler import distributed_context
     from exaslide.infer import infer_cohort
+    from exaslide.runtime import distributed_context
 
     if stride is not None and stride < 1:
         raise click.BadParameter("must be at least 1", param_hint="--stride")

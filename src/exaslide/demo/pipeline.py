@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -97,10 +96,10 @@ def run_demo(out_dir: str | Path, options: DemoOptions | None = None,
         "retrieval": retrieval, "captions": captions,
         "seconds": seconds, "options": asdict(options),
     }
-    from exaslide.atomic import write_text
     from exaslide.demo.report import write_report
+    from exaslide.jsonio import write_json
 
-    write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=_plain) + "\n")
+    write_json(out / "metrics.json", metrics)
     write_report(out, metrics, figure=figure, test_slides=[e.slide_id for e in test])
     return metrics
 
@@ -283,11 +282,3 @@ def _without_curve(lesion: dict | None) -> dict | None:
     if not lesion:
         return lesion
     return {k: v for k, v in lesion.items() if k != "curve"}
-
-
-def _plain(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    return str(value)

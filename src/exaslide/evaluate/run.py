@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +41,7 @@ from exaslide.evaluate.lesion import (
     tumour_geometry,
 )
 from exaslide.evaluate.metrics import binary_label, patch_metrics, slide_metrics, slide_score
+from exaslide.jsonio import finite, to_jsonable, write_json
 from exaslide.manifest import ManifestEntry, read_manifest
 
 logger = logging.getLogger(__name__)
@@ -238,7 +237,7 @@ def evaluate_run(heatmaps: str | os.PathLike, manifest: str | os.PathLike | list
         "lesion": _lesion_section(records, options),
     }
     metrics["files"] = _write_outputs(out, metrics, records, patch_predictions)
-    write_text(out / "metrics.json", json.dumps(_clean(metrics), indent=2) + "\n")
+    write_json(out / "metrics.json", finite(to_jsonable(metrics)))
     return metrics
 
 
@@ -288,17 +287,4 @@ def _detections_csv(records: list[_Slide]) -> str:
                                              strict=True):
             lines.append(f"{r.slide_id},{x:.1f},{y:.1f},{p!r},{outcome},{label}")
     return "\n".join(lines) + "\n"
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe: numpy scalars to Python, NaN/inf to None, tuples to lists."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 

@@ -201,7 +201,7 @@ def infer_cohort(model_path: str | os.PathLike, slides: str | os.PathLike | Iter
 
     _, world = distributed_context(rank, world_size)
     runner = _Runner(model, meta, model_print, spec, dev, batch_size,
-                     default_workers(str(dev), world) if workers is None else workers, amp,
+                     default_workers(dev.type, world) if workers is None else workers, amp,
                      progress)
     options = InferOptions(class_name, float(min_tissue), stride, backend)
     stage = Stage("infer", options, process=functools.partial(_process, runner),

@@ -246,7 +246,7 @@ def run_stage(stage: Stage, entries: Sequence, out_dir, *, workers: int | None =
         JobError: duplicate slide ids, a locked folder, an unreachable scheduler.
         ClusterLostError: the scheduler went away during the run.
     """
-    from exaslide.data.sampler import distributed_context  # TODO runtime
+    from exaslide.runtime import distributed_context
 
     entries = check_entries(entries)
     rank, world_size = distributed_context(rank, world_size)

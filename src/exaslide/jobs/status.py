@@ -15,33 +15,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from exaslide.atomic import write_text
+from exaslide.jsonio import to_jsonable
 
 logger = logging.getLogger(__name__)
 
 STATUS_DIR = "status"
-
-
-def to_jsonable(value: Any) -> Any:
-    """``value`` with dataclasses, paths, tuples, sets and numpy scalars/arrays turned into
-    plain JSON types (mapping keys become strings)."""
-    if is_dataclass(value) and not isinstance(value, type):
-        return to_jsonable(asdict(value))
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        items = sorted(value, key=str) if isinstance(value, set | frozenset) else value
-        return [to_jsonable(v) for v in items]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if hasattr(value, "tolist") and hasattr(value, "dtype"):  # numpy scalar or array
-        return value.tolist()
-    return value
 
 
 def status_path(out: Path, slide_id: str) -> Path:

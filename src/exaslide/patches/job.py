@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from exaslide.jsonio import to_jsonable
 from exaslide.masks.tissue import TissueParams
 from exaslide.patches.spec import PatchError, PatchSpec, SamplingOptions
 
@@ -161,7 +162,7 @@ def extract_chunk(entry, plan_columns: dict[str, np.ndarray], level: int, chunk_
             for i, patch in enumerate(reader.iter_patches(xs, ys)):
                 if options.reject_blank and is_blank(patch):
                     continue
-                meta = {k: _json_value(v[i]) for k, v in plan_columns.items()}
+                meta = {k: to_jsonable(v[i]) for k, v in plan_columns.items()}
                 meta.update(slide_id=entry.slide_id, key=keys[i], size=options.spec.size,
                             level=level, mpp=options.spec.mpp)
                 shards[i] = writer.add(keys[i], patch, meta)
@@ -172,10 +173,6 @@ def extract_chunk(entry, plan_columns: dict[str, np.ndarray], level: int, chunk_
         writer.abort()
         raise
     return {"keep": keep, "shard": shards, "blank": int(n - keep.sum()), "decodes": decodes}
-
-
-def _json_value(value):
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def manifest_fields(entry) -> dict[str, Any]:

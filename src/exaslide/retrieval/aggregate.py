@@ -54,17 +54,6 @@ def _normalise(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
-def _read_part(folder: Path, part: str):
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(folder / "parts" / f"{part}.parquet")
-    vectors = np.load(folder / "parts" / f"{part}.npy").astype(np.float32)
-    if len(vectors) != table.num_rows:
-        raise RetrievalError(f"{folder}: part {part} has {table.num_rows} rows but "
-                             f"{len(vectors)} vectors")
-    return table, vectors
-
-
 def slide_label(labels) -> str | None:
     """``"tumour"`` if any patch is tumour, else ``"normal"``; None without labels."""
     labels = [v for v in labels if v is not None]
@@ -193,9 +182,9 @@ class AggregateOptions:
 def _process(entry, options: AggregateOptions, ctx) -> dict:
     """The ``embed-slides`` stage: one slide's rows from its patch-store part."""
     from exaslide.retrieval.embed import adopt_parts
-    from exaslide.retrieval.store import write_part
+    from exaslide.retrieval.store import read_part, write_part
 
-    table, vectors = _read_part(Path(options.source), entry.slide_id)
+    table, vectors = read_part(Path(options.source), entry.slide_id)
     if table.num_rows == 0:
         raise RetrievalError(f"{entry.slide_id}: no patches")
     rows, out_vectors = _slide_rows(table, vectors, options.method,
