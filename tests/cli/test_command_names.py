@@ -41,3 +41,14 @@ def test_config_sections_reach_group_subcommands(tmp_path):
     config.write_text("embed:\n  nothing: {a: 1}\n")
     done = invoke("--config", config, "info", tmp_path)
     assert done.exit_code == 2 and "embed has no option 'nothing'" in done.output
+
+
+def test_the_cli_starts_without_importing_torch_or_dask():
+    import subprocess
+    import sys
+
+    code = ("import sys, exaslide.cli.main; "
+            "print(sorted(m for m in ('torch', 'distributed', 'faiss') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "[]"

@@ -11,21 +11,23 @@ from exaslide.cli.options import (
     JobProgress,
     backend_option,
     executor_choice,
+    field_option,
     overwrite_option,
     report_outcomes,
     scheduler_option,
     workers_option,
 )
+from exaslide.patches.job import ExtractOptions
+from exaslide.patches.spec import LABEL_RULES, SAMPLERS, PatchSpec, SamplingOptions
 
 
 @click.command("extract")
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output folder: index/, shards/, status/.")
-@click.option("--sampler", type=click.Choice(["grid", "random"]), default="grid",
-              show_default=True, help="Full grid coverage, or random patches per class.")
-@click.option("--patch-size", type=int, default=256, show_default=True,
-              help="Patch side in output pixels.")
+@field_option(SamplingOptions, "sampler", "--sampler", choices=SAMPLERS,
+              help="Full grid coverage, or random patches per class.")
+@field_option(PatchSpec, "size", "--patch-size", help="Patch side in output pixels.")
 @click.option("--level", type=int, default=None, help="Read patches at this level [0].")
 @click.option("--mpp", type=float, default=None,
               help="Read patches at this resolution (um/px) instead of a level.")
@@ -33,24 +35,24 @@ from exaslide.cli.options import (
 @click.option("--region", "regions", multiple=True, metavar="LABEL",
               help="Grid: only patches centred inside annotations with this label "
                    "(e.g. tumour; repeatable). Slides without annotations give none.")
-@click.option("--per-class", type=int, default=2000, show_default=True,
+@field_option(SamplingOptions, "per_class", "--per-class",
               help="Random sampler: patches per class per slide.")
-@click.option("--min-tissue", type=float, default=0.5, show_default=True,
+@field_option(SamplingOptions, "min_tissue", "--min-tissue",
               help="Minimum tissue fraction of a patch.")
-@click.option("--label-rule", type=click.Choice(["centre", "fraction"]), default="centre",
-              show_default=True, help="Label by the centre pixel or by tumour fraction.")
-@click.option("--tumour-threshold", type=float, default=0.5, show_default=True,
+@field_option(SamplingOptions, "label_rule", "--label-rule", choices=LABEL_RULES,
+              help="Label by the centre pixel or by tumour fraction.")
+@field_option(SamplingOptions, "tumour_threshold", "--tumour-threshold",
               help="Tumour fraction for the 'fraction' label rule.")
 @click.option("--materialize", type=click.Choice(["png", "jpeg"]), default=None,
               help="Also write pixels into WebDataset tar shards.")
-@click.option("--quality", type=int, default=90, show_default=True, help="JPEG quality.")
-@click.option("--shard-size", type=int, default=1000, show_default=True,
+@field_option(ExtractOptions, "quality", "--quality", help="JPEG quality.")
+@field_option(ExtractOptions, "shard_size", "--shard-size",
               help="Samples per shard.")
 @click.option("--keep-blank", is_flag=True,
               help="Keep blank (white, black, flat) patches when materialising.")
 @workers_option("one per core")
 @scheduler_option
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@field_option(SamplingOptions, "seed", "--seed", help="Random seed.")
 @click.option("--label-map", type=click.Path(dir_okay=False),
               help="CSV (group,label) or JSON mapping extra group names.")
 @overwrite_option

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from exaslide.cli.options import backend_option
+from exaslide.cli.options import backend_option, field_option
+from exaslide.infer.cohort import InferOptions
 
 
 @click.command("infer")
@@ -24,9 +25,9 @@ from exaslide.cli.options import backend_option
 @click.option("--workers", type=int, default=None,
               help="Patch-reading threads per slide [1 on cpu; on cuda the CPUs' share, "
                    "up to 4].")
-@click.option("--min-tissue", type=float, default=0.1, show_default=True,
+@field_option(InferOptions, "min_tissue", "--min-tissue",
               help="Smallest tissue share of a patch for its cell to be computed.")
-@click.option("--class", "class_name", default="tumour", show_default=True,
+@field_option(InferOptions, "class_name", "--class", "class_name",
               help="The class whose probability is mapped.")
 @click.option("--no-amp", is_flag=True, help="No bf16 autocast on CUDA.")
 @click.option("--overwrite", is_flag=True,

@@ -10,11 +10,13 @@ from exaslide.cli.options import (
     JobProgress,
     backend_option,
     executor_choice,
+    field_option,
     overwrite_option,
     report_outcomes,
     scheduler_option,
     workers_option,
 )
+from exaslide.masks.tissue import TissueParams
 from exaslide.naming import slide_stem  # also the default slide id of `exaslide infer`
 
 
@@ -32,9 +34,9 @@ from exaslide.naming import slide_stem  # also the default slide id of `exaslide
               help="CSV (group,label) or JSON mapping extra group names to tumour/exclusion.")
 @click.option("--tissue-threshold", type=float, default=None,
               help="Fixed saturation threshold (0-255) instead of Otsu.")
-@click.option("--min-tissue-area", type=float, default=10_000.0, show_default=True,
+@field_option(TissueParams, "min_area_um2", "--min-tissue-area",
               help="Smallest tissue component kept, in um^2.")
-@click.option("--kernel-um", type=float, default=16.0, show_default=True,
+@field_option(TissueParams, "kernel_um", "--kernel-um",
               help="Morphology disc diameter in microns.")
 @click.option("--no-tiff", is_flag=True, help="Do not write the pyramidal mask TIFF.")
 @overwrite_option
@@ -48,7 +50,6 @@ def command(slide, annotation, manifest, level, mpp, out_dir, label_map, tissue_
     TIFF and JSON summary into --out; or do it for every slide of --manifest."""
     from exaslide.annotations import load_label_map
     from exaslide.masks.run import MaskOptions
-    from exaslide.masks.tissue import TissueParams
 
     if (slide is None) == (manifest is None):
         raise click.UsageError("give either SLIDE or --manifest CSV")

@@ -22,6 +22,23 @@ def progress_bar(total: int, desc: str):
                 disable=not sys.stderr.isatty(), file=sys.stderr, leave=False)
 
 
+def field_option(cls, name: str, *decls: str, help: str, choices=None, **kwargs):
+    """A click option whose default (and type, or ``choices``) come from the field
+    ``name`` of the options dataclass ``cls``: the CLI and the library share one
+    default, shown in ``--help``."""
+    import dataclasses
+
+    field = {f.name: f for f in dataclasses.fields(cls)}[name]
+    default = field.default if field.default is not dataclasses.MISSING else \
+        field.default_factory()
+    if choices is not None:
+        kwargs["type"] = click.Choice(list(choices))
+    elif "type" not in kwargs and default is not None:
+        kwargs["type"] = type(default)
+    kwargs.setdefault("show_default", default is not None)
+    return click.option(*decls, default=default, help=help, **kwargs)
+
+
 def workers_option(default_help: str):
     """``--workers N`` (Dask ``LocalCluster`` processes) with ``default_help`` saying what
     happens without it."""

@@ -12,25 +12,22 @@ Per slide: ``<slide_id>.heatmap.npy`` (float32, NaN outside tissue), ``.heatmap.
 ``torchrun`` each rank takes its share of the slides. See ``docs/inference.md``.
 """
 
-from exaslide.infer.cohort import (
-    SlideOutcome,
-    default_workers,
-    heatmap_fingerprint,
-    infer_cohort,
-)
-from exaslide.infer.grid import CellGrid, plan_grid
-from exaslide.infer.outputs import output_paths
-from exaslide.infer.slide import infer_slide, model_inputs, slide_stem
+import importlib
 
-__all__ = [
-    "CellGrid",
-    "SlideOutcome",
-    "default_workers",
-    "heatmap_fingerprint",
-    "infer_cohort",
-    "infer_slide",
-    "model_inputs",
-    "output_paths",
-    "plan_grid",
-    "slide_stem",
-]
+_EXPORTS = {
+    "InferOptions": "cohort", "SlideOutcome": "cohort", "default_workers": "cohort",
+    "heatmap_fingerprint": "cohort", "infer_cohort": "cohort",
+    "CellGrid": "grid", "plan_grid": "grid",
+    "output_paths": "outputs",
+    "infer_slide": "slide", "model_inputs": "slide", "slide_stem": "slide",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    """Lazy exports: ``import exaslide.infer`` (and the CLI's options) must not import
+    torch; the names load their module on first use."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'exaslide.infer' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"exaslide.infer.{_EXPORTS[name]}"), name)
