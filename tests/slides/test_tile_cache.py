@@ -61,7 +61,7 @@ def test_threads_keep_the_cache_consistent():
     for t in threads:
         t.join()
     assert not errors
-    assert cache.nbytes == sum(a.nbytes for a in cache._items.values()) <= 50_000
+    assert cache.nbytes == sum(cache._lru.peek(k).nbytes for k in cache._lru) <= 50_000
     assert cache.hits + cache.misses == 8000 and cache.evictions > 0
 
 

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Iterator
 
 import numpy as np
 
+from exaslide.lru import LRU
 from exaslide.patches.spec import PatchSpec
 from exaslide.slides import open_slide
 from exaslide.slides.base import Slide
@@ -77,8 +78,7 @@ class PatchReader:
         self.downsample = self.slide.level_downsamples[self.level]
         self._level_size = self.slide.level_dimensions[self.level]
         self._grid = self.tiles.tile_grid(self.level) if self.tiles is not None else None
-        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
-        self._cache_bytes = 0
+        self._cache = LRU(TILE_CACHE_BYTES, size_of=lambda a: a.nbytes, keep_newest=True)
         self._refs: Counter | None = None
         self.tile_decodes = 0
 
@@ -176,13 +176,7 @@ class PatchReader:
         tile = self._cache.get(key)
         if tile is None:
             tile = self._decode(tx, ty)
-            self._cache[key] = tile
-            self._cache_bytes += tile.nbytes
-            while self._cache_bytes > TILE_CACHE_BYTES and len(self._cache) > 1:
-                _, old = self._cache.popitem(last=False)
-                self._cache_bytes -= old.nbytes
-        else:
-            self._cache.move_to_end(key)
+            self._cache.put(key, tile)
         return tile
 
     def _decode(self, tx: int, ty: int) -> np.ndarray:
@@ -197,8 +191,8 @@ class PatchReader:
             return
         for key in keys:
             self._refs[key] -= 1
-            if self._refs[key] <= 0 and key in self._cache:
-                self._cache_bytes -= self._cache.pop(key).nbytes
+            if self._refs[key] <= 0:
+                self._cache.pop(key)
 
     def close(self) -> None:
         """Close the slide (and the tile source)."""

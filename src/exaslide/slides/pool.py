@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
+
+from exaslide.lru import LRU
 
 DEFAULT_MAX_OPEN = 32
 
@@ -43,9 +44,13 @@ class HandlePool:
 
     def _reset(self) -> None:
         self._pid = os.getpid()
-        self._handles: OrderedDict[Hashable, Any] = OrderedDict()
+        self._handles = LRU(self.max_open, on_evict=self._close)
         self._lock = threading.Lock()
         self.opened = self.reused = self.closed = 0
+
+    def _close(self, handle: Any) -> None:
+        _close(handle)
+        self.closed += 1
 
     def _check_process(self) -> None:
         if self._pid != os.getpid():  # a forked child: the handles are the parent's
@@ -54,23 +59,17 @@ class HandlePool:
     def get(self, key: Hashable, opener: Callable[[], Any]) -> Any:
         """The open handle for ``key`` (opened with ``opener()`` if needed)."""
         self._check_process()
-        with self._lock:
-            handle = self._handles.get(key)
-            if handle is not None:
-                self._handles.move_to_end(key)
-                self.reused += 1
-                return handle
+        handle = self._handles.get(key)
+        if handle is not None:
+            self.reused += 1
+            return handle
         handle = opener()  # outside the lock: opening may be slow (remote files)
         with self._lock:
             if key in self._handles:  # another thread opened it meanwhile
                 _close(handle)
-                return self._handles[key]
-            self._handles[key] = handle
+                return self._handles.get(key)
+            self._handles.put(key, handle)  # closes the least recently used beyond max
             self.opened += 1
-            while len(self._handles) > self.max_open:
-                _, old = self._handles.popitem(last=False)
-                _close(old)
-                self.closed += 1
         return handle
 
     def __len__(self) -> int:
@@ -85,10 +84,7 @@ class HandlePool:
     def close(self) -> None:
         """Close every handle this process opened."""
         self._check_process()
-        with self._lock:
-            while self._handles:
-                _close(self._handles.popitem()[1])
-                self.closed += 1
+        self._handles.clear()
 
     def __getstate__(self) -> dict:
         return {"max_open": self.max_open}

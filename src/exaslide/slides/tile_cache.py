@@ -12,12 +12,12 @@ two handles of the same file share entries and two files never collide.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
 
 import numpy as np
+
+from exaslide.lru import LRU
 
 #: Bytes of the private tile cache each slide handle gets by default.
 DEFAULT_TILE_CACHE_BYTES = 64 << 20
@@ -49,51 +49,35 @@ class TileCache:
         if isinstance(max_bytes, bool) or int(max_bytes) < 0:
             raise ValueError(f"max_bytes must be a non-negative integer, got {max_bytes!r}")
         self.max_bytes = int(max_bytes)
-        self._items: OrderedDict[Hashable, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = self.misses = self.evictions = 0
-        self.nbytes = 0
+        self._lru = LRU(self.max_bytes, size_of=lambda array: array.nbytes)
+
+    hits = property(lambda self: self._lru.hits, doc="Lookups that found their tile.")
+    misses = property(lambda self: self._lru.misses, doc="Lookups that did not.")
+    evictions = property(lambda self: self._lru.evictions, doc="Tiles pushed out.")
+    nbytes = property(lambda self: self._lru.size, doc="Bytes held now.")
 
     def __repr__(self) -> str:
         return (f"TileCache(max_bytes={self.max_bytes}, nbytes={self.nbytes}, "
                 f"entries={len(self)})")
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._lru)
 
     def __contains__(self, key: Hashable) -> bool:
         """True when ``key`` is cached (counts neither a hit nor a miss)."""
-        return key in self._items
+        return key in self._lru
 
     def get(self, key: Hashable) -> np.ndarray | None:
         """The cached array (now the most recently used), or ``None``."""
-        with self._lock:
-            array = self._items.get(key)
-            if array is None:
-                self.misses += 1
-                return None
-            self._items.move_to_end(key)
-            self.hits += 1
-            return array
+        return self._lru.get(key)
 
     def put(self, key: Hashable, array: np.ndarray) -> None:
         """Cache ``array`` under ``key`` (it is marked read-only), evicting the least
         recently used entries to stay within :attr:`max_bytes`. An array larger than the
         limit is not cached."""
-        size = array.nbytes
-        if size > self.max_bytes:
-            return
-        array.flags.writeable = False
-        with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self.nbytes -= old.nbytes
-            self._items[key] = array
-            self.nbytes += size
-            while self.nbytes > self.max_bytes:
-                _, evicted = self._items.popitem(last=False)
-                self.nbytes -= evicted.nbytes
-                self.evictions += 1
+        if array.nbytes <= self.max_bytes:
+            array.flags.writeable = False
+            self._lru.put(key, array)
 
     def get_or_load(self, key: Hashable, loader: Callable[[], np.ndarray]) -> np.ndarray:
         """The cached array, or ``loader()``'s result, cached. Two threads missing the same
@@ -106,24 +90,19 @@ class TileCache:
 
     def clear(self) -> None:
         """Drop every entry (the counters are kept)."""
-        with self._lock:
-            self._items.clear()
-            self.nbytes = 0
+        self._lru.clear()
 
     def reset_counters(self) -> None:
         """Set hits, misses and evictions to zero."""
-        with self._lock:
-            self.hits = self.misses = self.evictions = 0
+        self._lru.reset_counters()
 
     def stats(self) -> dict[str, Any]:
         """``hits``, ``misses``, ``evictions``, ``hit_rate``, ``nbytes``, ``max_bytes`` and
         ``entries``."""
-        with self._lock:
-            lookups = self.hits + self.misses
-            return {"hits": self.hits, "misses": self.misses, "evictions": self.evictions,
-                    "hit_rate": self.hits / lookups if lookups else 0.0,
-                    "nbytes": self.nbytes, "max_bytes": self.max_bytes,
-                    "entries": len(self._items)}
+        lookups = self.hits + self.misses
+        return {"hits": self.hits, "misses": self.misses, "evictions": self.evictions,
+                "hit_rate": self.hits / lookups if lookups else 0.0,
+                "nbytes": self.nbytes, "max_bytes": self.max_bytes, "entries": len(self)}
 
 
 def resolve_tile_cache(tile_cache: TileCache | int | _Default | None) -> TileCache | None:

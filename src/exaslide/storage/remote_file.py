@@ -14,10 +14,10 @@ import io
 import logging
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Iterable
 
 from exaslide.errors import StorageError
+from exaslide.lru import LRU
 from exaslide.storage.disk_cache import DiskCache, default_cache
 from exaslide.storage.info import RemoteInfo, remote_info
 from exaslide.storage.urls import cache_key, filesystem
@@ -87,8 +87,7 @@ class RemoteFile(io.RawIOBase):
         self.token = ("url", cache_key(self.url), self.info.version)  # tile cache keys
         self.cache.validate(self.info)
         self._lock = threading.Lock()
-        self._memory: OrderedDict[int, bytes] = OrderedDict()
-        self._memory_bytes = 0
+        self._memory = LRU(MEMORY_BYTES, size_of=len, keep_newest=True)
         self._inflight: dict[int, threading.Event] = {}
         self._pos = 0
         self._whole_fd: int | None = None
@@ -255,12 +254,10 @@ class RemoteFile(io.RawIOBase):
     def _blocks(self, indices: Iterable[int], store: bool = True) -> dict[int, bytes]:
         indices = list(indices)
         found: dict[int, bytes] = {}
-        with self._lock:
-            for i in indices:
-                block = self._memory.get(i)
-                if block is not None:
-                    self._memory.move_to_end(i)
-                    found[i] = block
+        for i in indices:
+            block = self._memory.get(i)
+            if block is not None:
+                found[i] = block
         missing = []
         for i in indices:
             if i in found:
@@ -290,7 +287,7 @@ class RemoteFile(io.RawIOBase):
             for i in indices:
                 event = self._inflight.get(i)
                 if i in self._memory:  # fetched by another thread since we looked
-                    out[i] = self._memory[i]
+                    out[i] = self._memory.peek(i)
                 elif event is None:
                     self._inflight[i] = threading.Event()
                     mine.append(i)
@@ -305,8 +302,7 @@ class RemoteFile(io.RawIOBase):
                     self._inflight.pop(i).set()
         for i, event in waits:
             event.wait()
-            with self._lock:
-                block = self._memory.get(i)
+            block = self._memory.peek(i)
             if block is None:  # the other fetch failed, or the block left memory already
                 block = self.cache.read_block(self.info, i) or self._fetch([i], True)[i]
             out[i] = block
@@ -393,13 +389,8 @@ class RemoteFile(io.RawIOBase):
             "than the size it reports); that range was not cached")
 
     def _remember(self, index: int, block: bytes) -> None:
-        with self._lock:
-            if index not in self._memory:
-                self._memory[index] = block
-                self._memory_bytes += len(block)
-            while self._memory_bytes > MEMORY_BYTES and len(self._memory) > 1:
-                _, old = self._memory.popitem(last=False)
-                self._memory_bytes -= len(old)
+        if index not in self._memory:
+            self._memory.put(index, block)
 
     def _count(self, fetched: int = 0, cached: int = 0, requests: int = 0) -> None:
         with self._lock:
