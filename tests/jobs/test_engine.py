@@ -120,11 +120,11 @@ def test_a_run_killed_while_committing_is_cleaned_before_the_redo(entries, tmp_p
     run_tissue_area(entries[:1], out)
     status = read_status(out, "a")
     # as if killed after moving a file of a different run and before the final status
-    (out / "tissue" / "stale.png").write_bytes(b"x")
-    status.update(status="committing", outputs={"tissue/stale.png": 0, "tissue/a.png": 0})
+    (out / "tissue" / "a_stale.png").write_bytes(b"x")
+    status.update(status="committing", outputs={"tissue/a_stale.png": 0, "tissue/a.png": 0})
     (out / "status" / "a.json").write_text(json.dumps(status))
     assert run_tissue_area(entries[:1], out)[0].status == "done"
-    assert not (out / "tissue" / "stale.png").exists()
+    assert not (out / "tissue" / "a_stale.png").exists()
     assert read_status(out, "a")["status"] == "done"
 
 
@@ -138,3 +138,70 @@ def test_ranks_share_the_slides_and_dask_gives_the_same_files(entries, tmp_path)
     for name in ("a", "b"):
         assert (tmp_path / "dask" / "tissue" / f"{name}.png").read_bytes() == \
             (tmp_path / "ranks" / "tissue" / f"{name}.png").read_bytes()
+
+
+def test_a_forged_status_cannot_make_the_engine_delete_other_files(entries, tmp_path):
+    out = tmp_path / "out"
+    run_tissue_area(entries, out)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "a_thesis.pdf").write_text("precious")
+    (out / "links").symlink_to(tmp_path / "elsewhere")
+    (out / "manifest.csv").write_text("the user's")
+    forged = read_status(out, "a")
+    forged["outputs"] = {"links/a_thesis.pdf": 8, "manifest.csv": 10, "status/b.json": 1,
+                         "a_status.json": 1, "../elsewhere/a_thesis.pdf": 8,
+                         "/etc/passwd": 1, "tissue/b.png": 1}
+    forged["options"] = {"changed": True}  # so the slide is redone and its outputs cleared
+    (out / "status" / "a.json").write_text(json.dumps(forged))
+    assert [o.status for o in run_tissue_area(entries, out)] == ["done", "skipped"]
+    assert (tmp_path / "elsewhere" / "a_thesis.pdf").read_text() == "precious"
+    assert (out / "manifest.csv").read_text() == "the user's"
+    assert read_status(out, "b")["status"] == "done" and (out / "tissue" / "b.png").exists()
+
+
+def test_a_slide_that_fails_while_committing_leaves_no_output(entries, tmp_path):
+    out = tmp_path / "out"
+    (out / "tissue" / "a.png").mkdir(parents=True)  # the target is a folder: rename fails
+
+    def two_files(entry, options, ctx):
+        with ctx.output(f"first/{entry.slide_id}.txt") as tmp:
+            tmp.write_text("1")
+        with ctx.output(f"tissue/{entry.slide_id}.png") as tmp:
+            tmp.write_text("2")
+        return {}
+
+    [outcome] = run_stage(Stage("two", None, process=two_files), entries[:1], out)
+    assert outcome.status == "failed"
+    assert not (out / "first" / "a.txt").exists()  # moved, then removed with the failure
+    assert read_status(out, "a")["status"] == "failed"
+    assert not (out / ".partial").exists()
+
+
+def test_a_plain_run_and_a_torchrun_job_cannot_share_a_folder(tmp_path):
+    from exaslide.jobs import OutputLock, OutputLockedError
+
+    out = tmp_path / "out"
+    with OutputLock(out, rank=0), OutputLock(out, rank=1):  # ranks of one job coexist
+        with pytest.raises(OutputLockedError, match="rank 0"):
+            OutputLock(out).__enter__()  # a plain run
+        with pytest.raises(OutputLockedError):
+            OutputLock(out, rank=1).__enter__()  # the same rank of another job
+    with OutputLock(out), pytest.raises(OutputLockedError):
+        OutputLock(out, rank=0).__enter__()
+
+
+def test_file_urls_are_fingerprinted_like_paths(entries, tmp_path):
+    url = Path(entries[0].path).resolve().as_uri()
+    [outcome] = run_tissue_area([SlideEntry("a", url)], tmp_path / "out")
+    assert outcome.status == "done"
+    assert read_status(tmp_path / "out", "a")["inputs"]["slide"]["size"] > 0
+
+
+def test_the_documented_example_is_this_one():
+    import inspect
+    import re
+
+    docs = (Path(__file__).parents[2] / "docs" / "architecture.md").read_text()
+    block = re.search(r"```python\n(.*?)```", docs, re.S).group(1)
+    for fn in (TissueAreaOptions, tissue_area):
+        assert inspect.getsource(fn) in block

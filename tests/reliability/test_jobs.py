@@ -254,7 +254,7 @@ def test_a_full_disk_names_the_path_and_a_rerun_after_freeing_space_is_identical
         fh.write(bytes(22 << 20))
     out = small_disk / "out"
     done = exaslide("extract", cohort, "--out", out, "--scheduler", "inline", *PNG)
-    assert done.code in (1, 2), done.stderr
+    assert done.code == 1, done.stderr  # slides failed, the batch went on
     assert "no space left on device" in done.stderr and "Traceback" not in done.stderr
     assert str(small_disk) in done.stderr  # the message names where
     filler.unlink()

@@ -174,3 +174,31 @@ def test_cli_embed_and_embed_slides(extracted, model_file, tmp_path):
     result = runner.invoke(cli, ["embed", "patches", str(model_file), str(extracted), "--out",
                                  str(store), "--split", "nosuch"])
     assert result.exit_code == 2 and "selects no patches" in result.output
+
+
+def test_other_settings_or_moved_patches_are_never_mixed_into_a_store(extracted, model_file,
+                                                                      tmp_path):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    store = embed_patches(model_file, extracted, tmp_path / "store", workers=0,
+                          filter=VAL, progress=False)
+    with pytest.raises(RetrievalError, match="patch="):  # another --size: another space
+        embed_patches(model_file, extracted, store, workers=0, filter=VAL, size=48,
+                      progress=False)
+    # a re-extraction that moves one slide's patches but keeps their number
+    moved = tmp_path / "moved"
+    shutil.copytree(extracted, moved)
+    slide = _slides(extracted, VAL)[0]
+    path = moved / "index" / f"{slide}.parquet"
+    table = pq.read_table(path)
+    keys = [k + "m" for k in table["key"].to_pylist()]
+    pq.write_table(table.set_column(table.column_names.index("key"), "key",
+                                    __import__("pyarrow").array(keys)), path)
+    outcomes = []
+    embed_patches(model_file, moved, store, workers=0, filter=VAL, progress=False,
+                  on_result=outcomes.append)
+    status = {o.slide_id: o.status for o in outcomes}
+    assert status[slide] == "done"
+    assert all(s == "skipped" for k, s in status.items() if k != slide)

@@ -39,8 +39,8 @@ def command(model, extract_dir, out_dir, split, batch_size, device, workers, siz
     """Embed the patches of EXTRACT_DIR (an `exaslide extract` output) with MODEL (a file
     written by training / save_model, or a registered model name such as small-cnn or
     resnet50) into the store --out: penultimate-layer features, one part per slide.
-    Slides already in the store are skipped; under torchrun each rank takes every n-th
-    slide. Exit code 1 when a slide failed."""
+    Slides already done with the same model and settings are skipped; under torchrun
+    each rank takes every n-th slide. Exit code 1 when a slide failed."""
     from exaslide.cli.options import progress_bar
     from exaslide.retrieval.embed import embed_patches
     from exaslide.runtime import distributed_context

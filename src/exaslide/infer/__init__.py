@@ -7,7 +7,7 @@
 >>> infer_cohort("model.pt", "cohort.csv", "heatmaps/", device="cuda")  # doctest: +SKIP
 
 Per slide: ``<slide_id>.heatmap.npy`` (float32, NaN outside tissue), ``.heatmap.json``
-(the grid; read both with :func:`exaslide.evaluate.heatmap.read_heatmap`),
+(the grid; read both with :func:`exaslide.heatmaps.read_heatmap`),
 ``.overlay.png`` and ``.heatmap.tif`` (pyramidal, opens in OpenSlide and QuPath). Under
 ``torchrun`` each rank takes its share of the slides. See ``docs/inference.md``.
 """

@@ -56,15 +56,15 @@ def _entries(slides) -> list[tuple[str, Any]]:
 
 def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
     """Resolved path, size and modification time (ns) of a local file; size, ETag and
-    last-modified time of a URL (see :func:`exaslide.masks.run.input_fingerprint`).
+    last-modified time of a URL (see :func:`exaslide.jobs.status.file_fingerprint`).
 
     Raises:
         OSError: the file cannot be found (``StorageError`` for a URL).
     """
     from exaslide.infer.slide import slide_key
-    from exaslide.masks.run import input_fingerprint
+    from exaslide.jobs.status import file_fingerprint as fingerprint
 
-    return input_fingerprint(slide_key(path), None)["slide"]
+    return fingerprint(slide_key(path))
 
 
 def heatmap_fingerprint(model: Mapping[str, Any], slide_path, *, class_name: str,
@@ -96,9 +96,11 @@ MAX_READ_THREADS = 4
 def default_workers(device: str, world_size: int = 1) -> int:
     """Patch-reading threads: on a GPU the CPUs' share of this process, up to
     :data:`MAX_READ_THREADS`; on the CPU one (the model uses the cores)."""
+    from exaslide.runtime import cpu_count
+
     if not str(device).startswith("cuda"):
         return 1
-    return max(1, min(MAX_READ_THREADS, (os.cpu_count() or 1) // max(1, world_size)))
+    return max(1, min(MAX_READ_THREADS, cpu_count() // max(1, world_size)))
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from exaslide.atomic import commit
 from exaslide.errors import ExaslideError
-from exaslide.jobs.lock import LOCK_NAME, OutputLock
-from exaslide.jobs.stage import JobError, SlideContext, Stage
+from exaslide.jobs.lock import OutputLock
+from exaslide.jobs.stage import JobError, SlideContext, Stage, output_path
 from exaslide.jobs.status import (
+    STATUS_DIR,
     input_fingerprint,
     is_complete,
     read_status,
@@ -97,17 +99,22 @@ def expected_status(stage: Stage, entry) -> dict[str, Any]:
 
 def clear_slide(out: Path, slide_id: str) -> None:
     """Delete what an earlier run left of a slide: the outputs its status lists (whatever
-    its state) and its partial folder. Nothing else is touched."""
-    from exaslide.jobs.stage import safe_relative
-
+    its state) and its partial folder. A status file is plain JSON a user can edit, so a
+    listed name is deleted only if the slide could have written it (see
+    :func:`~exaslide.jobs.stage.output_path`): inside the folder, through no link, named
+    after the slide, and not a status file. Nothing else is touched."""
+    shutil.rmtree(out / PARTIAL_DIR / slide_id, ignore_errors=True)
+    remove_stale_temporaries([status_path(out, slide_id)])
     previous = read_status(out, slide_id)
     outputs = previous.get("outputs") if previous else None
     for name in outputs if isinstance(outputs, dict) else ():
         try:
-            (out / safe_relative(name)).unlink(missing_ok=True)
-        except JobError:
-            logger.warning("%s: ignoring unsafe output name %r in its status", slide_id, name)
-    shutil.rmtree(out / PARTIAL_DIR / slide_id, ignore_errors=True)
+            path = output_path(out, slide_id, name)
+            if path.is_dir():
+                raise JobError(f"{path} is a folder, not a file this slide wrote")
+            path.unlink(missing_ok=True)
+        except (JobError, OSError) as exc:
+            logger.warning("%s: not deleting %r listed in its status: %s", slide_id, name, exc)
 
 
 def _commit(out: Path, slide_id: str, expected: dict, outputs: dict[str, str],
@@ -115,13 +122,17 @@ def _commit(out: Path, slide_id: str, expected: dict, outputs: dict[str, str],
     """Move a finished slide's files into place; its ``done`` status is written last."""
     base = dict(expected, slide_id=slide_id, result=result,
                 outputs={name: 0 for name in outputs})
+    targets = {name: output_path(out, slide_id, name) for name in outputs}
     write_status(out, slide_id, dict(base, status="committing"))
     sizes = {}
     for name, source in outputs.items():
-        target = out / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        Path(source).replace(target)
-        sizes[name] = target.stat().st_size
+        targets[name].parent.mkdir(parents=True, exist_ok=True)
+        output_path(out, slide_id, name)  # no link planted in the folders just made
+        try:
+            commit(source, targets[name])  # fsync, then rename
+        except OSError as exc:  # name the output, not the temporary
+            raise OSError(exc.errno, exc.strerror, str(targets[name])) from exc
+        sizes[name] = targets[name].stat().st_size
     from exaslide import __version__
 
     write_status(out, slide_id, dict(base, status="done", outputs=sizes,
@@ -182,9 +193,18 @@ class _Run:
         self.emit("slide", outcome)
 
     def done(self, slide: _Slide, result: dict, outputs: dict[str, str]) -> None:
+        """Commit a finished slide; a failure while committing fails the slide (and
+        deletes what was moved). The outcome is recorded after the commit succeeded."""
         slide_id = slide.entry.slide_id
-        _commit(self.out, slide_id, slide.expected, outputs, result, slide.started)
-        warnings = [str(w) for w in result.get("warnings", [])]
+        try:
+            if not isinstance(result, dict):
+                raise JobError(f"stage {self.stage.name!r} returned {type(result).__name__}"
+                               ", not a dict")
+            warnings = [str(w) for w in result.get("warnings", [])]
+            _commit(self.out, slide_id, slide.expected, outputs, result, slide.started)
+        except Exception as exc:
+            self.failed(slide_id, exc, slide.expected)
+            return
         for warning in warnings:
             logger.warning("%s: %s", slide_id, warning)
         self.record(Outcome(slide_id, "done", result=result, warnings=warnings,
@@ -193,7 +213,10 @@ class _Run:
     def failed(self, slide_id: str, exc: BaseException, expected: dict | None) -> None:
         message = error_message(exc, self.out)
         logger.debug("%s failed: %s", slide_id, message, exc_info=exc)
-        shutil.rmtree(self.out / PARTIAL_DIR / slide_id, ignore_errors=True)
+        try:  # a failed slide has no outputs: none that look finished, none half-moved
+            clear_slide(self.out, slide_id)
+        except OSError:
+            logger.debug("cannot clear %s", slide_id, exc_info=True)
         try:
             write_status(self.out, slide_id, dict(expected or {"stage": self.stage.name},
                                                   slide_id=slide_id, status="failed",
@@ -254,7 +277,7 @@ def run_stage(stage: Stage, entries: Sequence, out_dir, *, workers: int | None =
     out = Path(out_dir)
     suffix = "" if world_size == 1 else f".rank{rank}"
     emit = on_event or (lambda kind, value: None)
-    with OutputLock(out, LOCK_NAME if world_size == 1 else f"{LOCK_NAME}{suffix}"):
+    with OutputLock(out, None if world_size == 1 else rank):
         run = _Run(stage, out, out / f"{stage.name}_status{suffix}.json", emit)
         remove_stale_temporaries([run.summary])
         todo = _resume(run, entries, overwrite)
@@ -265,20 +288,35 @@ def run_stage(stage: Stage, entries: Sequence, out_dir, *, workers: int | None =
     return [run.outcomes[e.slide_id] for e in entries]
 
 
+def check_stage(out: Path, stage: str) -> None:
+    """Refuse a folder whose status files belong to another stage (before anything in it
+    is cleared).
+
+    Raises:
+        JobError: a status file of another stage is there.
+    """
+    for path in sorted((out / STATUS_DIR).glob("[!.]*.json")):
+        found = read_status(out, path.stem)
+        if found and found.get("stage") not in (None, stage):
+            raise JobError(f"{out}: holds {found.get('stage')!r} outputs ({path.name}), not "
+                           f"{stage!r} ones; use another --out")
+
+
 def _resume(run: _Run, entries: list, overwrite: bool) -> list[_Slide]:
     """Skip finished slides; clear and return the others."""
+    check_stage(run.out, run.stage.name)
     todo = []
     for entry in entries:
         previous = read_status(run.out, entry.slide_id)
-        if previous and previous.get("stage") not in (None, run.stage.name):
-            raise JobError(f"{run.out}: holds {previous.get('stage')!r} outputs, not "
-                           f"{run.stage.name!r} ones; use another --out")
         try:
             expected = expected_status(run.stage, entry)
         except Exception as exc:  # a missing input fails this slide only
             run.failed(entry.slide_id, exc, None)
             continue
         if not overwrite and is_complete(run.out, previous, expected):
+            # what a run killed just after this slide's status left behind
+            shutil.rmtree(run.out / PARTIAL_DIR / entry.slide_id, ignore_errors=True)
+            remove_stale_temporaries([status_path(run.out, entry.slide_id)])
             run.record(Outcome(entry.slide_id, "skipped",
                                result=previous.get("result") or {}))
             continue

@@ -23,8 +23,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds to wait for a scheduler given by address before giving up.
 CONNECT_TIMEOUT = 15
-SCHEDULER_ADDRESS = re.compile(r"^(tcp|tls|ucx|ws|wss)://[^\s/:]+(:\d{1,5})?/?$"
-                               r"|^[A-Za-z0-9.\-]+:\d{1,5}$")
+SCHEDULER_ADDRESS = re.compile(r"^(tcp|tls|ucx|ws|wss)://([^\s/:\[\]]+|\[[0-9A-Fa-f:.]+\])"
+                               r"(:\d{1,5})?/?$|^[A-Za-z0-9.\-]+:\d{1,5}$")
 
 
 class InlineExecutor:

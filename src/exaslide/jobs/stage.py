@@ -105,6 +105,30 @@ def safe_relative(name: str) -> PurePosixPath:
     return path
 
 
+def output_path(out: Path, slide_id: str, name: str) -> Path:
+    """Where the output ``name`` of slide ``slide_id`` lives: ``out / name``, checked so
+    that a name from a (user-editable) status file can never point elsewhere.
+
+    Raises:
+        JobError: ``name`` escapes or hides (see :func:`safe_relative`), is not named
+            after the slide (an output's file name starts with the slide id), lies in the
+            status folder, or a folder on its way is a symbolic link.
+    """
+    relative = safe_relative(name)
+    if not relative.name.startswith(slide_id):
+        raise JobError(f"output {name!r} is not named after slide {slide_id!r}")
+    if relative.parts[0] == "status" or (len(relative.parts) == 1 and \
+            relative.name.endswith("_status.json")):
+        raise JobError(f"output {name!r} would overwrite a status file")
+    here = Path(out)
+    for part in relative.parts:
+        here = here / part
+        if here.is_symlink():
+            raise JobError(f"{here} is a symbolic link; outputs are never written or "
+                           "deleted through links")
+    return here
+
+
 @dataclass
 class SlideContext:
     """What ``process`` gets besides its entry and options: where to write.
@@ -138,6 +162,9 @@ class SlideContext:
     def adopt(self, path: str | os.PathLike, name: str) -> None:
         """Declare a file already written under :attr:`partial` as the output ``name``."""
         relative = str(safe_relative(name))
+        if not PurePosixPath(relative).name.startswith(self.slide_id):
+            raise JobError(f"output {name!r} must be named after slide {self.slide_id!r} "
+                           "(its file name starts with the slide id)")
         path = Path(path)
         if not path.resolve().is_relative_to(self.partial.resolve()):
             raise JobError(f"{path}: outputs must be written in {self.partial}")

@@ -53,12 +53,13 @@ def file_fingerprint(path) -> dict[str, Any] | None:
     Raises:
         OSError: a local file is missing (``StorageError`` for a URL).
     """
-    from exaslide.storage import is_remote, remote_fingerprint
+    from exaslide.storage import is_remote, remote_fingerprint, to_local
 
     if path is None:
         return None
     if is_remote(path):
         return remote_fingerprint(str(path))
+    path = to_local(path)  # file:// URLs
     stat = Path(path).stat()
     return {"path": str(Path(path).resolve()), "size": stat.st_size,
             "mtime_ns": stat.st_mtime_ns}

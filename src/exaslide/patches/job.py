@@ -1,10 +1,7 @@
-"""Cohort extraction: sample, extract and index every slide of a manifest, in parallel.
-
-Work is split per slide (sampling: one task) and, within a slide, per region (extraction:
-one task per chunk of tile-aligned region blocks), and runs on Dask: a ``LocalCluster``
-with one single-threaded worker process per core by default, or any scheduler address
-(e.g. a dask-jobqueue SLURM cluster). ``scheduler="inline"`` runs everything in this
-process (no Dask), which is what tests of the logic and notebooks on tiny data want.
+"""The work of one extraction: sample a slide's patches and split them into chunks of
+region blocks (:func:`plan_slide`), read one chunk's patches into shards
+(:func:`extract_chunk`). :mod:`exaslide.patches.run` makes them the ``extract`` stage of
+the job engine, which runs them inline, on a Dask ``LocalCluster`` or on any scheduler.
 
 Outputs in ``out/``: ``index/<slide_id>.parquet``, ``shards/<slide_id>-CCCC-NNNNN.tar``
 (when materialised) and ``status/<slide_id>.json``, through the job engine

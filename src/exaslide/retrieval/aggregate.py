@@ -20,7 +20,6 @@ patches is labelled tumour, else ``"normal"``; null when no patch has a label),
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import Counter
@@ -117,7 +116,8 @@ def slide_embeddings(store_folder: str | os.PathLike, out_dir: str | os.PathLike
                      method: str = "mean", mosaic_size: int = 16, seed: int = 0,
                      on_result=None) -> Path:
     """Write the slide store ``out_dir`` from the patch store ``store_folder`` (see
-    module doc). Slides whose part exists are skipped; a failing slide is logged, passed
+    module doc) as the ``embed-slides`` stage of the job engine: slides done with the same
+    settings and unchanged source parts are skipped; a failing slide is logged, passed
     to ``on_result`` (with every other :class:`SlideOutcome`) and the others still run.
 
     Raises:
@@ -125,18 +125,14 @@ def slide_embeddings(store_folder: str | os.PathLike, out_dir: str | os.PathLike
             embeddings of another model or method.
     """
     from exaslide.jobs import SlideEntry, Stage, run_stage
-    from exaslide.retrieval.store import write_info
+    from exaslide.retrieval.store import read_info, write_info
 
     if method not in METHODS:
         raise RetrievalError(f"method must be one of {METHODS}, got {method!r}")
     if mosaic_size < 1:
         raise RetrievalError(f"mosaic_size must be at least 1, got {mosaic_size}")
     source, out = Path(store_folder), Path(out_dir)
-    try:
-        info = json.loads((source / "embeddings.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise RetrievalError(f"{source}: not an embedding store (no readable "
-                             "embeddings.json)") from exc
+    info = read_info(source)  # checked against its checksum
     if info.get("kind") != "patches":
         raise RetrievalError(f"{source}: holds {info.get('kind')!r} embeddings; slide "
                              "embeddings are made from a patch store")
@@ -144,7 +140,7 @@ def slide_embeddings(store_folder: str | os.PathLike, out_dir: str | os.PathLike
                 "seed": seed if method == "mosaic" else None}
     old = out / "embeddings.json"
     if old.exists():
-        previous = json.loads(old.read_text())
+        previous = read_info(out)
         if any(previous.get(k) != v for k, v in settings.items()):
             raise RetrievalError(f"{out}: holds slide embeddings made with "
                                  f"{ {k: previous.get(k) for k in settings} }, not {settings}; "

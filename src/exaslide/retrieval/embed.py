@@ -3,8 +3,10 @@
 :func:`embed_patches` reads the patches of an extraction output (``exaslide extract``)
 with :class:`~exaslide.data.SlidePatchDataset`, runs them through a model's
 :func:`~exaslide.models.forward_features` and writes one store part per slide
-(``part = slide_id``, see :mod:`exaslide.retrieval.store`). A slide whose part exists is
-skipped, so a killed run resumes where it stopped; under ``torchrun`` rank ``r`` of ``n``
+(``part = slide_id``, see :mod:`exaslide.retrieval.store`) as the ``embed`` stage of the
+job engine (:mod:`exaslide.jobs`): a slide whose status says done with the same model,
+weights, patch spec and patch keys is skipped, so a killed run resumes where it stopped;
+under ``torchrun`` rank ``r`` of ``n``
 embeds slides ``r, r+n, r+2n, ...`` (sorted by id) into the same store. Vectors are
 stored as they come out of the model (float16, not L2-normalised: the index does that).
 """
@@ -226,8 +228,8 @@ def embed_patches(model, source, out_dir, *, filter=None, batch_size: int = 256,
     runner = _Runner(module, table, dev, batch_size, workers)
     stage = Stage("embed", options, process=functools.partial(_process, runner),
                   inputs=lambda entry: [entry.path],
-                  extra_fingerprint=lambda entry, _: {"patches": _row_count(table,
-                                                                           entry.slide_id)})
+                  extra_fingerprint=lambda entry, _: {"patches": _keys_digest(table,
+                                                                             entry.slide_id)})
 
     def on_event(kind: str, value) -> None:
         if kind == "slide":
@@ -265,10 +267,15 @@ class _Runner:
     workers: int
 
 
-def _row_count(table, slide_id: str) -> int:
+def _keys_digest(table, slide_id: str) -> str:
+    """SHA-256 of the slide's patch keys in index order: a re-extraction that moves the
+    patches (another seed, stride, spec) redoes the slide even with the same count."""
+    import hashlib
+
     import pyarrow.compute as pc
 
-    return int(pc.sum(pc.equal(table.column("slide_id"), slide_id)).as_py() or 0)
+    keys = table.filter(pc.equal(table.column("slide_id"), slide_id)).column("key")
+    return hashlib.sha256("\n".join(keys.to_pylist()).encode()).hexdigest()
 
 
 def _process(runner: _Runner, entry, options: EmbedOptions, ctx) -> dict[str, Any]:

@@ -10,8 +10,10 @@ A store is a folder::
     parts/<part>.npy       float16 (rows, D), row i embeds row i of the Parquet file
 
 Parts (one per slide, or per chunk of figures) are written atomically, the ``.npy``
-first and the ``.parquet`` last, so a part whose Parquet file exists is complete: an
-interrupted embedding run resumes by skipping the parts already there.
+first and the ``.parquet`` last, so a part whose Parquet file exists is complete (what
+:func:`read_embeddings` reads). Patch and slide stores are written by the job engine
+(:mod:`exaslide.jobs`), whose ``status/<slide_id>.json`` decides what a rerun skips;
+figure stores skip the parts already there.
 :func:`read_embeddings` concatenates the parts in name order.
 
 Every file has a ``<name>.sha256`` sidecar (``sha256sum`` format, see
@@ -53,10 +55,13 @@ class Embeddings:
 
 
 def write_info(folder: str | os.PathLike, info: dict[str, Any]) -> None:
-    """Write (or check) ``embeddings.json``: a store holds one kind, model and dimension.
+    """Write (or check) ``embeddings.json``: a store holds one embedding space (kind,
+    dimension, model and its weights, patch spec, normalisation, projection heads, text
+    model: the keys an index checks too), so a rerun with other settings cannot leave
+    the description of the old ones.
 
     Raises:
-        RetrievalError: the folder already holds embeddings of another kind, model or size.
+        RetrievalError: the folder already holds embeddings of another space.
     """
     folder = Path(folder)
     if info.get("kind") not in KINDS:
@@ -64,7 +69,9 @@ def write_info(folder: str | os.PathLike, info: dict[str, Any]) -> None:
     path = folder / "embeddings.json"
     if path.exists():
         old = read_info(folder)
-        for key in ("kind", "dim", "model", "model_path", "weights"):
+        from exaslide.retrieval.index import SAME_SPACE_KEYS
+
+        for key in SAME_SPACE_KEYS:
             if old.get(key) != info.get(key):
                 raise RetrievalError(f"{folder}: holds embeddings with {key}={old.get(key)!r}, "
                                      f"not {info.get(key)!r}; use another folder")
