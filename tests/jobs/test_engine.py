@@ -205,3 +205,16 @@ def test_the_documented_example_is_this_one():
     block = re.search(r"```python\n(.*?)```", docs, re.S).group(1)
     for fn in (TissueAreaOptions, tissue_area):
         assert inspect.getsource(fn) in block
+
+
+def test_a_folder_the_lock_made_goes_when_the_run_failed_before_writing(tmp_path):
+    from exaslide.jobs import OutputLock
+
+    out = tmp_path / "new"
+    with pytest.raises(RuntimeError), OutputLock(out):
+        raise RuntimeError("bad input found after the lock")
+    assert not out.exists()
+    (tmp_path / "kept").mkdir()
+    with OutputLock(tmp_path / "kept"):
+        pass
+    assert (tmp_path / "kept").is_dir()  # not ours: only the lock file may remain in it

@@ -192,3 +192,18 @@ def test_local_cluster_workers_keep_freed_tiles_in_the_heap():
     with local_cluster(1) as cluster, Client(cluster) as client:
         values = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
     assert list(values.values()) == [WORKER_MALLOC_TRIM_THRESHOLD]
+
+
+def test_a_slide_extracted_by_the_previous_release_is_redone_without_stale_shards(cohort,
+                                                                                 tmp_path):
+    entries = read_manifest(cohort)[:1]
+    slide = entries[0].slide_id
+    (tmp_path / "shards").mkdir()
+    stale = tmp_path / "shards" / f"{slide}-0007-00000.tar"
+    stale.write_bytes(b"old")
+    (tmp_path / "status").mkdir()
+    (tmp_path / "status" / f"{slide}.json").write_text(json.dumps(
+        {"status": "done", "slide_id": slide, "shards": [stale.name]}))  # no "stage"
+    options = ExtractOptions(spec=PatchSpec(size=128), materialize="png")
+    [outcome] = run_extraction(entries, tmp_path, options, scheduler="inline")
+    assert outcome.status == "done" and not stale.exists()

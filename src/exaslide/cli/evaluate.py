@@ -76,7 +76,10 @@ def _heatmaps(heatmaps, manifest, out_dir, patch_predictions, split, mpp,
                               min_distance_um=min_distance_um, slide_method=slide_method,
                               froc_method=froc_method, patch_threshold=patch_threshold,
                               mpp=mpp, split=split, positive_class=positive_class)
-    metrics = evaluate_run(heatmaps, manifest, out_dir, patch_predictions, options)
+    from exaslide.jobs import OutputLock
+
+    with OutputLock(out_dir):
+        metrics = evaluate_run(heatmaps, manifest, out_dir, patch_predictions, options)
     _report(metrics, Path(out_dir))
 
 

@@ -78,7 +78,11 @@ def embed_command(collection, out_store, text_model, model_path, patch_size, hel
     if n_test >= 2:
         recall = recall_at_k(heads.embed_image(feats[test]), heads.embed_text(texts[test]))
         click.echo("held-out recall@k: " + json.dumps(recall))
-    out = embed_figures(figures, out_store, heads, image_model=model,
-                        text_model=encoder.name, patch_size=patch_size,
-                        model_path=str(Path(model_path).resolve()) if model_path else None)
+    from exaslide.jobs import OutputLock
+
+    with OutputLock(out_store):
+        out = embed_figures(figures, out_store, heads, image_model=model,
+                            text_model=encoder.name, patch_size=patch_size,
+                            model_path=str(Path(model_path).resolve()) if model_path
+                            else None)
     click.echo(f"{len(figures)} figures embedded; store: {out}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import click
 
@@ -44,7 +45,10 @@ def build(embeddings, out_dir, kind, bytes_per_vector, nlist, nprobe, opq, reran
               "opq": opq, "rerank": rerank, "fast_scan": not pq8}
     if kind not in ("auto", "ivfpq"):
         params = {"ef_search": ef_search} if kind == "hnsw" else {}
-    index = build_index(embeddings, out_dir, kind, seed=seed, **params)
+    from exaslide.jobs import OutputLock
+
+    with OutputLock(out_dir):  # two builds into one folder would mix their files
+        index = build_index(embeddings, out_dir, kind, seed=seed, **params)
     click.echo(f"{len(index)} vectors of dimension {index.dim} in a {index.kind} index "
                f"({index.bytes_per_vector():.0f} B/vector) in "
                f"{time.perf_counter() - started:.1f} s: {out_dir}")
@@ -55,7 +59,11 @@ def build(embeddings, out_dir, kind, bytes_per_vector, nlist, nprobe, opq, reran
 @click.argument("embeddings", type=click.Path(file_okay=False))
 def add(index_dir, embeddings) -> None:
     """Append the vectors of EMBEDDINGS to INDEX (ids continue after the last one)."""
+    from exaslide.jobs import OutputLock
     from exaslide.retrieval.index import add_to_index
 
-    index = add_to_index(index_dir, embeddings)
+    if not Path(index_dir).is_dir():
+        raise click.BadParameter(f"{index_dir}: no such index folder", param_hint="INDEX")
+    with OutputLock(index_dir):
+        index = add_to_index(index_dir, embeddings)
     click.echo(f"{len(index)} vectors in {index_dir}")

@@ -97,7 +97,7 @@ def expected_status(stage: Stage, entry) -> dict[str, Any]:
                         "inputs": fingerprint})
 
 
-def clear_slide(out: Path, slide_id: str) -> None:
+def clear_slide(out: Path, slide_id: str, stage: Stage | None = None) -> None:
     """Delete what an earlier run left of a slide: the outputs its status lists (whatever
     its state) and its partial folder. A status file is plain JSON a user can edit, so a
     listed name is deleted only if the slide could have written it (see
@@ -105,8 +105,10 @@ def clear_slide(out: Path, slide_id: str) -> None:
     after the slide, and not a status file. Nothing else is touched."""
     shutil.rmtree(out / PARTIAL_DIR / slide_id, ignore_errors=True)
     remove_stale_temporaries([status_path(out, slide_id)])
-    previous = read_status(out, slide_id)
-    outputs = previous.get("outputs") if previous else None
+    previous = read_status(out, slide_id) or {}
+    outputs = previous.get("outputs")
+    if "stage" not in previous and stage is not None and stage.legacy_outputs is not None:
+        outputs = dict.fromkeys(stage.legacy_outputs(previous) if previous else [], 0)
     for name in outputs if isinstance(outputs, dict) else ():
         try:
             path = output_path(out, slide_id, name)
@@ -214,7 +216,7 @@ class _Run:
         message = error_message(exc, self.out)
         logger.debug("%s failed: %s", slide_id, message, exc_info=exc)
         try:  # a failed slide has no outputs: none that look finished, none half-moved
-            clear_slide(self.out, slide_id)
+            clear_slide(self.out, slide_id, self.stage)
         except OSError:
             logger.debug("cannot clear %s", slide_id, exc_info=True)
         try:
@@ -320,7 +322,7 @@ def _resume(run: _Run, entries: list, overwrite: bool) -> list[_Slide]:
             run.record(Outcome(entry.slide_id, "skipped",
                                result=previous.get("result") or {}))
             continue
-        clear_slide(run.out, entry.slide_id)
+        clear_slide(run.out, entry.slide_id, run.stage)
         todo.append(_Slide(entry, expected))
     return todo
 

@@ -64,6 +64,7 @@ class OutputLock:
         self.out = Path(out)
         self.rank = rank
         self._locks: list[_FileLock] = []
+        self._created = False
 
     @property
     def info(self) -> Path:
@@ -72,6 +73,7 @@ class OutputLock:
         return self.out / f"{LOCK_NAME}{suffix}.json"
 
     def __enter__(self) -> OutputLock:
+        self._created = not self.out.exists()
         self.out.mkdir(parents=True, exist_ok=True)
         wanted = [_FileLock(self.out / LOCK_NAME, shared=self.rank is not None)]
         if self.rank is not None:
@@ -113,3 +115,9 @@ class OutputLock:
         if self._locks:
             self.info.unlink(missing_ok=True)
             self._release()
+        if self._created:  # a folder this run made and left empty (it failed early) goes
+            with contextlib.suppress(OSError):
+                if all(p.name.startswith(LOCK_NAME) for p in self.out.iterdir()):
+                    for path in self.out.iterdir():
+                        path.unlink()
+                    self.out.rmdir()

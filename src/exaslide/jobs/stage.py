@@ -55,6 +55,9 @@ class Stage:
             -> result`` writes into ``partial_dir`` only; ``finish(entry, options, state,
             results, ctx) -> dict`` runs in the driver and adopts the tasks' files.
         task_size: ``task_size(task) -> int``, the progress units of one task.
+        legacy_outputs: ``legacy_outputs(status) -> list`` of output names a status file
+            of the previous release (which listed none) implies, so that redoing such a
+            slide deletes them.
     """
 
     name: str
@@ -66,6 +69,7 @@ class Stage:
     run_task: Callable[..., Any] | None = None
     finish: Callable[..., dict] | None = None
     task_size: Callable[[Any], int] | None = None
+    legacy_outputs: Callable[[dict], list[str]] | None = None
 
     def __post_init__(self):
         split = (self.plan, self.run_task, self.finish)

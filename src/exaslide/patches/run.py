@@ -106,12 +106,19 @@ def _warnings(plan: SlidePlan, kept: int, options: ExtractOptions) -> list[str]:
             "than the slide at this level, or the slide blank?)"]
 
 
+def _legacy_outputs(status: dict) -> list[str]:
+    """The index and shards a status file of the previous release names."""
+    slide_id = str(status.get("slide_id", ""))
+    shards = status.get("shards") if isinstance(status.get("shards"), list) else []
+    return [f"index/{slide_id}.parquet", *(f"shards/{s}" for s in shards)]
+
+
 def extract_stage(options: ExtractOptions):
     """The ``extract`` :class:`~exaslide.jobs.Stage` with these options."""
     from exaslide.jobs import Stage
 
     return Stage("extract", options, plan=_plan, run_task=_run_chunk, finish=_finish,
-                 task_size=_chunk_size,
+                 task_size=_chunk_size, legacy_outputs=_legacy_outputs,
                  extra_fingerprint=lambda entry, _: {"manifest": manifest_fields(entry)})
 
 
