@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import shutil
 import time
@@ -185,11 +184,10 @@ class _Run:
 
     def record(self, outcome: Outcome) -> None:
         self.outcomes[outcome.slide_id] = outcome
-        from exaslide.atomic import write_text
+        from exaslide.jsonio import write_json
 
         try:
-            write_text(self.summary, json.dumps([to_jsonable(asdict(o)) for o in
-                                                 self.outcomes.values()], indent=2) + "\n")
+            write_json(self.summary, [asdict(o) for o in self.outcomes.values()])
         except OSError as exc:  # e.g. a full disk: each slide's status says the rest
             logger.warning("cannot write %s: %s", self.summary, error_message(exc))
         self.emit("slide", outcome)

@@ -18,7 +18,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from exaslide.atomic import write_text
 from exaslide.jsonio import to_jsonable
 
 logger = logging.getLogger(__name__)
@@ -42,8 +41,9 @@ def read_status(out: Path, slide_id: str) -> dict[str, Any] | None:
 
 def write_status(out: Path, slide_id: str, status: dict[str, Any]) -> None:
     """Write a slide's status atomically."""
-    text = json.dumps(to_jsonable(status), indent=2) + "\n"
-    write_text(status_path(out, slide_id), text)
+    from exaslide.jsonio import write_json
+
+    write_json(status_path(out, slide_id), status)
 
 
 def file_fingerprint(path) -> dict[str, Any] | None:

@@ -197,17 +197,11 @@ def embed_patches(model, source, out_dir, *, filter=None, batch_size: int = 256,
         the store holds other embeddings, or the model's patch resolution is not the
         index's. DatasetError: slides without a known path.
     """
-    from exaslide.augment import IMAGENET_MEAN, IMAGENET_STD
-    from exaslide.infer.slide import resolve_device
     from exaslide.jobs import SlideEntry, Stage, run_stage
-    from exaslide.models import embedding_dim
-    from exaslide.retrieval.store import write_info
+    from exaslide.runtime import resolve_device
 
     table, slide_ids, paths = _index(source, filter)
     module, name, model_path, meta = resolve_model(model, pretrained)
-    patch = _patch_spec(meta, table, size)
-    mean = list(meta.get("mean") or IMAGENET_MEAN)
-    std = list(meta.get("std") or IMAGENET_STD)
     dev = resolve_device(device)
     module.to(dev)
     if dev.type == "cuda":
@@ -215,16 +209,8 @@ def embed_patches(model, source, out_dir, *, filter=None, batch_size: int = 256,
 
         module.to(memory_format=torch.channels_last)
     out = Path(out_dir)
-    weights = meta.get("weights")
-    if weights == "random" and any((out / "parts").glob("[!.]*.parquet")):
-        raise RetrievalError(f"{out}: already holds embeddings made with random weights of "
-                             f"{name}; new random weights would not be comparable: embed "
-                             "into a new folder, or use a model file or --pretrained")
-    info = {"kind": "patches", "dim": embedding_dim(module), "model": name,
-            "model_path": model_path, "weights": weights, "patch": patch, "mean": mean,
-            "std": std, "source": str(source)}
-    write_info(out, info)
-    options = EmbedOptions(name, model_path, weights, patch, mean, std, str(filter))
+    options = _store_options(module, name, model_path, meta, table, size, source, filter,
+                             out)
     runner = _Runner(module, table, dev, batch_size, workers)
     stage = Stage("embed", options, process=functools.partial(_process, runner),
                   inputs=lambda entry: [entry.path],
@@ -243,6 +229,28 @@ def embed_patches(model, source, out_dir, *, filter=None, batch_size: int = 256,
     run_stage(stage, entries, out, scheduler="inline", rank=rank, world_size=world_size,
               on_event=on_event)
     return out
+
+
+def _store_options(module, name, model_path, meta, table, size, source, filter,
+                   out: Path) -> EmbedOptions:
+    """The store's embedding space, written into (or checked against) its
+    ``embeddings.json``, as the stage's options."""
+    from exaslide.augment import IMAGENET_MEAN, IMAGENET_STD
+    from exaslide.models import embedding_dim
+    from exaslide.retrieval.store import write_info
+
+    patch = _patch_spec(meta, table, size)
+    mean = list(meta.get("mean") or IMAGENET_MEAN)
+    std = list(meta.get("std") or IMAGENET_STD)
+    weights = meta.get("weights")
+    if weights == "random" and any((out / "parts").glob("[!.]*.parquet")):
+        raise RetrievalError(f"{out}: already holds embeddings made with random weights of "
+                             f"{name}; new random weights would not be comparable: embed "
+                             "into a new folder, or use a model file or --pretrained")
+    write_info(out, {"kind": "patches", "dim": embedding_dim(module), "model": name,
+                     "model_path": model_path, "weights": weights, "patch": patch,
+                     "mean": mean, "std": std, "source": str(source)})
+    return EmbedOptions(name, model_path, weights, patch, mean, std, str(filter))
 
 
 @dataclass(frozen=True)
