@@ -37,6 +37,7 @@ import numpy as np
 from exaslide.errors import RetrievalError
 from exaslide.integrity import atomic_write, verify, warn_unchecked
 from exaslide.jsonio import write_json
+from exaslide.retrieval.store import SAME_SPACE_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -331,8 +332,6 @@ def build_index(source, out_dir: str | os.PathLike | None = None, kind: str = "a
 
 
 #: Store settings that must agree for two stores' vectors to be comparable.
-SAME_SPACE_KEYS = ("kind", "dim", "model", "model_path", "weights", "patch", "mean", "std",
-                   "projection_path", "text_model")
 
 
 def add_to_index(folder: str | os.PathLike, source) -> VectorIndex:

@@ -37,6 +37,9 @@ from exaslide.integrity import atomic_write, verify, warn_unchecked
 from exaslide.jsonio import write_json
 
 KINDS = ("patches", "slides", "figures", "captions")
+#: What makes two stores (or a store and an index) one embedding space.
+SAME_SPACE_KEYS = ("kind", "dim", "model", "model_path", "weights", "patch", "mean", "std",
+                   "projection_path", "text_model")
 #: What to do about a corrupt ``embeddings.json`` (ends the error message).
 REMEDY = "re-embed into a new folder"
 
@@ -69,8 +72,6 @@ def write_info(folder: str | os.PathLike, info: dict[str, Any]) -> None:
     path = folder / "embeddings.json"
     if path.exists():
         old = read_info(folder)
-        from exaslide.retrieval.index import SAME_SPACE_KEYS
-
         for key in SAME_SPACE_KEYS:
             if old.get(key) != info.get(key):
                 raise RetrievalError(f"{folder}: holds embeddings with {key}={old.get(key)!r}, "
