@@ -318,3 +318,21 @@ def test_local_path_follows_the_storage_url_rules(tmp_path, monkeypatch):
     assert local_path("file://" + str(odd).replace(":", "%3A")) == str(odd)
     with pytest.raises(SlideOpenError, match=r"remote URL \(s3://\)"):
         local_path("s3://bucket/a.svs")
+
+
+def test_a_copy_this_process_just_wrote_is_not_read_again(tmp_path, monkeypatch):
+    from exaslide.storage import whole_copy
+
+    checks = []
+    real = whole_copy.copy_problem
+    monkeypatch.setattr(whole_copy, "copy_problem",
+                        lambda *a, **k: checks.append(a[0]) or real(*a, **k))
+    cache = DiskCache(tmp_path / "c", max_bytes=10_000, block_size=1000)
+    info = _info("a.tif", size=3000)
+    cache.validate(info)
+    copy = cache.store_whole_file(info, _write(b"x" * 3000))
+    assert cache.whole_file(info) == copy and cache.whole_file(info) == copy
+    assert checks == []  # its CRC was computed while writing
+    with open(copy, "r+b") as fh:  # a change in place: its stat changes, it is checked
+        fh.write(b"y")
+    assert cache.whole_file(info) is None and len(checks) == 1

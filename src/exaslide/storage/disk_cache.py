@@ -355,8 +355,10 @@ class DiskCache:
             with atomic_path(target) as tmp:
                 checksum = self._fill(info, tmp, fill)
                 whole_copy.write_record(version / RECORD_NAME, target.name, checksum)
-            with self._lock:
-                self._verified[str(target)] = (_stat_key(os.lstat(target)), time.time_ns())
+            made = os.lstat(target)
+            with self._lock:  # checked while written: no re-read while its stat holds
+                self._verified[str(target)] = (_stat_key(made), made.st_ctime_ns +
+                                               int(RACY_SECONDS * 1e9) + 1)
             freed = sum(self._delete(folder, "blocks")
                         for folder, level in layout.folders(version, "version")
                         if level == "blocks")
