@@ -61,3 +61,10 @@ def test_bad_limits_are_refused():
     for bad in (-1, True):
         with pytest.raises(ValueError, match="max_size"):
             LRU(bad)
+
+
+def test_a_single_thread_cache_behaves_the_same_without_a_lock():
+    cache = LRU(8, size_of=len, keep_newest=True, threadsafe=False)
+    for key in "abc":
+        cache.put(key, b"1234")
+    assert list(cache) == ["b", "c"] and cache.pop("b") == b"1234" and cache.size == 4

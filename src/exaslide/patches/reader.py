@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 from collections import Counter
 from collections.abc import Iterator
 
@@ -78,7 +79,8 @@ class PatchReader:
         self.downsample = self.slide.level_downsamples[self.level]
         self._level_size = self.slide.level_dimensions[self.level]
         self._grid = self.tiles.tile_grid(self.level) if self.tiles is not None else None
-        self._cache = LRU(TILE_CACHE_BYTES, size_of=lambda a: a.nbytes, keep_newest=True)
+        self._cache = LRU(TILE_CACHE_BYTES, size_of=operator.attrgetter("nbytes"),
+                          keep_newest=True, threadsafe=False)  # one reader, one thread
         self._refs: Counter | None = None
         self.tile_decodes = 0
 
