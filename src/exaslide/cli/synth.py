@@ -31,14 +31,24 @@ from exaslide.cli.options import progress_bar
 @click.option("--cohort", type=int, default=None, help="Write a cohort of N slides instead.")
 @click.option("--tumour-fraction", type=float, default=0.5, show_default=True,
               help="Fraction of cohort slides with tumours.")
-def command(out_dir, width, height, tumours, seed, mpp, tile, quality, name, cohort,
-            tumour_fraction) -> None:
+@click.option("--patients", is_flag=True,
+              help="With --cohort N: N CAMELYON17 patients x 5 lymph-node slides (lesions "
+                   "sized by the ITC/micro/macro definitions, stages pN0..pN2), with "
+                   "patient and slide_class in the manifest and the reference stage.csv. "
+                   "Slides default to 2048 x 2048 at 2 um/px; --tumours caps the lesions "
+                   "per node.")
+@click.pass_context
+def command(ctx, out_dir, width, height, tumours, seed, mpp, tile, quality, name, cohort,
+            tumour_fraction, patients) -> None:
     """Write a synthetic slide OUT_DIR/<name>.tif with its ASAP XML, or a cohort with
-    OUT_DIR/manifest.csv. Sizes, --name and the free disk space are checked before
+    OUT_DIR/manifest.csv (--cohort N; with --patients, N patients of 5 nodes and
+    OUT_DIR/stage.csv). Sizes, --name and the free disk space are checked before
     anything is written; SIGTERM or Ctrl-C removes the unfinished slide."""
     from exaslide.synth import SynthSpec, level_sizes, make_cohort, write_synthetic_slide
     from exaslide.synth.slide import check_disk_space, estimated_disk_bytes
 
+    if patients:
+        width, height, mpp = _patient_defaults(ctx, width, height, mpp)
     spec = SynthSpec(width=width, height=height, tumours=tumours, seed=seed, mpp=mpp,
                      tile=tile, quality=quality)
     spec.validate()
@@ -47,6 +57,9 @@ def command(out_dir, width, height, tumours, seed, mpp, tile, quality, name, coh
     if not 0.0 <= tumour_fraction <= 1.0:
         raise click.BadParameter("must be between 0 and 1", param_hint="--tumour-fraction")
     out = Path(out_dir)
+    if patients:
+        _patients(ctx, out, cohort, spec, seed)
+        return
     if cohort is not None:
         with _interruptible(), progress_bar(cohort, "slides") as bar:
             manifest = make_cohort(out, cohort, tumour_fraction=tumour_fraction, base=spec,
@@ -61,6 +74,42 @@ def command(out_dir, width, height, tumours, seed, mpp, tile, quality, name, coh
     click.echo(f"slide: {made.path} ({len(made.level_dimensions)} levels)")
     if made.annotation_path:
         click.echo(f"annotations: {made.annotation_path}")
+
+
+def _patient_defaults(ctx: click.Context, width: int, height: int, mpp: float
+                      ) -> tuple[int, int, float]:
+    """Width, height and mpp of node slides: the patient defaults (2048 x 2048 at
+    2 um/px) for those not given on the command line or in a config file."""
+    from click.core import ParameterSource
+
+    from exaslide.synth.patients import PATIENT_SPEC
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE,
+                                                   ParameterSource.DEFAULT_MAP)
+
+    return (width if given("width") else PATIENT_SPEC.width,
+            height if given("height") else PATIENT_SPEC.height,
+            mpp if given("mpp") else PATIENT_SPEC.mpp)
+
+
+def _patients(ctx: click.Context, out: Path, cohort: int | None, spec, seed: int) -> None:
+    """``--cohort N --patients``: N patients x 5 node slides, manifest and stage CSVs."""
+    from click.core import ParameterSource
+
+    from exaslide.synth.patients import NODES_PER_PATIENT, make_patients
+
+    if cohort is None:
+        raise click.UsageError("--patients needs --cohort N (the number of patients)")
+    for option in ("tumour_fraction", "name"):
+        if ctx.get_parameter_source(option) == ParameterSource.COMMANDLINE:
+            raise click.UsageError(f"--{option.replace('_', '-')} does not apply to "
+                                   "--patients (the stages decide which nodes have lesions)")
+    with _interruptible(), progress_bar(cohort * NODES_PER_PATIENT, "slides") as bar:
+        manifest = make_patients(out, cohort, base=spec, seed=seed,
+                                 on_slide=lambda _: bar.update(1))
+    click.echo(f"{cohort} patients x {NODES_PER_PATIENT} nodes; manifest: {manifest}; "
+               f"reference stages: {out / 'stage.csv'}")
 
 
 def _plain_name(name: str) -> str:
