@@ -18,8 +18,8 @@ def _summary(outcomes, what: str, unit: str, count: int, out_dir, seconds: float
 
 
 @click.command("embed")
-@click.argument("model")
-@click.argument("extract_dir", type=click.Path(exists=True))
+@click.argument("model", required=False)
+@click.argument("extract_dir", required=False)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Embedding store folder (embeddings.json, parts/<slide_id>.*).")
 @click.option("--split", default=None, help="Embed only the patches of this split.")
@@ -34,17 +34,30 @@ def _summary(outcomes, what: str, unit: str, count: int, out_dir, seconds: float
                    "else the indexed size].")
 @click.option("--pretrained", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Local weights for a MODEL given by name.")
+@click.option("--encoder", default=None, metavar="NAME",
+              help="A foundation-model encoder instead of MODEL (exaslide encoders list): "
+                   "patches are read at its µm/px and size, centred on the indexed ones.")
+@click.option("--weights", default=None, metavar="PATH",
+              help="The --encoder's local weights: a file, a folder holding it, a Hugging "
+                   "Face cache folder, or 'random' (seeded random weights, to test a "
+                   "pipeline) [the local Hugging Face cache].")
+@click.option("--hf-cache", type=click.Path(file_okay=False), default=None,
+              help="Hugging Face hub cache holding the --encoder's weights [huggingface_hub's"
+                   " default]; never downloaded from.")
 def command(model, extract_dir, out_dir, split, batch_size, device, workers, size,
-            pretrained) -> None:
+            pretrained, encoder, weights, hf_cache) -> None:
     """Embed the patches of EXTRACT_DIR (an `exaslide extract` output) with MODEL (a file
     written by training / save_model, or a registered model name such as small-cnn or
-    resnet50) into the store --out: penultimate-layer features, one part per slide.
-    Slides already done with the same model and settings are skipped; under torchrun
-    each rank takes every n-th slide. Exit code 1 when a slide failed."""
+    resnet50) or with --encoder NAME (then MODEL is left out) into the store --out:
+    penultimate-layer features or the encoder's embeddings, one part per slide. Slides
+    already done with the same model and settings are skipped; under torchrun each rank
+    takes every n-th slide. Exit code 1 when a slide failed."""
     from exaslide.cli.options import progress_bar
     from exaslide.retrieval.embed import embed_patches
     from exaslide.runtime import distributed_context
 
+    model, extract_dir = _model_and_dir(model, extract_dir, encoder, weights, size,
+                                        pretrained)
     if batch_size < 1:
         raise click.BadParameter("must be at least 1", param_hint="--batch-size")
     if workers < 0:
@@ -68,6 +81,7 @@ def command(model, extract_dir, out_dir, split, batch_size, device, workers, siz
     try:
         embed_patches(model, extract_dir, out_dir, filter=filter, batch_size=batch_size,
                       device=device, workers=workers, size=size, pretrained=pretrained,
+                      encoder=encoder, weights=weights, hf_cache=hf_cache,
                       on_result=on_result)
     finally:
         bar.close()
@@ -75,6 +89,29 @@ def command(model, extract_dir, out_dir, split, batch_size, device, workers, siz
              time.perf_counter() - started,
              "embed_status.json" if world_size == 1 else "embed_status.rank*.json",
              f"rank {rank}/{world_size}: " if world_size > 1 else "")
+
+
+def _model_and_dir(model, extract_dir, encoder, weights, size, pretrained):
+    """``(MODEL, EXTRACT_DIR)`` of ``embed patches``: with --encoder the one argument is
+    EXTRACT_DIR."""
+    if encoder is not None:
+        if extract_dir is not None:
+            raise click.UsageError("give MODEL or --encoder, not both")
+        model, extract_dir = None, model
+        for value, hint in ((size, "--size"), (pretrained, "--pretrained")):
+            if value is not None:
+                raise click.BadParameter("not with --encoder (its spec fixes the input size "
+                                         "and its weights come from --weights)",
+                                         param_hint=hint)
+    elif weights is not None or model is None:
+        raise click.UsageError("--weights goes with --encoder" if weights is not None
+                               else "missing MODEL (or --encoder NAME) and EXTRACT_DIR")
+    if extract_dir is None:
+        raise click.UsageError("missing EXTRACT_DIR")
+    if not Path(extract_dir).exists():
+        raise click.BadParameter(f"{extract_dir}: no such folder or file",
+                                 param_hint="EXTRACT_DIR")
+    return model, extract_dir
 
 
 @click.command("embed-slides")

@@ -44,6 +44,9 @@ class SlidePatchDataset(Dataset):
         filter: a pyarrow expression selecting rows (``pc.field("split") == "train"``).
         size: read ``size`` x ``size`` pixels centred on each indexed patch, at the same
             resolution (e.g. 224 from a 256 index); default: the indexed size.
+        mpp: read at this resolution (µm/px) instead of the index's, centred on each
+            indexed patch and resampled as the extraction engine does (an encoder's
+            resolution); needs slides with a known resolution.
         transform: called on each image tensor (e.g. an :mod:`exaslide.augment`
             pipeline).
         dtype: ``"uint8"`` (``CHW`` 0..255, normalise on the GPU) or ``"float"``
@@ -59,6 +62,7 @@ class SlidePatchDataset(Dataset):
 
     def __init__(self, source, *, slides: Mapping[str, str] | None = None, manifest=None,
                  classes: Sequence[str] | None = None, filter=None, size: int | None = None,
+                 mpp: float | None = None,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  dtype: str = "uint8", backend: str | None = None,
                  max_open: int = DEFAULT_MAX_OPEN,
@@ -67,9 +71,12 @@ class SlidePatchDataset(Dataset):
             raise ValueError(f"dtype must be 'uint8' or 'float', got {dtype!r}")
         if size is not None and size < 8:
             raise ValueError(f"size must be at least 8 pixels, got {size}")
+        if mpp is not None and not mpp > 0:
+            raise ValueError(f"mpp must be positive, got {mpp}")
         self.patches: PatchTable = load_patches(source, slides=slides, manifest=manifest,
                                                 classes=classes, filter=filter)
         self.size, self.transform, self.dtype, self.backend = size, transform, dtype, backend
+        self.mpp = mpp
         self.tile_cache_bytes = tile_cache_bytes
         self.pool = HandlePool(max_open)
         self._tile_cache = None
@@ -95,7 +102,13 @@ class SlidePatchDataset(Dataset):
         reader = self._reader(int(p.slide[index]), int(p.size[index]),
                               int(p.level[index]), float(p.mpp[index]))
         x, y = int(p.x[index]), int(p.y[index])
-        if self.size is not None and self.size != p.size[index]:
+        if self.mpp is not None:  # centre the read patch on the indexed one (level 0)
+            side = p.size[index] * (p.mpp[index] / reader.slide.mpp[0]
+                                    if not math.isnan(p.mpp[index]) else
+                                    reader.slide.level_downsamples[int(p.level[index])])
+            shift = (side - reader.spec.size * reader.scale * reader.downsample) / 2
+            x, y = x + math.floor(shift + 0.5), y + math.floor(shift + 0.5)
+        elif self.size is not None and self.size != p.size[index]:
             shift = (p.size[index] - self.size) / 2 * reader.scale * reader.downsample
             x, y = x + math.floor(shift + 0.5), y + math.floor(shift + 0.5)
         image = torch.from_numpy(reader.read(x, y, writable=True)).permute(2, 0, 1)
@@ -114,6 +127,8 @@ class SlidePatchDataset(Dataset):
         return self.pool.get(key, lambda: self._open(slide, out_size, level, mpp))
 
     def _open(self, slide: int, size: int, level: int, mpp: float) -> PatchReader:
+        if self.mpp is not None:
+            mpp = self.mpp
         spec = PatchSpec(size=size, level=None, mpp=mpp) if not math.isnan(mpp) else \
             PatchSpec(size=size, level=level)
         return PatchReader(self.patches.paths[slide], spec, backend=self.backend,

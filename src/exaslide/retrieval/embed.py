@@ -9,6 +9,10 @@ weights, patch spec and patch keys is skipped, so a killed run resumes where it 
 under ``torchrun`` rank ``r`` of ``n``
 embeds slides ``r, r+n, r+2n, ...`` (sorted by id) into the same store. Vectors are
 stored as they come out of the model (float16, not L2-normalised: the index does that).
+
+With ``encoder=NAME`` a foundation-model encoder of :mod:`exaslide.encoders` replaces the
+model: its spec gives the input size, resolution (patches are read at its µm/px, centred
+on the indexed ones, so one index serves every encoder), normalisation and embedding rule.
 """
 
 from __future__ import annotations
@@ -44,18 +48,30 @@ class EmbedOutcome:
     seconds: float = 0.0
 
 
-def resolve_model(model, pretrained: str | os.PathLike | None = None):
+def resolve_model(model, pretrained: str | os.PathLike | None = None, *,
+                  encoder: str | None = None, weights: str | os.PathLike | None = None,
+                  hf_cache: str | os.PathLike | None = None):
     """``(module, name, model_path, meta)`` from a model file written by
     :func:`~exaslide.models.save_model`, a registered model name (random weights, or
-    local ``pretrained`` ones) or an ``nn.Module`` built by ``create_model``.
+    local ``pretrained`` ones), an ``nn.Module`` built by ``create_model``, or a
+    registered foundation-model ``encoder`` (:mod:`exaslide.encoders`; ``model`` is then
+    ``None``) with its local ``weights`` (a file, a folder, or ``"random"``; default: the
+    local Hugging Face cache ``hf_cache``).
+
+    An encoder's ``meta["patch"]`` is its own input: ``{"size", "mpp", "level": None,
+    "resample": True}`` (patches are read at the encoder's resolution, centred on the
+    indexed ones).
 
     Raises:
-        ModelError: unknown name, unreadable file.
+        ModelError: unknown name, unreadable file; EncoderError (a ModelError): unknown
+            encoder, missing weights, weights of another architecture.
     """
     import torch
 
     from exaslide.models import create_model, load_model
 
+    if encoder is not None:
+        return _resolve_encoder(encoder, weights, hf_cache)
     if isinstance(model, torch.nn.Module):
         name = getattr(model, "exaslide_name", None) or type(model).__name__
         return model.eval(), str(name), None, {}
@@ -66,6 +82,25 @@ def resolve_model(model, pretrained: str | os.PathLike | None = None):
         return module, str(meta.get("model")), str(path.resolve()), meta
     module = create_model(str(model), pretrained=pretrained)
     return module.eval(), str(model), None, {"weights": _weights_id(pretrained)}
+
+
+def _resolve_encoder(name: str, weights, hf_cache):
+    """:func:`resolve_model` for ``encoder=name``."""
+    from exaslide.encoders import EncoderError, build_encoder, get_spec
+
+    spec = get_spec(name)
+    if spec.builder == "exaslide-model":  # an exaslide model file: its own patch spec
+        if weights is None or str(weights) == "random":
+            raise EncoderError("encoder exaslide: give the model file written by exaslide "
+                               "train as its weights (--weights MODEL.pt)")
+        return resolve_model(weights)
+    random = weights is not None and str(weights) == "random"
+    module, spec = build_encoder(spec, None if random else weights, random_weights=random,
+                                 cache_dir=hf_cache)
+    meta = {"weights": module.exaslide_weights, "encoder": spec.name,
+            "patch": {"size": spec.size, "level": None, "mpp": spec.mpp, "resample": True},
+            "mean": list(spec.mean), "std": list(spec.std)}
+    return module, f"encoder:{spec.name}", module.exaslide_weights_path, meta
 
 
 def _weights_id(pretrained) -> str:
@@ -87,6 +122,9 @@ def _patch_spec(meta: dict[str, Any], table, size: int | None) -> dict[str, Any]
     first = table.slice(0, 1).to_pylist()[0]
     index_mpp, index_level = first["mpp"], first["level"]
     patch = meta.get("patch")
+    if isinstance(patch, dict) and patch.get("resample"):  # an encoder: its own input
+        return {"size": int(patch["size"]), "level": None, "mpp": float(patch["mpp"]),
+                "resample": True}
     if isinstance(patch, dict) and patch.get("size"):
         mpp, level = patch.get("mpp"), patch.get("level")
         if mpp is not None and index_mpp is not None and \
@@ -126,15 +164,17 @@ def _slide_table(table, slide_id: str):
 
 
 def _embed_slide(module, rows, path: str, *, device, size: int | None, mean, std,
-                 batch_size: int, workers: int) -> np.ndarray:
-    """float16 ``(rows, D)`` features of one slide's patches, in row order."""
+                 batch_size: int, workers: int, mpp: float | None = None) -> np.ndarray:
+    """float16 ``(rows, D)`` features of one slide's patches, in row order (read at
+    ``mpp`` centred on the indexed patches when given, else at the index's
+    resolution)."""
     import torch
 
     from exaslide.augment import to_float
     from exaslide.data import SlidePatchDataset, make_loader, to_device
 
     slide_id = rows.column("slide_id")[0].as_py()
-    dataset = SlidePatchDataset(rows, slides={slide_id: path}, size=size)
+    dataset = SlidePatchDataset(rows, slides={slide_id: path}, size=size, mpp=mpp)
     loader = make_loader(dataset, batch_size=batch_size, workers=workers, device=device)
     cuda = device.type == "cuda"
     out, keys = [], []
@@ -164,6 +204,8 @@ def _features(module, x):
 def embed_patches(model, source, out_dir, *, filter=None, batch_size: int = 256,
                   device: str = "cpu", workers: int = 2, size: int | None = None,
                   pretrained: str | os.PathLike | None = None,
+                  encoder: str | None = None, weights: str | os.PathLike | None = None,
+                  hf_cache: str | os.PathLike | None = None,
                   rank: int | None = None, world_size: int | None = None,
                   progress: bool = True,
                   on_result: Callable[[EmbedOutcome], None] | None = None) -> Path:
@@ -173,7 +215,15 @@ def embed_patches(model, source, out_dir, *, filter=None, batch_size: int = 256,
         model: a model file written by :func:`~exaslide.models.save_model` (its meta gives
             the patch spec and normalisation), a registered model name (ImageNet
             normalisation; random weights unless ``pretrained`` names a local file), or a
-            module built by ``create_model``.
+            module built by ``create_model``; ``None`` with ``encoder``.
+        encoder: a registered foundation-model encoder (``exaslide encoders list``): its
+            spec gives the input size, resolution, normalisation and embedding rule;
+            patches are read at its µm/px and size, centred on the indexed patches and
+            resampled as the extraction engine does, so one index serves every encoder.
+        weights: the encoder's local weights (a file or folder, see
+            :func:`exaslide.encoders.resolve_weights`), or ``"random"`` (seeded random
+            weights, to exercise the pipeline); default: the Hugging Face cache
+            ``hf_cache`` (huggingface_hub's default cache when ``None``).
         source: an ``exaslide extract`` output folder, its ``index/`` or an index file.
         out_dir: the store folder.
         filter: a pyarrow expression selecting index rows (``pc.field("split") == "test"``).
@@ -182,7 +232,8 @@ def embed_patches(model, source, out_dir, *, filter=None, batch_size: int = 256,
             plain ``cuda`` under torchrun is the rank's GPU).
         workers: loader processes per slide (0: read in this process).
         size: read ``size`` x ``size`` pixels centred on each patch (default: the
-            model's trained patch size, else the indexed size).
+            model's trained patch size, else the indexed size; not with ``encoder``,
+            whose input size is fixed).
         rank, world_size: this process's share of the slides (default: from torchrun).
         progress: log one line per slide at INFO level.
         on_result: called with each slide's :class:`EmbedOutcome`.
@@ -200,8 +251,14 @@ def embed_patches(model, source, out_dir, *, filter=None, batch_size: int = 256,
     from exaslide.jobs import SlideEntry, Stage, run_stage
     from exaslide.runtime import resolve_device
 
+    if (model is None) == (encoder is None):
+        raise RetrievalError("give a model or an encoder (not both)")
+    if encoder is not None and size is not None:
+        raise RetrievalError(f"encoder {encoder}: its input size is fixed by its spec; "
+                             "drop size")
     table, slide_ids, paths = _index(source, filter)
-    module, name, model_path, meta = resolve_model(model, pretrained)
+    module, name, model_path, meta = resolve_model(model, pretrained, encoder=encoder,
+                                                   weights=weights, hf_cache=hf_cache)
     dev = resolve_device(device)
     module.to(dev)
     if dev.type == "cuda":
@@ -295,7 +352,9 @@ def _process(runner: _Runner, entry, options: EmbedOptions, ctx) -> dict[str, An
     rows, columns = _slide_table(runner.table, entry.slide_id)
     vectors = _embed_slide(runner.module, rows, entry.path, device=runner.device,
                            size=options.patch["size"], mean=options.mean, std=options.std,
-                           batch_size=runner.batch_size, workers=runner.workers)
+                           batch_size=runner.batch_size, workers=runner.workers,
+                           mpp=options.patch["mpp"] if options.patch.get("resample")
+                           else None)
     write_part(ctx.partial, entry.slide_id, columns, vectors)
     adopt_parts(ctx)
     return {"patches": len(vectors), "seconds": round(time.perf_counter() - started, 3)}
