@@ -177,6 +177,7 @@ def _register() -> None:
         cache,
         demo,
         embed,
+        encoders,
         evaluate,
         extract,
         figures,
@@ -184,6 +185,7 @@ def _register() -> None:
         info,
         mask,
         search,
+        stage,
         synth,
         train,
     )
@@ -199,7 +201,7 @@ def _register() -> None:
     for command in (info.command, mask.command, extract.command, balance.command,
                     synth.command, demo.command, cache.command, train.command,
                     evaluate.command, infer.command, embed_group, index_cli.command,
-                    search.command, figures.command,
+                    search.command, figures.command, encoders.command, stage.command,
                     alias(embed.slides_command, "embed-slides", "embed slides"),
                     alias(search.evaluate_command, "evaluate-retrieval",
                           "evaluate retrieval")):
