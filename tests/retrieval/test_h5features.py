@@ -326,3 +326,52 @@ def test_store_embedded_at_another_size_exports_the_pixels_it_read(tmp_path, sli
     x, y, _ = parts["a"]
     with h5py.File(tmp_path / "h5" / "a.h5", "r") as fh:
         assert np.array_equal(fh["coords"][:], np.stack([x + 64, y + 64], 1))
+
+
+def test_encoder_store_exports_the_pixels_centred_on_its_index(tmp_path, slide):
+    """An encoder's store (read at its um/px, centred on the indexed patches) places
+    each patch from the index's footprint: 64 px at 1 um/px = 128 level-0 pixels
+    centred on a 96-pixel indexed patch start 16 pixels before it (outside the slide at
+    its edge: allowed)."""
+    from exaslide.patches.index import make_table, write_slide_index
+
+    patch = {"size": 64, "level": None, "mpp": 1.0, "resample": True}
+    parts = make_store(tmp_path / "store", patch, slides=("a",))
+    x, y, vectors = parts["a"]
+    write_slide_index(make_table({"key": patch_keys("a", x, y), "slide_id": "a", "x": x,
+                                  "y": y, "level": 0, "size": 96, "footprint": 96.0}),
+                      tmp_path / "store" / "nowhere" / "index" / "a.parquet")
+    assert_done(export_h5(tmp_path / "store", tmp_path / "h5", slides={"a": slide}))
+    with h5py.File(tmp_path / "h5" / "a.h5", "r") as fh:
+        assert np.array_equal(fh["coords"][:], np.stack([x - 16, y - 16], 1))
+    assert attrs(tmp_path / "h5" / "a.h5")["patch_size_level0"] == 128
+    assert_done(import_h5(tmp_path / "h5", tmp_path / "back"))
+    back = read_embeddings(tmp_path / "back")
+    assert back.info["patch"] == patch and np.array_equal(back.vectors, vectors)
+    assert back.table["x"].to_pylist() == (x - 16).tolist()
+    # without the index the patches cannot be placed: that slide fails, saying why
+    (tmp_path / "store" / "nowhere" / "index" / "a.parquet").unlink()
+    outcome, = export_h5(tmp_path / "store", tmp_path / "h5b", slides={"a": slide})
+    assert outcome.status == "failed" and "centred on the patches of its index" in \
+        outcome.error
+
+
+def test_a_store_embedded_by_exaslide_exports_from_its_extraction(extracted, tmp_path,
+                                                                  one_torch_thread):
+    """The real chain: extract -> embed patches -> features export (slides found through
+    the extraction's status files) -> features import: same vectors and keys."""
+    from exaslide.data.sources import read_index_table
+    from exaslide.retrieval.embed import embed_patches
+
+    store = embed_patches("small-cnn", extracted, tmp_path / "store", workers=0,
+                          batch_size=64, progress=False)
+    assert_done(export_h5(store, tmp_path / "h5"))
+    index = read_index_table(extracted)
+    first = index.slice(0, 1).to_pylist()[0]
+    coords = attrs(tmp_path / "h5" / f"{first['slide_id']}.h5")
+    assert coords["patch_size"] == 64 and coords["patch_size_level0"] == 64
+    assert_done(import_h5(tmp_path / "h5", tmp_path / "back"))
+    before, after = read_embeddings(store), read_embeddings(tmp_path / "back")
+    assert np.array_equal(before.vectors, after.vectors)
+    assert before.table["key"].to_pylist() == after.table["key"].to_pylist()
+    assert after.info["model"] == before.info["model"] == "small-cnn"

@@ -17,19 +17,15 @@ with attributes on ``coords`` describing the patches (CLAM's ``utils/file_utils.
   ``level_dim``, ``name``, ``save_path``. CLAM's feature files
   (``extract_features_fp.py``) carry no attributes at all; the patch files do.
 
-:func:`export_h5` writes a patch store (:mod:`exaslide.retrieval.store`) as such files, one
-per part, with the chosen tool's attributes computed from the store's patch spec and the
-slide (its level-0 resolution and pyramid), plus ``exaslide_*`` attributes on the file
-(model, patch spec) that neither tool reads. :func:`import_h5` reads a folder of them
-(written by either tool or by :func:`export_h5`) into a store of kind ``patches``. Both
-run on the job engine (:mod:`exaslide.jobs`): resumable, atomic, one slide's failure
-recorded while the others go on.
+:func:`export_h5` writes a patch store as such files (the chosen tool's attributes from
+the store's patch spec and the slide, plus ``exaslide_*`` file attributes the tools
+ignore); :func:`import_h5` reads them into a store. Both are job-engine stages
+(:mod:`exaslide.jobs`). See ``docs/retrieval.md``.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 from collections import Counter
@@ -42,8 +38,6 @@ import numpy as np
 
 from exaslide.errors import RetrievalError
 
-logger = logging.getLogger(__name__)
-
 FORMATS = ("trident", "clam")
 EXPORT_STAGE = "features-export"
 IMPORT_STAGE = "features-import"
@@ -52,8 +46,7 @@ GEOMETRY_KEY = b"exaslide.geometry"
 #: Largest magnitude a float16 store can hold.
 FLOAT16_MAX = 65504.0
 TRIDENT_KEYS = ("patch_size_level0", "level0_magnification", "target_magnification")
-#: Bytes per HDF5 chunk of ``features`` (the tools use one row per chunk; readers do not
-#: care, and bigger chunks read faster).
+#: Bytes per HDF5 chunk of ``features`` (the tools use one row; bigger reads faster).
 CHUNK_BYTES = 1 << 20
 
 
@@ -109,11 +102,7 @@ def _plain(value: Any) -> Any:
         return value.decode("utf-8", "replace")
     if isinstance(value, np.ndarray):
         return [_plain(v) for v in value.tolist()] if value.ndim else _plain(value.item())
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _attrs(obj) -> dict[str, Any]:
@@ -127,11 +116,11 @@ def read_feature_file(path: str | os.PathLike, *, header_only: bool = False) -> 
         header_only: read shapes and attributes only (no arrays, no value checks).
 
     Raises:
-        RetrievalError: naming the file: missing, not HDF5, a corrupt copy (when it has an
-            exaslide ``.sha256`` sidecar), no ``features`` or ``coords`` dataset,
-            ``features`` not ``(N, D)``, ``coords`` not ``(N, 2)``, different ``N``, or
-            (unless ``header_only``) non-finite features, values beyond float16,
-            negative, fractional or repeated coordinates.
+        RetrievalError: naming the file: missing, not HDF5, a corrupt copy (per an
+            exaslide ``.sha256`` sidecar), no ``features`` or ``coords``, not ``(N, D)``
+            and ``(N, 2)``, or (unless ``header_only``) non-finite features, values beyond
+            float16, fractional or repeated coords (negative ones are allowed: a patch
+            centred on one at the slide's edge starts outside it).
     """
     import h5py
 
@@ -203,9 +192,6 @@ def _check_values(found: FeatureFile) -> None:
         raise RetrievalError(f"{path}: feature values reach {float(np.abs(features).max()):.4g}"
                              f", beyond float16 (the store's type, at most {FLOAT16_MAX:g});"
                              " scale the features down before importing")
-    if coords.size and int(coords.min()) < 0:
-        raise RetrievalError(f"{path}: negative coords (min {int(coords.min())}); expected "
-                             "level-0 pixels")
     if len(np.unique(coords, axis=0)) != len(coords):
         raise RetrievalError(f"{path}: some (x, y) coords repeat; each patch must have its "
                              "own position")
@@ -292,9 +278,8 @@ def coords_attributes(format: str, *, name: str, size: int, geometry: Geometry,
     """The attributes CLAM or TRIDENT write on ``coords``, for patches of ``size``
     output pixels with ``geometry``.
 
-    TRIDENT: ``patch_size`` is ``size``; ``patch_size_level0`` the footprint (rounded);
-    ``target_magnification`` is ``level0_magnification * size / footprint`` (an integer
-    when it is one); ``overlap`` 0 (a store does not record the extraction's stride).
+    TRIDENT: ``target_magnification`` is ``level0_magnification * size / footprint``
+    (an integer when it is one); ``overlap`` 0 (a store does not record the stride).
     CLAM: ``patch_size`` is the footprint at ``patch_level`` (CLAM reads that many pixels
     there and resizes to its ``--target_patch_size``).
 
@@ -421,13 +406,13 @@ def file_spec(found: FeatureFile, *, patch_size: int | None = None, level: int |
     Raises:
         RetrievalError: no patch size, or neither a level nor a resolution, is known.
     """
-    a, spec, row_level = found.coords_attrs, {}, None
+    a, spec, row_level, resample = found.coords_attrs, {}, None, False
     if found.format == "exaslide":
         try:
             spec = dict(json.loads(found.file_attrs["exaslide_patch"]))
         except (TypeError, ValueError) as exc:
             raise RetrievalError(f"{found.path}: unreadable exaslide_patch attribute") from exc
-        row_level = found.file_attrs.get("exaslide_level")
+        row_level, resample = found.file_attrs.get("exaslide_level"), spec.get("resample")
     elif found.format == "trident" and _float(a.get("target_magnification")):
         spec = {"size": a.get("patch_size"), "level": None,
                 "mpp": round(10.0 / float(a["target_magnification"]), 6)}
@@ -451,6 +436,8 @@ def file_spec(found: FeatureFile, *, patch_size: int | None = None, level: int |
     spec = {"size": int(spec["size"]),
             "level": None if spec.get("mpp") is not None else int(spec["level"]),
             "mpp": None if spec.get("mpp") is None else float(spec["mpp"])}
+    if resample and patch_size is None and level is None and mpp is None:
+        spec["resample"] = True  # read at an encoder's um/px, centred on an index
     row_level = spec["level"] if row_level is None else int(row_level)
     return spec, row_level
 
@@ -465,22 +452,60 @@ class ExportOptions:
     store: str = ""  #: the store folder (resolved)
 
 
-def part_geometry(table) -> Geometry | None:
-    """The geometry an imported part recorded in its Parquet schema metadata, or None."""
-    return geometry_from_json((table.schema.metadata or {}).get(GEOMETRY_KEY))
+def _placement(info: dict, entry, table, level: int | None) -> tuple[Geometry, np.ndarray]:
+    """``(geometry, coords)`` of a part: from the slide, or (an imported part without a
+    slide path) from the geometry its file recorded.
 
-
-def _shifted_coords(table, size: int, geometry: Geometry) -> np.ndarray:
-    """Level-0 top-left ``(x, y)`` of the pixels embedded: a store embedded at another
-    size than the index's (``exaslide embed --size``) read ``size`` pixels centred on
-    each indexed patch, as :class:`~exaslide.data.SlidePatchDataset` does."""
+    A store embedded at another size or resolution than its index (``embed --size``, an
+    encoder's µm/px) read pixels centred on each indexed patch, as
+    :class:`~exaslide.data.SlidePatchDataset` does: ``coords`` are the top-left of the
+    pixels read (an imported part's rows already are)."""
+    patch = info["patch"]
+    imported = geometry_from_json((table.schema.metadata or {}).get(GEOMETRY_KEY))
+    resample = bool(patch.get("resample"))
+    if entry.path is not None:
+        geometry = slide_geometry(entry.path, patch, None if resample else level)
+    elif imported is not None:
+        geometry = imported
+    else:
+        raise RetrievalError(f"{entry.slide_id}: no slide file known to compute the "
+                             "patches' level-0 size and magnification; pass the slides' "
+                             "paths (--manifest CSV)")
     x = table.column("x").to_numpy().astype(np.int64)
     y = table.column("y").to_numpy().astype(np.int64)
-    if "size" in table.column_names and len(x):
-        indexed = table.column("size").fill_null(size).to_numpy().astype(np.float64)
-        shift = np.floor((indexed - size) / 2 * geometry.footprint / size + 0.5)
-        x, y = x + shift.astype(np.int64), y + shift.astype(np.int64)
-    return np.stack([x, y], axis=1).reshape(-1, 2)
+    if imported is None and len(x):
+        size = int(patch["size"])
+        sides = _index_sides(info, entry.slide_id, table) if resample else \
+            table.column("size").fill_null(size).to_numpy().astype(np.float64) * \
+            geometry.footprint / size
+        shift = np.floor((sides - geometry.footprint) / 2 + 0.5).astype(np.int64)
+        x, y = x + shift, y + shift
+    return geometry, np.stack([x, y], axis=1).reshape(-1, 2)
+
+
+def _index_sides(info: dict, slide_id: str, table) -> np.ndarray:
+    """The level-0 side (``footprint``) of each row's indexed patch, from the index the
+    store was embedded from.
+
+    Raises:
+        RetrievalError: the index cannot be read or lacks some of the part's patches.
+    """
+    import pyarrow.compute as pc
+
+    from exaslide.data.sources import read_index_table
+    from exaslide.errors import ExaslideError
+
+    source = info.get("source")
+    try:
+        index = read_index_table(source, pc.field("slide_id") == slide_id)
+        sides = dict(zip(index.column("key").to_pylist(),
+                         index.column("footprint").to_pylist(), strict=True))
+        return np.array([sides[k] for k in table.column("key").to_pylist()], np.float64)
+    except (ExaslideError, OSError, KeyError, TypeError) as exc:
+        raise RetrievalError(f"{slide_id}: the store was read at {info['patch'].get('mpp')} "
+                             f"um/px centred on the patches of its index ({source}), which is "
+                             "needed to place them and cannot be read or lacks some of them; "
+                             "export from where the extraction is") from exc
 
 
 def _row_level(table, slide_id: str) -> int | None:
@@ -503,13 +528,7 @@ def _export_one(info: dict, entry, options: ExportOptions, ctx) -> dict[str, Any
     slide_id, patch = entry.slide_id, info["patch"]
     table, vectors = read_part(options.store, slide_id)
     level = _row_level(table, slide_id)
-    geometry = slide_geometry(entry.path, patch, level) if entry.path is not None else \
-        part_geometry(table)
-    if geometry is None:
-        raise RetrievalError(f"{slide_id}: no slide file known to compute the patches' "
-                             "level-0 size and magnification; pass the slides' paths "
-                             "(--manifest CSV)")
-    coords = _shifted_coords(table, int(patch["size"]), geometry)
+    geometry, coords = _placement(info, entry, table, level)
     savetodir = str(Path(ctx.out).resolve())
     coords_attrs = coords_attributes(options.format, name=slide_id, size=int(patch["size"]),
                                      geometry=geometry, savetodir=savetodir)
@@ -571,8 +590,8 @@ def export_h5(store: str | os.PathLike, out_dir: str | os.PathLike, *,
         on_event: the job engine's events (``("slide", Outcome)`` after each slide).
 
     Returns:
-        The engine's outcomes, one per slide (a failed slide is recorded and the others
-        go on); the summary is in ``out_dir/features-export_status.json``.
+        The engine's outcomes (a failed slide is recorded, the others go on; summary in
+        ``out_dir/features-export_status.json``).
 
     Raises:
         RetrievalError: unknown format, not a patch store, or a store without parts.
@@ -622,8 +641,7 @@ class ImportOptions:
 
 @dataclass(frozen=True)
 class H5Entry:
-    """One feature file to import: the slide id it becomes, its path, and the split
-    given by a manifest."""
+    """One feature file to import: its slide id, path and split (from a manifest)."""
 
     slide_id: str
     path: Path
@@ -744,10 +762,9 @@ def import_h5(source: str | os.PathLike, store: str | os.PathLike, *,
     """Import CLAM/TRIDENT feature files into the patch store ``store``, one part per
     file (the slide id is the file name's stem).
 
-    Vectors are stored as float16 (what every store holds: ~3 significant digits;
-    values beyond +-65504 are refused). Each row gets the key exaslide's extraction gives
-    that position (``<slide_id>_x<x>_y<y>``), ``level`` and ``size`` from the patch spec,
-    no ``label`` (the files have none) and the manifest's ``split``.
+    Vectors are stored as float16 like every store's. Rows get the key exaslide's
+    extraction gives their position, ``level`` and ``size`` from the patch spec, no
+    ``label`` and the manifest's ``split``.
 
     Args:
         source: a folder of ``<slide_id>.h5`` files, or one file.
@@ -761,10 +778,9 @@ def import_h5(source: str | os.PathLike, store: str | os.PathLike, *,
         on_event: the job engine's events.
 
     Returns:
-        The engine's outcomes, one per file: a bad file (unreadable, ``features`` and
-        ``coords`` of different lengths, ``coords`` not ``(N, 2)``, NaN features, another
-        dimension or patch spec than the store's) fails with one line naming it and the
-        others go on. The summary is in ``store/features-import_status.json``.
+        The engine's outcomes, one per file: a bad file (see :func:`read_feature_file`;
+        another dimension or patch spec than the store's) fails with one line naming it
+        and the others go on; the summary is in ``store/features-import_status.json``.
 
     Raises:
         RetrievalError: no feature file, none usable, no model name, or a store of
