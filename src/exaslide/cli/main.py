@@ -180,6 +180,7 @@ def _register() -> None:
         encoders,
         evaluate,
         extract,
+        features,
         figures,
         infer,
         info,
@@ -202,6 +203,7 @@ def _register() -> None:
                     synth.command, demo.command, cache.command, train.command,
                     evaluate.command, infer.command, embed_group, index_cli.command,
                     search.command, figures.command, encoders.command, stage.command,
+                    features.command,
                     alias(embed.slides_command, "embed-slides", "embed slides"),
                     alias(search.evaluate_command, "evaluate-retrieval",
                           "evaluate retrieval")):
