@@ -20,9 +20,12 @@ def test_demo_end_to_end(tmp_path):
     assert 0.0 <= metrics["froc"] <= 1.0
     assert 0.0 <= metrics["retrieval_precision_at_10"] <= 1.0
     assert metrics["text_to_image_recall_at_10"] > metrics["captions"]["random"]["10"]
+    assert metrics["mil_slide_auc"] >= 0.9 and metrics["stage_kappa"] >= 0.7
+    assert metrics["encoder"]["dim"] == 1024 and metrics["encoder"]["patches"] > 0
+    assert metrics["camelyon17"]["nodes"] == 50
     page = (out / "report.html").read_text()
     images = re.findall(r"<img src='([^']+)'", page)
-    assert len(images) >= 9  # figure, curves, 4 heatmaps, FROC, ROC, 2 galleries
+    assert len(images) >= 10  # figure, curves, 4 heatmaps, FROC, ROC, 2 galleries, MIL
     assert all((out / image).is_file() for image in images)
     assert "not produced" not in page
-    assert "patch AUC" in done.stdout
+    assert "patch AUC" in done.stdout and "pN-stage kappa" in done.stdout

@@ -185,6 +185,7 @@ def _register() -> None:
         infer,
         info,
         mask,
+        mil,
         search,
         stage,
         synth,
@@ -203,7 +204,7 @@ def _register() -> None:
                     synth.command, demo.command, cache.command, train.command,
                     evaluate.command, infer.command, embed_group, index_cli.command,
                     search.command, figures.command, encoders.command, stage.command,
-                    features.command,
+                    features.command, mil.command,
                     alias(embed.slides_command, "embed-slides", "embed slides"),
                     alias(search.evaluate_command, "evaluate-retrieval",
                           "evaluate retrieval")):

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from exaslide.demo import slide_level
+
 #: Slides per split and class: (train, val, test) for tumour slides and for normal slides.
 SPLIT_COUNTS = (("train", 3), ("val", 1), ("test", 2))
 
@@ -34,6 +36,7 @@ class DemoOptions:
     stride: int = 32  #: grid step in patch pixels (half-overlapping patches)
     batch_size: int = 64
     workers: int = 2  #: Dask workers for extraction
+    patients: int = slide_level.PATIENTS  #: synthetic CAMELYON17 patients (x 5 nodes)
 
 
 def assign_splits(rows: list[dict[str, str]]) -> None:
@@ -57,7 +60,7 @@ def run_demo(out_dir: str | Path, options: DemoOptions | None = None,
     timings: dict[str, float] = {}
 
     def step(name: str, message: str):
-        say(f"[{len(timings) + 1}/9] {message}")
+        say(f"[{len(timings) + 1}/12] {message}")
         timings[name] = time.perf_counter()
 
     step("cohort", f"synthetic cohort: {options.slides} slides, half with tumours")
@@ -80,6 +83,17 @@ def run_demo(out_dir: str | Path, options: DemoOptions | None = None,
     retrieval = _patch_retrieval(out, result.model_path)
     step("captions", "captioned figures: joint image-text space, text-to-image search")
     captions = _caption_retrieval(out, options.seed)
+    step("mil", "ABMIL on the CNN's patch features: slide-level tumour vs normal")
+    mil = slide_level.mil(out, manifest, options.seed)
+    tumour_test = next(e for e in test if e.label == "tumour")
+    slide_level.attention_figure(out, tumour_test.slide_id, tumour_test.path)
+    step("encoder", "a registry encoder (ResNet-50 to layer 3, random weights) on patches")
+    encoder = slide_level.encoder_features(out, options.seed, tumour_test.slide_id)
+    step("patients", f"CAMELYON17: {options.patients} synthetic patients x 5 nodes, "
+                     "slide classes, pN stage, kappa")
+    staging = slide_level.patients(out, result.model_path, options.seed,
+                                   _cell(options, slide_mpp=slide_level.PATIENT_MPP),
+                                   options.patients)
     timings["end"] = time.perf_counter()
     names = list(timings)
     seconds = {n: timings[names[i + 1]] - timings[n] for i, n in enumerate(names[:-1])}
@@ -89,11 +103,14 @@ def run_demo(out_dir: str | Path, options: DemoOptions | None = None,
         "froc": (evaluation["lesion"] or {}).get("score"),
         "retrieval_precision_at_10": retrieval["precision_at_k"],
         "text_to_image_recall_at_10": captions["text_to_image"][10],
+        "mil_slide_auc": mil["mil_slide_auc"],
+        "stage_kappa": staging["stage_kappa"],
         "patch": evaluation["patch"], "slide": evaluation["slide"],
         "lesion": _without_curve(evaluation["lesion"]),
         "training": {"best_epoch": result.best_epoch, "best_val_auc": result.best_val_auc,
                      "history": result.history},
-        "retrieval": retrieval, "captions": captions,
+        "retrieval": retrieval, "captions": captions, "mil": mil["mil"],
+        "encoder": encoder, "camelyon17": staging,
         "seconds": seconds, "options": asdict(options),
     }
     from exaslide.demo.report import write_report

@@ -66,6 +66,18 @@ def _image(out: Path, path: Path, caption: str) -> str:
             f"</a><figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
+def _confusion(title: str, classes: list[str] | None, matrix: list[list[int]] | None) -> str:
+    """A confusion matrix as an HTML table (rows: reference, columns: predicted)."""
+    if not classes or not matrix:
+        return f"<p class='missing'>{html.escape(title)}: not produced</p>"
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in classes)
+    body = "".join(f"<tr><th>{html.escape(str(c))}</th>" +
+                   "".join(f"<td>{int(v)}</td>" for v in row) + "</tr>"
+                   for c, row in zip(classes, matrix, strict=False))
+    return (f"<table><caption>{html.escape(title)}</caption><tr><th></th>{head}</tr>"
+            f"{body}</table>")
+
+
 def write_report(out: Path, metrics: dict[str, Any], *, figure: Path,
                  test_slides: list[str]) -> Path:
     """Write ``out/report.html`` (and ``out/training_curves.png``)."""
@@ -83,6 +95,9 @@ def write_report(out: Path, metrics: dict[str, Any], *, figure: Path,
          metrics.get("text_to_image_recall_at_10")),
         ("Text-to-image recall@10, random baseline",
          (metrics.get("captions") or {}).get("random", {}).get(10)),
+        ("MIL (ABMIL) slide ROC AUC (test slides, CNN features)",
+         metrics.get("mil_slide_auc")),
+        ("CAMELYON17 pN-stage quadratic kappa (test patients)", metrics.get("stage_kappa")),
         ("Test slides", len(test_slides)),
         ("Best validation AUC (epoch)",
          f"{_number(metrics['training']['best_val_auc'])} "
@@ -132,6 +147,23 @@ captioned figures, through projection heads trained with a contrastive loss.</p>
 {_image(out, out / "retrieval_gallery.png", "a tumour query patch and its nearest patches")}
 {_image(out, out / "text_query_gallery.png",
         "text query: " + str((metrics.get("captions") or {}).get("query", "")))}
+<h2>Slide-level learning (MIL)</h2>
+<p>ABMIL (gated attention, CLAM's form) trained on the CNN's patch features: the test
+slide's CNN heatmap (left) and its attention map, scaled to the slide's MIL score
+(right).</p>
+{_image(out, out / "mil_attention.png", "CNN heatmap | ABMIL attention")}
+{_confusion("MIL slides (rows: reference, columns: predicted)",
+            (metrics.get("mil") or {}).get("classes"),
+            (metrics.get("mil") or {}).get("confusion_matrix"))}
+<h2>CAMELYON17: lymph-node classes and patient pN stage</h2>
+<p>Synthetic patients with lesions sized by the CAMELYON17 definitions; a slide classifier
+on features of the CNN heatmaps (trained on the training patients), the official stage
+rule, and the quadratic kappa on the test patients.</p>
+{_confusion("node classes", (metrics.get("camelyon17") or {}).get("slide_classes", {})
+            .get("classes"), (metrics.get("camelyon17") or {}).get("slide_classes", {})
+            .get("confusion_matrix"))}
+{_confusion("pN stages", (metrics.get("camelyon17") or {}).get("stage", {}).get("stages"),
+            (metrics.get("camelyon17") or {}).get("stage", {}).get("confusion_matrix"))}
 <p>All numbers: <a href="metrics.json">metrics.json</a>;
 evaluation details: <a href="evaluation/metrics.json">evaluation/metrics.json</a>.</p>
 </body></html>
