@@ -186,9 +186,10 @@ _SPECS: tuple[EncoderSpec, ...] = (
         card="https://huggingface.co/prov-gigapath/prov-gigapath",
         licence="Apache-2.0, gated (research use only, not for clinical use)",
         gated=True, aliases=("gigapath", "prov_gigapath"),
-        notes="ViT-g with 16 px patches (the timm name says 14; the card overrides it). The "
-              "card resizes 256 px tiles to 256 (bicubic) and centre-crops 224: a centre "
-              "crop of a 0.5 µm/px tile, which is what exaslide reads."),
+        notes="ViT-g with 16 px patches (the timm name says 14; the hub config.json "
+              "overrides it). The card resizes 256 px tiles to 256 (bicubic) and "
+              "centre-crops 224: a centre crop of a 0.5 µm/px tile, which is what exaslide "
+              "reads."),
     EncoderSpec(
         name="phikon-v2", title="Phikon-v2", builder="timm", arch="vit_large_patch16_224",
         kwargs={"img_size": 224, "patch_size": 16, "init_values": 1e-5, "num_classes": 0},
