@@ -33,9 +33,13 @@ def train_command(config_file, sets, resume, check) -> None:
         resolve_device(config.device)
         click.echo(dump_config(config), nl=False)
         return
+    from exaslide.jobs import OutputLock
     from exaslide.mil.train import train_mil
+    from exaslide.runtime import distributed_context
 
-    result = train_mil(config, resume=resume)
+    rank, world = distributed_context()
+    with OutputLock(config.out, None if world == 1 else rank):  # one run per --out
+        result = train_mil(config, resume=resume)
     if result.metrics is None:  # not rank 0
         return
     for line in result.warnings:
@@ -75,10 +79,12 @@ def predict_command(model, features, out_dir, manifest, device, heatmaps, score)
     """Predict every slide of the feature store FEATURES with the MIL MODEL (a model.pt
     of `exaslide mil train`). A slide that cannot be predicted is one line on stderr and
     exit code 1; the others are written."""
+    from exaslide.jobs import OutputLock
     from exaslide.mil.predict import predict_mil
 
-    result = predict_mil(model, features, out_dir, manifest=manifest, device=device,
-                         heatmaps=heatmaps, score=score)
+    with OutputLock(out_dir):
+        result = predict_mil(model, features, out_dir, manifest=manifest, device=device,
+                             heatmaps=heatmaps, score=score)
     for line in result.heatmap_failures:
         click.echo(f"exaslide: warning: heatmap {line}", err=True)
     for failure in result.failed:

@@ -295,7 +295,7 @@ class DiskCache:
         with self._lock:
             verified = self._verified.get(str(path))
         if verified is None or verified[0] != key or \
-                found.st_ctime_ns >= verified[1] - RACY_SECONDS * 1e9:
+                found.st_ctime_ns >= verified[1] - int(RACY_SECONDS * 1e9):  # exact ints
             checked_at = time.time_ns()
             problem = whole_copy.copy_problem(path, path.parent.parent / RECORD_NAME,
                                               found.st_size, info.size)
