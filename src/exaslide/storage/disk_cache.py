@@ -292,19 +292,19 @@ class DiskCache:
         if not stat.S_ISREG(found.st_mode) or not layout.real_folders(self.root, path):
             return None  # reached through a link, or a link: not the cache's
         key = _stat_key(found)
+        record = path.parent.parent / RECORD_NAME
         with self._lock:
             verified = self._verified.get(str(path))
-        if verified is None or verified[0] != key or \
+        if verified is None or verified[0] != key or not record.exists() or \
                 found.st_ctime_ns >= verified[1] - int(RACY_SECONDS * 1e9):  # exact ints
             checked_at = time.time_ns()
-            problem = whole_copy.copy_problem(path, path.parent.parent / RECORD_NAME,
-                                              found.st_size, info.size)
+            problem = whole_copy.copy_problem(path, record, found.st_size, info.size)
             if problem is not None:
                 self._drop_copy(info, path, found, problem)
                 return None
             with self._lock:
                 self._verified[str(path)] = (key, checked_at)
-        _touch(path.parent.parent / RECORD_NAME)
+        _touch(record)
         return path
 
     def _drop_copy(self, info: RemoteInfo, path: Path, found: os.stat_result,
