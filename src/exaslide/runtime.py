@@ -38,6 +38,20 @@ class DeviceError(RuntimeSetupError):
     does not have."""
 
 
+def device_setting(value: Any) -> str:
+    """A config file's ``device`` value in its normal form (``"CUDA:1"`` ->
+    ``"cuda:1"``), for pydantic validators.
+
+    Raises:
+        ValueError: not a device form (the message lists the accepted ones).
+    """
+    try:
+        kind, index = parse_device(value)
+    except DeviceError:
+        raise ValueError(f"expected one of {', '.join(DEVICE_FORMS)}") from None
+    return kind if index is None else f"{kind}:{index}"
+
+
 def parse_device(device: Any) -> tuple[str, int | None]:
     """``(kind, index)`` of a device string or ``torch.device``, checking only the form
     (not whether this machine has it): ``"cuda:1"`` -> ``("cuda", 1)``.

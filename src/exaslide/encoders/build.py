@@ -219,15 +219,9 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def _strip(state: Mapping[str, Any]) -> dict[str, Any]:
-    state = dict(state)
-    changed = True
-    while changed and state:
-        changed = False
-        for prefix in WRAPPER_PREFIXES:
-            if all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix):]: v for k, v in state.items()}
-                changed = True
-    return state
+    from exaslide.models.weights import strip_prefixes
+
+    return strip_prefixes(state, WRAPPER_PREFIXES)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -114,13 +114,9 @@ class MILConfig(BaseModel):
     @field_validator("device", mode="before")
     @classmethod
     def _device(cls, value: Any) -> str:
-        from exaslide.runtime import DEVICE_FORMS, DeviceError, parse_device
+        from exaslide.runtime import device_setting
 
-        try:
-            kind, index = parse_device(value)
-        except DeviceError:
-            raise ValueError(f"expected one of {', '.join(DEVICE_FORMS)}") from None
-        return kind if index is None else f"{kind}:{index}"
+        return device_setting(value)
 
     def _inconsistency(self) -> tuple[str, str] | None:
         """``(key, problem)`` of options that do not fit together, or None."""

@@ -54,14 +54,16 @@ def torch_load(path: str | os.PathLike, map_location="cpu", *,
                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
 
 
-def strip_prefixes(state: Mapping[str, Any]) -> dict[str, Any]:
-    """``state`` without the ``module.`` / ``_orig_mod.`` prefixes that DDP and
-    ``torch.compile`` add (a prefix is removed only when every key has it)."""
+def strip_prefixes(state: Mapping[str, Any],
+                   prefixes: tuple[str, ...] = WRAPPER_PREFIXES) -> dict[str, Any]:
+    """``state`` without the wrapper ``prefixes`` (default: the ``module.`` /
+    ``_orig_mod.`` that DDP and ``torch.compile`` add); a prefix is removed only when
+    every key has it."""
     state = dict(state)
     changed = True
     while changed and state:
         changed = False
-        for prefix in WRAPPER_PREFIXES:
+        for prefix in prefixes:
             if all(k.startswith(prefix) for k in state):
                 state = {k[len(prefix):]: v for k, v in state.items()}
                 changed = True

@@ -240,13 +240,9 @@ class TrainConfig(BaseModel):
     @field_validator("device", mode="before")
     @classmethod
     def _device(cls, value: Any) -> str:
-        from exaslide.runtime import DEVICE_FORMS, DeviceError, parse_device
+        from exaslide.runtime import device_setting
 
-        try:
-            kind, index = parse_device(value)
-        except DeviceError:
-            raise ValueError(f"expected one of {', '.join(DEVICE_FORMS)}") from None
-        return kind if index is None else f"{kind}:{index}"
+        return device_setting(value)
 
     def validate(self) -> TrainConfig:  # type: ignore[override]
         """A re-validated copy (catches lists or mappings changed in place).
