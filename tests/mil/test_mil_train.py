@@ -136,9 +136,18 @@ def test_resume_continues_exactly_and_refuses_other_settings(cohort, tmp_path):
         assert row_a["train_loss"] == pytest.approx(row_b["train_loss"], rel=1e-6)
         assert row_a["val_loss"] == pytest.approx(row_b["val_loss"], rel=1e-6)
     (tmp_path / "b" / "fold.json").unlink()
-    with pytest.raises(MILError, match=r"last.pt: checkpoint has lr=0.005 but the config "
-                                       r"says 0.01"):
+    with pytest.raises(MILError, match=r"the run there has lr=0.005, this one 0.01"):
         train_mil(MILConfig(**{**part, "epochs": 4, "lr": 0.01}), resume=True)
+
+
+def test_two_runs_are_never_mixed_in_one_folder(cohort, tmp_path):
+    root, store, manifest = cohort
+    run = fx.config(root, store, manifest, out=str(tmp_path / "r"), epochs=1, patience=None)
+    train_mil(MILConfig(**run))
+    with pytest.raises(MILError, match="holds an earlier MIL run; continue it with --resume"):
+        train_mil(MILConfig(**run))  # a fresh run would leave the old one's files
+    with pytest.raises(MILError, match="the run there has model='abmil'"):
+        train_mil(MILConfig(**{**run, "model": "clam_sb"}), resume=True)  # fold.json kept
 
 
 def test_camelyon17_classes_with_clam_sb_instance_heatmaps(cohort, tmp_path):

@@ -17,9 +17,9 @@ import click
 @click.option("--epochs", type=int, default=4, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True,
               help="Dask workers for patch extraction.")
-@click.option("--patients", type=click.IntRange(min=5), default=10, show_default=True,
-              help="Synthetic CAMELYON17 patients (5 lymph nodes each; 10 put one patient "
-                   "of every pN stage in the test split).")
+@click.option("--patients", type=click.IntRange(min=10), default=10, show_default=True,
+              help="Synthetic CAMELYON17 patients (5 lymph nodes each; at least 10, so "
+                   "that every pN stage has a test patient).")
 @click.option("--seed", type=int, default=7, show_default=True)
 def command(out_dir: str, slides: int, width: int, height: int, epochs: int, workers: int,
             patients: int, seed: int) -> None:

@@ -207,6 +207,14 @@ def _cell(entry, column: str) -> str | None:
     return entry.extra.get(column)
 
 
+def _rows(store: FeatureStore, slide_id: str) -> int | str:
+    """The slide's bag size, or the one-line reason its part cannot be read."""
+    try:
+        return store.rows(slide_id)
+    except MILError as exc:
+        return str(exc)
+
+
 def build_cohort(entries: list, store: FeatureStore, classes: list[str], label_column: str,
                  binary: bool, group_column: str = "patient") -> Cohort:
     """Join manifest ``entries`` with ``store``: each slide's class index, split, group
@@ -226,7 +234,9 @@ def build_cohort(entries: list, store: FeatureStore, classes: list[str], label_c
             cohort.unlabelled.append(entry.slide_id)
         elif entry.slide_id not in store:
             cohort.missing.append(entry.slide_id)
-        elif store.rows(entry.slide_id) == 0:
+        elif isinstance(rows := _rows(store, entry.slide_id), str):  # an unreadable part
+            cohort.skipped.append({"slide_id": entry.slide_id, "error": rows})
+        elif rows == 0:
             cohort.skipped.append({"slide_id": entry.slide_id,
                                    "error": "empty bag (0 patches in the feature store)"})
         else:

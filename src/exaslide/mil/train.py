@@ -41,6 +41,34 @@ RESUME_KEYS = ("features", "manifest", "task", "label_column", "classes", "model
                "optimizer", "lr", "weight_decay", "class_weights", "max_patches", "seed")
 
 
+def _check_earlier_run(config: MILConfig, out: Path, resume: bool) -> None:
+    """Refuse to mix two runs in one folder: a fresh run into a folder that holds one, or
+    a ``--resume`` whose settings (:data:`RESUME_KEYS`) differ from the saved config.
+
+    Raises:
+        MILError: with the folder and the first differing setting.
+    """
+    import yaml
+
+    saved = out / "config.yaml"
+    if not saved.is_file():
+        return
+    if not resume:
+        if any((out / name).exists() for name in ("fold.json", "folds", "checkpoints")):
+            raise MILError(f"{out}: holds an earlier MIL run; continue it with --resume, or "
+                           "use another --out")
+        return
+    try:
+        old = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise MILError(f"{saved}: unreadable ({exc}); use another --out") from exc
+    new = config.to_dict()
+    for key in RESUME_KEYS:
+        if key in old and old.get(key) != new.get(key):
+            raise MILError(f"{out}: the run there has {key}={old.get(key)!r}, this one "
+                           f"{new.get(key)!r}; --resume continues the same run only")
+
+
 @dataclass
 class MILResult:
     """What :func:`train_mil` did (``metrics`` is None on ranks other than 0)."""
@@ -90,6 +118,7 @@ def _train(config: MILConfig, context, resume: bool) -> MILResult:
     _check_bags(store, cohort, context)
     folds = _folds(config, cohort)
     out = Path(config.out)
+    _check_earlier_run(config, out, resume)
     if context.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
