@@ -315,3 +315,23 @@ def test_bad_batch_input(tmp_path):
     named = predict_stages(tmp_path / "odd", None)
     assert "cannot tell its patient" in named.failed["lonely"]
     assert read_heatmap(tmp_path / "odd", "lonely").slide_id == "lonely"
+
+
+def test_cross_validation_never_splits_a_patient(monkeypatch):
+    """A patient's nodes stay on one side of every fold (else the score leaks)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    rows, classes = dataset(8, seed=3)
+    groups = [f"p{i // 4}" for i in range(len(rows))]  # 4 nodes per patient
+    seen = []
+    real = StratifiedGroupKFold.split
+
+    def spy(self, x, y, g):
+        for train, test in real(self, x, y, g):
+            seen.append((set(np.asarray(g)[train]), set(np.asarray(g)[test])))
+            yield train, test
+
+    monkeypatch.setattr(StratifiedGroupKFold, "split", spy)
+    model = train_slide_classifier(rows, classes, seed=0, groups=groups)
+    assert model.meta["cross_validation"]["folds"] >= 2 and seen
+    assert all(not (train & test) for train, test in seen)

@@ -391,20 +391,27 @@ def _load(folder: Path) -> SlideClassifier:
     return SlideClassifier(estimator, tuple(meta["classes"]), meta)
 
 
-def _cross_validation(estimator_name: str, seed: int, x: np.ndarray, y: np.ndarray
-                      ) -> dict[str, Any] | None:
+def _cross_validation(estimator_name: str, seed: int, x: np.ndarray, y: np.ndarray,
+                      groups: Sequence[str] | None = None) -> dict[str, Any] | None:
     """Stratified k-fold (k <= 5) predictions on the training set, when every class has at
-    least two slides: accuracy and confusion matrix."""
+    least two slides: accuracy and confusion matrix. With ``groups`` (each slide's
+    patient), a patient's nodes never sit on both sides of a fold."""
     from sklearn.metrics import confusion_matrix
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
     from sklearn.utils.class_weight import compute_sample_weight
 
     smallest = min(Counter(y.tolist()).values())
-    if smallest < 2:
+    splits = min(5, smallest, len(set(groups)) if groups is not None else smallest)
+    if splits < 2:
         return None
-    folds = StratifiedKFold(n_splits=min(5, smallest), shuffle=True, random_state=seed)
+    if groups is not None:
+        folds = StratifiedGroupKFold(n_splits=splits, shuffle=True, random_state=seed)
+        split = folds.split(x, y, np.asarray(groups))
+    else:
+        folds = StratifiedKFold(n_splits=splits, shuffle=True, random_state=seed)
+        split = folds.split(x, y)
     predicted = np.empty(len(y), dtype=object)
-    for train, test in folds.split(x, y):
+    for train, test in split:
         model = _estimator(estimator_name, seed)
         model.fit(x[train], y[train], sample_weight=compute_sample_weight("balanced", y[train]))
         predicted[test] = model.predict(x[test])
@@ -417,12 +424,14 @@ def _cross_validation(estimator_name: str, seed: int, x: np.ndarray, y: np.ndarr
 
 def train_slide_classifier(rows: Sequence[Mapping[str, float]], labels: Sequence[str], *,
                            estimator: str = "random-forest", seed: int = 0,
-                           cross_validate: bool = True) -> SlideClassifier:
+                           cross_validate: bool = True,
+                           groups: Sequence[str] | None = None) -> SlideClassifier:
     """Fit a slide classifier on features (:func:`heatmap_features`) and known classes.
 
     Classes are weighted inversely to their frequency. With ``cross_validate`` and at
     least two slides per class, ``meta["cross_validation"]`` holds the accuracy and
-    confusion matrix of stratified k-fold predictions.
+    confusion matrix of stratified k-fold predictions (grouped by ``groups``, each
+    slide's patient, when given: no patient on both sides of a fold).
 
     Raises:
         EvaluationError: fewer than two slides or classes, unknown class names, mismatched
@@ -447,7 +456,8 @@ def train_slide_classifier(rows: Sequence[Mapping[str, float]], labels: Sequence
         "training_accuracy": float(np.mean(model.predict(x) == y.astype(str))),
     }
     if cross_validate:
-        meta["cross_validation"] = _cross_validation(estimator, seed, x, y.astype(str))
+        meta["cross_validation"] = _cross_validation(estimator, seed, x, y.astype(str),
+                                                     groups)
     return SlideClassifier(model, classes, meta)
 
 

@@ -189,8 +189,10 @@ def train_from_heatmaps(heatmaps: str | os.PathLike,
     features, failed = collect_features(heatmaps, list(labels), mpp=options.mpp,
                                         positive_class=options.positive_class)
     used = [s for s in labels if s in features]
+    patients = {e.slide_id: e.extra.get("patient") or e.slide_id for e in entries}
     classifier = train_slide_classifier([features[s] for s in used], [labels[s] for s in used],
-                                        estimator=options.estimator, seed=options.seed)
+                                        estimator=options.estimator, seed=options.seed,
+                                        groups=[patients.get(s, s) for s in used])
     classifier.meta.update(positive_class=options.positive_class, split=options.split,
                            failed_slides=sorted(failed))
     path = classifier.save(out_dir)
