@@ -62,3 +62,10 @@ def test_no_footprint_without_index_or_slide_is_one_line(tmp_path):
         write_score_heatmap(tmp_path / "h", FeatureStore(store), "s", np.ones(3),
                             slide_path=None, classes=["normal", "tumour"], model="abmil",
                             score="attention")
+
+
+def test_overlapping_grid_patches_each_get_a_cell_like_infer():
+    xs, ys = np.meshgrid(np.arange(0, 1024, 64.0), np.arange(0, 512, 64.0))  # stride 64
+    x, y = xs.ravel(), ys.ravel()  # footprint 128: half-overlapping, as in the demo
+    grid, cell = score_grid(x, y, np.arange(len(x), dtype=float), 128.0, (1152, 640))
+    assert cell == 64 and np.isfinite(grid).sum() == len(x)  # no two patches share a cell

@@ -103,11 +103,26 @@ def _slide_footprint(slide, store: FeatureStore, table) -> float:
     return side * slide.level_downsamples[int(table.column("level")[0].as_py())]
 
 
+def grid_step(x: np.ndarray, y: np.ndarray, footprint: float) -> float:
+    """The patches' grid step in level-0 pixels when they lie on a regular grid finer
+    than their footprint (overlapping grid patches, down to a quarter of it); else the
+    footprint (random or irregular positions)."""
+    steps = [np.diff(np.unique(v)) for v in (x, y)]
+    found = [float(s[s > 0].min()) for s in steps if (s > 0).any()]
+    step = min([footprint, *found])
+    if step < footprint / 4:
+        return footprint
+    on_grid = all(np.allclose((v - v.min()) / step, np.round((v - v.min()) / step))
+                  for v in (x, y))
+    return step if on_grid else footprint
+
+
 def score_grid(x: np.ndarray, y: np.ndarray, scores: np.ndarray, footprint: float,
                level0_size: tuple[int, int]) -> tuple[np.ndarray, int]:
-    """``(rows x cols float32 map, cell)``: each patch's score at the cell of its centre
-    (the highest where patches share a cell), NaN elsewhere."""
-    cell = max(1, round(footprint))
+    """``(rows x cols float32 map, cell)``: each patch's score at the cell of its centre,
+    cells one grid step wide (as ``exaslide infer`` maps overlapping patches), the
+    highest where patches still share a cell, NaN elsewhere."""
+    cell = max(1, round(grid_step(x, y, footprint)))
     width, height = level0_size
     rows, cols = max(1, math.ceil(height / cell)), max(1, math.ceil(width / cell))
     grid = np.full((rows, cols), np.nan, dtype=np.float32)
