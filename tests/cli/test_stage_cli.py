@@ -135,3 +135,32 @@ def test_synth_patients_command(tmp_path):
         bad = invoke("synth", tmp_path / "q", *args)
         assert bad.exit_code == 2 and message in bad.output, bad.output
     assert not (tmp_path / "q").exists()
+
+
+def test_stages_from_four_class_predictions(tmp_path):
+    from click.testing import CliRunner
+
+    from exaslide.cli.main import cli
+    from exaslide.evaluate.camelyon17 import read_stage_csv
+
+    rows = ["slide_id,p_negative,p_itc,p_micro,p_macro,predicted"]
+    classes = {"patient_001": ["negative"] * 5,
+               "patient_002": ["itc", "negative", "negative", "negative", "negative"],
+               "patient_003": ["micro", "itc", "negative", "negative", "negative"],
+               "patient_004": ["macro", "micro", "negative", "negative", "negative"],
+               "patient_005": ["macro", "micro", "micro", "macro", "negative"]}
+    for patient, nodes in classes.items():
+        rows += [f"{patient}_node_{i},0,0,0,0,{c}" for i, c in enumerate(nodes)]
+    (tmp_path / "p.csv").write_text("\n".join(rows) + "\n")
+    done = CliRunner().invoke(cli, ["stage", "from-predictions", str(tmp_path / "p.csv"),
+                                    "--out", str(tmp_path / "sub.csv")])
+    assert done.exit_code == 0, done.output
+    table = read_stage_csv(tmp_path / "sub.csv")
+    assert table.patients == {"patient_001": "pN0", "patient_002": "pN0(i+)",
+                            "patient_003": "pN1mi", "patient_004": "pN1",
+                            "patient_005": "pN2"}
+    (tmp_path / "bad.csv").write_text("slide_id,predicted\npatient_9_node_0,huge\n")
+    bad = CliRunner().invoke(cli, ["stage", "from-predictions", str(tmp_path / "bad.csv"),
+                                   "--out", str(tmp_path / "x.csv")])
+    assert bad.exit_code == 2 and "huge" in bad.output
+    assert not (tmp_path / "x.csv").exists()

@@ -110,3 +110,29 @@ def predict(heatmaps, split, mpp, positive_class, out_csv, model, manifest, thre
                f"submission: {result.path}")
     if result.failed:
         raise SystemExit(1)
+
+
+@command.command("from-predictions")
+@click.argument("predictions", type=click.Path(dir_okay=False, exists=True))
+@click.option("--out", "out_csv", required=True, type=click.Path(dir_okay=False),
+              help="Submission CSV (official format: patient,stage).")
+@click.option("--manifest", type=click.Path(dir_okay=False), default=None,
+              help="Slides to stage, their split and patient column (default: every slide "
+                   "of PREDICTIONS, patients from <patient>_node_<n> names).")
+@click.option("--split", default=None, help="Only the manifest slides of this split.")
+def from_predictions(predictions, out_csv, manifest, split) -> None:
+    """Stage each patient from slide classes predicted elsewhere: PREDICTIONS is a CSV
+    with slide_id and predicted (what `exaslide mil` writes for task camelyon17) or
+    slide_class; writes the submission CSV."""
+    from exaslide.evaluate.staging import stages_from_slide_classes_csv
+
+    result = stages_from_slide_classes_csv(predictions, out_csv, manifest=manifest,
+                                           split=split)
+    for patient, missing in result.incomplete.items():
+        click.echo(f"exaslide: warning: {patient}: staged from {len(missing)} node(s) fewer "
+                   f"(not in the predictions: {', '.join(missing)})", err=True)
+    _failures(result.failed)
+    click.echo(f"{len(result.slide_classes)} slides, {len(result.stages)} patients staged; "
+               f"submission: {result.path}")
+    if result.failed:
+        raise SystemExit(1)

@@ -319,6 +319,50 @@ def predict_stages(heatmaps: str | os.PathLike, out_csv: str | os.PathLike | Non
     return result
 
 
+def stages_from_slide_classes_csv(predictions: str | os.PathLike,
+                                  out_csv: str | os.PathLike | None = None, *,
+                                  manifest: str | os.PathLike | Sequence[ManifestEntry]
+                                  | None = None, split: str | None = None
+                                  ) -> StagePrediction:
+    """Patient pN stages from slide classes predicted elsewhere: a CSV with ``slide_id``
+    and ``predicted`` (what ``exaslide mil predict`` / ``mil train`` write for the
+    4-class CAMELYON17 task) or ``slide_class``; patients from the manifest's
+    ``patient`` column, else the ``<patient>_node_<n>`` names. Writes the submission
+    CSV when ``out_csv`` is given.
+
+    Raises:
+        EvaluationError: an unreadable CSV, no class column, an unknown class name.
+    """
+    where = os.fspath(predictions)
+    try:
+        with open(predictions, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise EvaluationError(f"{where}: cannot read the predictions: {exc}") from exc
+    column = next((c for c in ("predicted", "slide_class") if rows and c in rows[0]), None)
+    if column is None or "slide_id" not in rows[0]:
+        raise EvaluationError(f"{where}: expected columns slide_id and predicted (or "
+                              "slide_class)")
+    classes = {r["slide_id"]: check_slide_class(r[column], f"{where}: {r['slide_id']}")
+               for r in rows}
+    ids, patients = (list(classes), {}) if manifest is None else \
+        _slides_and_patients(None, manifest, split)
+    ids = [s for s in ids if s in classes]
+    result = StagePrediction("predictions", slide_patients={
+        s: patients.get(s) or s.rpartition("_node_")[0] for s in ids})
+    for slide_id, patient in list(result.slide_patients.items()):
+        if not patient:
+            del result.slide_patients[slide_id]
+            result.failed[slide_id] = ("cannot tell its patient: name it <patient>_node_<n> "
+                                       "or give a manifest with a patient column")
+    result.slide_classes = {s: classes[s] for s in result.slide_patients}
+    todo = list(result.slide_patients)
+    _stage(result, todo)
+    if out_csv is not None:
+        result.path = write_stage_csv(out_csv, result.stages, dict(result.slide_classes))
+    return result
+
+
 def _stage(result: StagePrediction, slide_ids: list[str]) -> None:
     by_patient: dict[str, list[str]] = {}
     for slide_id in slide_ids:
