@@ -22,7 +22,10 @@ def test_demo_end_to_end(tmp_path):
     assert metrics["text_to_image_recall_at_10"] > metrics["captions"]["random"]["10"]
     assert metrics["mil_slide_auc"] >= 0.9 and metrics["stage_kappa"] >= 0.7
     assert metrics["encoder"]["dim"] == 1024 and metrics["encoder"]["patches"] > 0
-    assert metrics["camelyon17"]["nodes"] == 50
+    staging = metrics["camelyon17"]
+    assert staging["nodes"] == 50 and staging["stage"]["patients"] == 5  # one per stage
+    assert staging["slide_classes"]["slides"] == 25  # every test node was classified
+    assert len(metrics["mil"]["confusion_matrix"]) == 2 and metrics["mil"]["n"] == 4
     page = (out / "report.html").read_text()
     images = re.findall(r"<img src='([^']+)'", page)
     assert len(images) >= 10  # figure, curves, 4 heatmaps, FROC, ROC, 2 galleries, MIL
