@@ -86,6 +86,10 @@ class FeatureStore:
             raise MILError(f"{self.folder}: part {slide_id} is not readable "
                            f"({str(exc).splitlines()[0][:200]}); re-embed it") from exc
 
+    def mark_verified(self, slide_ids) -> None:
+        """Record parts another rank of this run has checked (they are not read again)."""
+        self._verified.update(slide_ids)
+
     def _verify(self, slide_id: str) -> None:
         from exaslide.integrity import verify, warn_unchecked
         from exaslide.retrieval.store import _part_remedy

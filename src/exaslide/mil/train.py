@@ -151,7 +151,7 @@ def _check_bags(store, cohort, context) -> None:
         failed.update(part)
     cohort.skipped += [{"slide_id": s, "error": e} for s, e in failed.items()]
     cohort.slides = [s for s in cohort.slides if s.slide_id not in failed]
-    store._verified.update(s.slide_id for s in cohort.slides)
+    store.mark_verified(s.slide_id for s in cohort.slides)
     if not cohort.slides:
         raise MILError(f"{store.folder}: no slide of the manifest has usable features and a "
                        f"label among {', '.join(cohort.classes)} (missing from the store: "
