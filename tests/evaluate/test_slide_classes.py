@@ -335,3 +335,14 @@ def test_cross_validation_never_splits_a_patient(monkeypatch):
     model = train_slide_classifier(rows, classes, seed=0, groups=groups)
     assert model.meta["cross_validation"]["folds"] >= 2 and seen
     assert all(not (train & test) for train, test in seen)
+
+
+def test_a_model_pickle_others_could_have_written_is_refused(tmp_path, monkeypatch):
+    rows, classes = dataset(3, seed=5)
+    train_slide_classifier(rows, classes, seed=0, cross_validate=False).save(tmp_path / "m")
+    pickle = next((tmp_path / "m").glob("*.joblib"))
+    pickle.chmod(0o666)  # anyone could have replaced it
+    with pytest.raises(EvaluationError, match="pickle, which runs code when loaded"):
+        SlideClassifier.load(tmp_path / "m")
+    monkeypatch.setenv("EXASLIDE_TRUST_MODELS", "1")
+    assert SlideClassifier.load(tmp_path / "m").predict(rows[:2]) is not None

@@ -360,6 +360,27 @@ def _read_meta(folder: Path) -> dict[str, Any]:
     return meta
 
 
+#: Set to 1 to load model pickles whatever their owner and permissions.
+TRUST_ENV = "EXASLIDE_TRUST_MODELS"
+
+
+def check_trusted(path: Path) -> None:
+    """A pickle runs code when it is loaded: load one only when this user (or root) owns it
+    and nobody else may have written it, unless :data:`TRUST_ENV` is ``1``.
+
+    Raises:
+        EvaluationError: another owner, or writable by group or others.
+    """
+    if os.environ.get(TRUST_ENV) == "1" or not hasattr(os, "getuid"):
+        return
+    found = path.stat()
+    if found.st_uid not in (os.getuid(), 0) or found.st_mode & 0o022:
+        raise EvaluationError(
+            f"{path}: owned by another user or writable by others; a model file is a pickle, "
+            "which runs code when loaded: check where it came from, then copy it into a "
+            f"folder of your own (or set {TRUST_ENV}=1)")
+
+
 def _load(folder: Path) -> SlideClassifier:
     import joblib
     import sklearn
@@ -375,6 +396,7 @@ def _load(folder: Path) -> SlideClassifier:
     if file_digest(path) != meta.get("model_sha256"):
         raise EvaluationError(f"{path}: not the model {META_FILE} describes (sha256 differs): "
                               f"a file copied from another training? {remedy}")
+    check_trusted(path)
     try:
         estimator = joblib.load(path)
     except Exception as exc:  # unpickling raises anything
