@@ -261,3 +261,13 @@ def test_a_full_disk_names_the_path_and_a_rerun_after_freeing_space_is_identical
     again = exaslide("extract", cohort, "--out", out, "--scheduler", "inline", *PNG)
     assert again.code == 0, again.stderr
     assert outputs(out) == reference and leftovers(out) == []
+
+
+def test_a_second_training_run_into_one_folder_exits_2(tmp_path):
+    from exaslide.jobs import OutputLock
+
+    config = tmp_path / "train.yaml"
+    config.write_text(f"data: {tmp_path / 'patches'}\nout: {tmp_path / 'run'}\nepochs: 1\n")
+    with OutputLock(tmp_path / "run"):
+        done = exaslide("train", config)
+    assert done.code == 2 and "another exaslide run is writing here" in done.one_line_error()

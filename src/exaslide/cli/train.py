@@ -49,9 +49,14 @@ def command(config_file, data, out, model, epochs, batch_size, lr, source, worke
         resolve_device(config.device)
         click.echo(dump_config(config), nl=False)
         return
+    from exaslide.jobs import OutputLock
+    from exaslide.runtime import distributed_context
     from exaslide.train import train
 
-    _report(train(config, resume=resume))
+    rank, world = distributed_context()
+    with OutputLock(config.out, None if world == 1 else rank):  # one run per --out
+        result = train(config, resume=resume)
+    _report(result)
 
 
 def _typed(overrides: dict) -> dict:
