@@ -147,3 +147,25 @@ def test_a_bad_augmentation_fails_before_anything_is_written(extracted, tmp_path
     with pytest.raises((ExaslideError, OSError), match=r"missing\.png"):
         train(config, progress=False)
     assert not out.exists()
+
+
+class _Payload:
+    """Stands for anything a pickle could smuggle into a checkpoint."""
+
+
+def test_a_checkpoint_that_is_more_than_tensors_is_not_unpickled(tmp_path, monkeypatch):
+    import numpy as np
+    import torch
+
+    from exaslide.integrity import atomic_write
+    from exaslide.train.checkpoint import FORMAT, load_training_state, save_training_state
+
+    path = tmp_path / "last.pt"
+    save_training_state(path, {"epoch": 3, "rng": [{"numpy": np.float64(1.5)}]})
+    assert load_training_state(path)["epoch"] == 3  # ours: tensors and plain values
+    with atomic_write(path) as tmp:
+        torch.save({"format": FORMAT, "payload": _Payload()}, tmp)
+    with pytest.raises(TrainingError, match="loading it could run code"):
+        load_training_state(path)
+    monkeypatch.setenv("EXASLIDE_TRUST_MODELS", "1")
+    assert isinstance(load_training_state(path)["payload"], _Payload)
