@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from exaslide.cli.options import check_config, run_locked
+
 
 @click.group("mil")
 def command() -> None:
@@ -28,18 +30,11 @@ def train_command(config_file, sets, resume, check) -> None:
 
     config = load_mil_config(config_file, list(sets))
     if check:
-        from exaslide.runtime import resolve_device
-
-        resolve_device(config.device)
-        click.echo(dump_config(config), nl=False)
+        check_config(config, dump_config)
         return
-    from exaslide.jobs import OutputLock
     from exaslide.mil.train import train_mil
-    from exaslide.runtime import distributed_context
 
-    rank, world = distributed_context()
-    with OutputLock(config.out, None if world == 1 else rank):  # one run per --out
-        result = train_mil(config, resume=resume)
+    result = run_locked(config.out, lambda: train_mil(config, resume=resume))
     if result.metrics is None:  # not rank 0
         return
     for line in result.warnings:

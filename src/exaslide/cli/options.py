@@ -118,3 +118,22 @@ def report_outcomes(outcomes, status: str, detail: str = "", prefix: str = "") -
                f"{'; ' + detail if detail else ''}; status in {status}")
     if failed:
         raise SystemExit(1)
+
+
+def check_config(config, dump) -> None:
+    """``--check``: resolve the config's device (one-line error if unusable) and print the
+    resolved YAML (``dump(config)``); nothing is written."""
+    from exaslide.runtime import resolve_device
+
+    resolve_device(config.device)
+    click.echo(dump(config), nl=False)
+
+
+def run_locked(out, run):
+    """``run()`` holding ``out``'s output lock; the ranks of a torchrun job share it."""
+    from exaslide.jobs import OutputLock
+    from exaslide.runtime import distributed_context
+
+    rank, world = distributed_context()
+    with OutputLock(out, None if world == 1 else rank):
+        return run()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from exaslide.cli.options import check_config, run_locked
+
 #: Named options whose values are read as YAML, then validated with the rest of the config.
 _TYPED = ("epochs", "batch_size", "lr", "workers", "seed")
 
@@ -44,19 +46,11 @@ def command(config_file, data, out, model, epochs, batch_size, lr, source, worke
                  "device": device, "seed": seed}
     config = load_config(config_file, _typed(overrides), list(sets))
     if check:
-        from exaslide.runtime import resolve_device
-
-        resolve_device(config.device)
-        click.echo(dump_config(config), nl=False)
+        check_config(config, dump_config)
         return
-    from exaslide.jobs import OutputLock
-    from exaslide.runtime import distributed_context
     from exaslide.train import train
 
-    rank, world = distributed_context()
-    with OutputLock(config.out, None if world == 1 else rank):  # one run per --out
-        result = train(config, resume=resume)
-    _report(result)
+    _report(run_locked(config.out, lambda: train(config, resume=resume)))
 
 
 def _typed(overrides: dict) -> dict:
