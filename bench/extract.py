@@ -39,15 +39,15 @@ def make_slide(folder: Path, side: int) -> Path:
 def grid_patches(path: Path):
     from exaslide.annotations import read_annotations
     from exaslide.patches import PatchSpec, SamplingOptions, sample_patches
-    from exaslide.patches.job import _chunks, _region_order
+    from exaslide.patches.job import region_order
     from exaslide.slides import open_slide
 
     with open_slide(path) as slide:
         sampled = sample_patches(slide, read_annotations(path.with_suffix(".xml")),
                                  PatchSpec(size=256), SamplingOptions())
-    order = _region_order(sampled.x, sampled.y, 4096)
+    order = region_order(sampled.x, sampled.y, 4096)
     x, y = sampled.x[order], sampled.y[order]
-    return x, y, _chunks(x, y, 4096, 512)
+    return x, y, [np.arange(a, min(a + 512, len(x))) for a in range(0, len(x), 512)]
 
 
 def read_chunk(path: str, xs, ys) -> tuple[int, float]:

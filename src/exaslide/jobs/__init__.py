@@ -9,7 +9,14 @@ executors (inline, Dask, torchrun ranks) and the summary.
 from exaslide.jobs.engine import Outcome, error_message, run_stage
 from exaslide.jobs.executors import DaskExecutor, InlineExecutor, make_executor
 from exaslide.jobs.lock import OutputLock, OutputLockedError
-from exaslide.jobs.stage import ClusterLostError, JobError, SlideContext, SlideEntry, Stage
+from exaslide.jobs.stage import (
+    ClusterLostError,
+    JobError,
+    RunShape,
+    SlideContext,
+    SlideEntry,
+    Stage,
+)
 from exaslide.jobs.status import input_fingerprint, read_status, status_path, to_jsonable
 
 __all__ = [
@@ -20,6 +27,7 @@ __all__ = [
     "Outcome",
     "OutputLock",
     "OutputLockedError",
+    "RunShape",
     "SlideContext",
     "SlideEntry",
     "Stage",

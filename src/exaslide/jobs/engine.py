@@ -33,7 +33,7 @@ from typing import Any
 from exaslide.atomic import commit
 from exaslide.errors import ExaslideError
 from exaslide.jobs.lock import OutputLock
-from exaslide.jobs.stage import JobError, SlideContext, Stage, output_path
+from exaslide.jobs.stage import JobError, RunShape, SlideContext, Stage, output_path
 from exaslide.jobs.status import (
     STATUS_DIR,
     input_fingerprint,
@@ -92,8 +92,9 @@ def expected_status(stage: Stage, entry) -> dict[str, Any]:
         else {"files": [input_fingerprint(p, None)["slide"] for p in inputs]}
     if stage.extra_fingerprint is not None:
         fingerprint["extra"] = stage.extra_fingerprint(entry, stage.options)
-    return to_jsonable({"stage": stage.name, "options": stage.options,
-                        "inputs": fingerprint})
+    options = stage.options if stage.fingerprint is None else \
+        stage.fingerprint(stage.options)
+    return to_jsonable({"stage": stage.name, "options": options, "inputs": fingerprint})
 
 
 def clear_slide(out: Path, slide_id: str, stage: Stage | None = None) -> None:
@@ -172,6 +173,7 @@ class _Slide:
     tasks: list = field(default_factory=list)
     results: dict[int, Any] = field(default_factory=dict)
     running: int = 0
+    planned: bool = False
     error: BaseException | None = None
 
 
@@ -313,6 +315,8 @@ def _resume(run: _Run, entries: list, overwrite: bool) -> list[_Slide]:
         except Exception as exc:  # a missing input fails this slide only
             run.failed(entry.slide_id, exc, None)
             continue
+        if previous and "stage" in previous and run.stage.upgrade_status is not None:
+            previous = run.stage.upgrade_status(previous)
         if not overwrite and is_complete(run.out, previous, expected):
             # what a run killed just after this slide's status left behind
             shutil.rmtree(run.out / PARTIAL_DIR / entry.slide_id, ignore_errors=True)
@@ -379,7 +383,8 @@ def _drive(run: _Run, executor, todo: list[_Slide]) -> None:
         elif not stage.split:
             _settle(run, slide, *value)
         elif task_no is None:
-            _submit_tasks(run, executor, slide, value, tags)
+            left = len(waiting) + sum(not s.planned for s in slides.values())
+            _submit_tasks(run, executor, slide, value, tags, left)
         else:
             slide.results[task_no] = value
             run.emit("progress", stage.task_size(slide.tasks[task_no])
@@ -415,9 +420,14 @@ def _settle(run: _Run, slide: _Slide, result: dict, outputs: dict[str, str]) -> 
         run.failed(slide.entry.slide_id, exc, slide.expected)
 
 
-def _submit_tasks(run: _Run, executor, slide: _Slide, planned, tags: dict) -> None:
+def _submit_tasks(run: _Run, executor, slide: _Slide, planned, tags: dict,
+                  slides_left: int = 1) -> None:
     slide.state, slide.tasks = planned
+    slide.planned = True
     stage = run.stage
+    if stage.cut is not None:
+        shape = RunShape(max(1, int(executor.workers)), max(1, slides_left))
+        slide.tasks = stage.cut(slide.state, stage.options, shape)
     run.emit("total", sum(stage.task_size(t) for t in slide.tasks) if stage.task_size
              else len(slide.tasks))
     partial = str(run.out / PARTIAL_DIR / slide.entry.slide_id)

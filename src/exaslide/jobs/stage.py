@@ -54,10 +54,20 @@ class Stage:
             options) -> (state, tasks)``; ``run_task(entry, options, task, partial_dir)
             -> result`` writes into ``partial_dir`` only; ``finish(entry, options, state,
             results, ctx) -> dict`` runs in the driver and adopts the tasks' files.
+        cut: ``cut(state, options, shape) -> tasks``, called in the driver when a slide's
+            plan is back: its tasks for ``shape`` (a :class:`RunShape`: the workers and
+            the slides not yet cut), replacing those ``plan`` returned. The outputs must
+            not depend on the cut, so that runs on any number of workers agree.
         task_size: ``task_size(task) -> int``, the progress units of one task.
         legacy_outputs: ``legacy_outputs(status) -> list`` of output names a status file
             of the previous release (which listed none) implies, so that redoing such a
             slide deletes them.
+        fingerprint: ``fingerprint(options) -> dict``, the part of the options recorded
+            in each status file and compared on a rerun (default: all of them); leave out
+            settings that do not change the outputs.
+        upgrade_status: ``upgrade_status(status) -> dict``, a status file of an earlier
+            release in today's form (before it is compared), e.g. without an option that
+            no longer decides the outputs.
     """
 
     name: str
@@ -68,8 +78,11 @@ class Stage:
     plan: Callable[..., tuple[Any, list]] | None = None
     run_task: Callable[..., Any] | None = None
     finish: Callable[..., dict] | None = None
+    cut: Callable[..., list] | None = None
     task_size: Callable[[Any], int] | None = None
     legacy_outputs: Callable[[dict], list[str]] | None = None
+    fingerprint: Callable[[Any], Any] | None = None
+    upgrade_status: Callable[[dict], dict] | None = None
 
     def __post_init__(self):
         split = (self.plan, self.run_task, self.finish)
@@ -82,6 +95,14 @@ class Stage:
     def split(self) -> bool:
         """True when slides are split into sub-slide tasks."""
         return self.process is None
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """What a split stage's ``cut`` sizes a slide's tasks for."""
+
+    workers: int  #: worker processes (1 inline)
+    slides_left: int  #: slides of this run not yet cut into tasks, this one included
 
 
 @dataclass(frozen=True)

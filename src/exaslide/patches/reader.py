@@ -13,8 +13,10 @@ Every other format falls back to :meth:`Slide.read_region` per patch (OpenSlide)
 
 A patch is *blank* (see :func:`is_blank`) when at least ``blank_fraction`` (90%) of its
 pixels are white (``min(R,G,B) > 220``: glass) or black (``max(R,G,B) < 25``), or when it
-is flat (standard deviation below 2 in every channel: scanner fill). The white and black
-fractions are measured on every other pixel in each direction.
+is flat (standard deviation below 2 in every channel: scanner fill). All three are
+measured on evenly spaced whole rows of the patch: every ``s``-th row from the first,
+with ``s`` the largest step that keeps at least 16 rows and 4,096 pixels (every 16th row
+of a 256-px patch, every 11th of a 224-px one, every row of a patch of 64 px or less).
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from exaslide.lru import LRU
 from exaslide.patches.spec import PatchSpec
 from exaslide.slides import open_slide
 from exaslide.slides.base import Slide
-from exaslide.slides.pixels import channel_min_max
 
 logger = logging.getLogger(__name__)
 
@@ -39,15 +40,33 @@ WHITE, BLACK, FLAT_STD = 220, 25, 2.0
 TILE_CACHE_BYTES = 128 << 20
 
 
+#: The blank test samples at least this many rows and this many pixels of a patch.
+BLANK_ROWS, BLANK_PIXELS = 16, 4096
+
+
+def blank_rows(height: int, width: int) -> int:
+    """The row step of :func:`is_blank`: the largest that keeps at least
+    :data:`BLANK_ROWS` rows and :data:`BLANK_PIXELS` pixels (1 for small patches)."""
+    rows = max(BLANK_ROWS, -(-BLANK_PIXELS // max(width, 1)))
+    return max(1, height // rows)
+
+
 def is_blank(patch: np.ndarray, blank_fraction: float = 0.9) -> bool:
-    """True for patches that are mostly glass, mostly black, or flat (see module doc)."""
+    """True for patches that are mostly glass, mostly black, or flat, measured on evenly
+    spaced rows (see the module doc)."""
     import cv2
 
-    low, high = channel_min_max(patch[::2, ::2])  # a quarter of the pixels is plenty
-    limit = blank_fraction * low.size
-    if np.count_nonzero(low > WHITE) >= limit or np.count_nonzero(high < BLACK) >= limit:
+    step = blank_rows(patch.shape[0], patch.shape[1])
+    sample = np.ascontiguousarray(patch[::step])  # whole rows: a few memcpy
+    channels = 1 if sample.ndim == 2 else sample.shape[2]
+    limit = blank_fraction * sample.shape[0] * sample.shape[1]
+    white = cv2.inRange(sample, (WHITE + 1,) * channels, (255,) * channels)
+    if cv2.countNonZero(white) >= limit:
         return True
-    _, std = cv2.meanStdDev(np.ascontiguousarray(patch))
+    black = cv2.inRange(sample, (0,) * channels, (BLACK - 1,) * channels)
+    if cv2.countNonZero(black) >= limit:
+        return True
+    _, std = cv2.meanStdDev(sample)
     return bool(std.max() < FLAT_STD)
 
 

@@ -1,5 +1,6 @@
-"""``exaslide extract`` as a stage of the job engine: sample a slide (one task), extract
-its chunks of region blocks (one task each, in parallel), then index it (in the driver).
+"""``exaslide extract`` as a stage of the job engine: sample a slide (one task), cut its
+patches into chunks sized for the workers (in the driver), extract the chunks (one task
+each, in parallel), then index the slide and join its shards (in the driver).
 
 Everything per-slide that is not extraction (resume, status files, atomic outputs, the
 output lock, clean-up, failures, executors) is :mod:`exaslide.jobs`'.
@@ -20,11 +21,13 @@ from exaslide.patches.index import make_table
 from exaslide.patches.job import (
     ExtractOptions,
     SlidePlan,
+    chunk_bounds,
     extract_chunk,
     manifest_fields,
     patch_keys,
     plan_slide,
 )
+from exaslide.patches.shards import EXTENSIONS, join_parts, shard_name
 
 logger = logging.getLogger(__name__)
 
@@ -46,34 +49,68 @@ class SlideOutcome:
 
 
 def _plan(entry, options: ExtractOptions) -> tuple[SlidePlan, list]:
-    plan = plan_slide(entry, options)
-    tasks = [(i, {k: v[rows] for k, v in plan.columns.items()}, plan.level)
-             for i, rows in enumerate(plan.chunks)]
-    return plan, tasks
+    return plan_slide(entry, options), []  # cut into tasks by _cut, in the driver
+
+
+def _cut(plan: SlidePlan, options: ExtractOptions, shape) -> list:
+    """The slide's chunks for ``shape`` (see :func:`chunk_bounds`): ``(start, total,
+    columns, level)`` each."""
+    n = len(plan.columns["x"])
+    bounds = chunk_bounds(n, options.shard_size, shape.workers, shape.slides_left,
+                          options.chunk_patches)
+    return [(a, n, {k: v[a:b] for k, v in plan.columns.items()}, plan.level)
+            for a, b in bounds]
 
 
 def _run_chunk(entry, options: ExtractOptions, task, partial: str) -> dict[str, Any]:
-    chunk_no, columns, level = task
-    return extract_chunk(entry, columns, level, chunk_no, partial, options)
+    start, total, columns, level = task
+    return extract_chunk(entry, columns, level, start, total, partial, options)
 
 
 def _chunk_size(task) -> int:
-    return len(task[1]["x"])
+    return len(task[2]["x"])
+
+
+def _shards(entry, options: ExtractOptions, keep: np.ndarray, results: list, ctx) -> list:
+    """Each plan row's shard name (None when not kept or not materialised); adopts the
+    shards the chunks wrote and joins those written in parts."""
+    n = len(keep)
+    shard = np.full(n, None, dtype=object)
+    if options.materialize is None or not keep.any():
+        return shard
+    numbers = np.arange(n) // options.shard_size
+    names = {k: shard_name(entry.slide_id, k) for k in np.unique(numbers[keep]).tolist()}
+    shard[keep] = [names[k] for k in numbers[keep].tolist()]
+    written = sorted(f for r in results for f in r["files"])
+    parts: dict[str, list[str]] = {}
+    for name in written:
+        if name.endswith(".part"):
+            parts.setdefault(name.split(".tar.")[0] + ".tar", []).append(name)
+    for name, pieces in parts.items():
+        join_parts(ctx.partial, name, pieces)  # in row order: the names sort by row
+    found = set(parts) | {f for f in written if not f.endswith(".part")}
+    if found != set(names.values()):
+        raise RuntimeError(f"{entry.slide_id}: the chunks wrote shards {sorted(found)}, "
+                           f"expected {sorted(names.values())}")
+    for name in sorted(found):
+        ctx.adopt(ctx.partial / name, f"shards/{name}")
+    return shard
 
 
 def _finish(entry, options: ExtractOptions, plan: SlidePlan, results: list, ctx) -> dict:
-    """Index the slide's kept patches and adopt its chunks' shards."""
+    """Index the slide's kept patches and adopt (or join) its chunks' shards."""
     from exaslide.patches.index import write_slide_index
 
     n = len(plan.columns["x"])
-    keep, shard = np.ones(n, bool), np.full(n, None, dtype=object)
-    for rows, result in zip(plan.chunks, results, strict=True):
-        keep[rows] = result["keep"]
-        shard[rows] = result["shard"]
+    results = sorted(results, key=lambda r: r["start"])
+    keep = np.concatenate([r["keep"] for r in results]) if results else np.ones(0, bool)
+    if len(keep) != n:
+        raise RuntimeError(f"{entry.slide_id}: the chunks cover {len(keep)} of {n} rows")
+    shard = _shards(entry, options, keep, results, ctx)
     columns = {k: v[keep] for k, v in plan.columns.items()}
     spec = options.spec
     keys = patch_keys(entry.slide_id, columns["x"], columns["y"])
-    extension = {"png": "png", "jpeg": "jpg"}.get(options.materialize)
+    extension = EXTENSIONS.get(options.materialize)
     member = [f"{k}.{extension}" for k in keys] if extension else None
     table = make_table(dict(columns, key=keys, shard=shard[keep], member=member,
                             slide_id=entry.slide_id, level=plan.level, size=spec.size,
@@ -81,13 +118,11 @@ def _finish(entry, options: ExtractOptions, plan: SlidePlan, results: list, ctx)
     with ctx.output(f"index/{entry.slide_id}.parquet") as tmp:
         write_slide_index(table, tmp)
     shards = sorted({s for s in shard[keep] if s})
-    for name in shards:
-        ctx.adopt(ctx.partial / name, f"shards/{name}")
     counts = {c: int((columns["label"] == c).sum()) for c in ("tumour", "normal")}
     return {"patches": sum(counts.values()), "counts": counts,
             "blank_rejected": sum(r["blank"] for r in results),
             "requested": plan.requested, "found": plan.found, "level": plan.level,
-            "footprint": plan.footprint, "chunks": len(plan.chunks), "shards": shards,
+            "footprint": plan.footprint, "chunks": len(results), "shards": shards,
             "tile_decodes": sum(r["decodes"] for r in results),
             "manifest": manifest_fields(entry),
             "warnings": _warnings(plan, int(keep.sum()), options)}
@@ -113,13 +148,31 @@ def _legacy_outputs(status: dict) -> list[str]:
     return [f"index/{slide_id}.parquet", *(f"shards/{s}" for s in shards)]
 
 
+def _upgrade_status(status: dict) -> dict:
+    """A status of the release that saved ``chunk_patches`` among the options: an
+    index-only extraction did not depend on it (same index), so it is dropped and the
+    slide is skipped; shards were then cut per chunk, so a materialised slide keeps it
+    and is redone."""
+    options = status.get("options")
+    if isinstance(options, dict) and "chunk_patches" in options and \
+            options.get("materialize") is None:
+        options = {k: v for k, v in options.items() if k != "chunk_patches"}
+        return dict(status, options=options)
+    return status
+
+
+def _manifest_fingerprint(entry, _options) -> dict:
+    return {"manifest": manifest_fields(entry)}
+
+
 def extract_stage(options: ExtractOptions):
     """The ``extract`` :class:`~exaslide.jobs.Stage` with these options."""
     from exaslide.jobs import Stage
 
     return Stage("extract", options, plan=_plan, run_task=_run_chunk, finish=_finish,
-                 task_size=_chunk_size, legacy_outputs=_legacy_outputs,
-                 extra_fingerprint=lambda entry, _: {"manifest": manifest_fields(entry)})
+                 cut=_cut, task_size=_chunk_size, legacy_outputs=_legacy_outputs,
+                 extra_fingerprint=_manifest_fingerprint,
+                 fingerprint=ExtractOptions.fingerprint, upgrade_status=_upgrade_status)
 
 
 def run_extraction(entries, out_dir: str | Path, options: ExtractOptions, *,
