@@ -29,6 +29,7 @@ from pydantic import (
     PlainSerializer,
     PlainValidator,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -171,9 +172,11 @@ class AugmentConfig(_Section):
 Augment = Annotated[AugmentConfig, AfterValidator(AugmentConfig.to_dict),
                     PlainSerializer(lambda value: value)]  # held as a plain mapping
 Source = Literal["slides", "shards"]
+Decode = Literal["auto", "gpu", "cpu", "off"]
 Optimizer = Literal["adamw", "sgd"]
 Scheduler = Literal["cosine", "none"]
 SOURCES, OPTIMIZERS, SCHEDULERS = get_args(Source), get_args(Optimizer), get_args(Scheduler)
+DECODES = get_args(Decode)
 
 
 class TrainConfig(BaseModel):
@@ -188,6 +191,12 @@ class TrainConfig(BaseModel):
     data: Name = "out"  #: an ``exaslide extract`` output folder
     out: Name = "runs/train"  #: where checkpoints, metrics and the model go
     source: Source = "slides"  #: "slides" (SlidePatchDataset) or "shards" (ShardDataset)
+    #: slides source: where JPEG tiles are decoded (docs/decode.md). "gpu": loader workers
+    #: ship compressed tiles, nvJPEG decodes them on the GPU; "cpu": the same with
+    #: libjpeg threads in the training process; "off": patches decoded in the loader
+    #: workers (SlidePatchDataset); "auto": gpu on a CUDA device with JPEG-tiled slides,
+    #: else off.
+    decode: Decode = "auto"
     train_split: Name = "train"
     val_split: Name = "val"
     val_fraction: Annotated[Number, Field(ge=0, lt=1)] = 0.2  #: held out without val_split
@@ -236,6 +245,14 @@ class TrainConfig(BaseModel):
         if len(set(classes)) != len(classes):
             raise ValueError("expected distinct names")
         return classes
+
+    @field_validator("decode")
+    @classmethod
+    def _decode_needs_slides(cls, decode: str, info: ValidationInfo) -> str:
+        if decode in ("gpu", "cpu") and info.data.get("source") == "shards":
+            raise ValueError("expected 'auto' or 'off' with source 'shards' (tiles are "
+                             "decoded in the training process only when reading slides)")
+        return decode
 
     @field_validator("device", mode="before")
     @classmethod

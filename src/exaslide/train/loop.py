@@ -106,7 +106,8 @@ def _train(config: TrainConfig, context: Context, resume: bool,
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
     writer = _tensorboard(config, out, start) if context.is_main else None
-    loader, val_loader = _loaders(config, context, train_set, sampler, val_set)
+    loader, val_loader = _loaders(config, context, train_set, sampler, val_set,
+                                  _decode_mode(config, context, train_set))
     loss_fn = torch.nn.CrossEntropyLoss()
     positive = config.classes.index("tumour") if "tumour" in config.classes else 1
     stopped = _patience_spent(config, best)  # a resumed run that had already stopped
@@ -172,9 +173,14 @@ def _restore(config: TrainConfig, context: Context, checkpoint: Path, resume: bo
     return 0, [], best, None
 
 
-def _loaders(config: TrainConfig, context: Context, train_set, sampler, val_set):
+def _loaders(config: TrainConfig, context: Context, train_set, sampler, val_set,
+             decode: str | None = None):
+    """The training and validation loaders: per-item (``make_loader``), or compressed
+    batches decoded in this process when ``decode`` is ``"gpu"`` or ``"cpu"``."""
     from exaslide.data import make_loader
 
+    if decode is not None:
+        return _compressed_loaders(config, context, train_set, sampler, val_set, decode)
     loader = make_loader(train_set, batch_size=config.batch_size, workers=config.workers,
                          sampler=sampler, device=str(context.device),
                          drop_last=False, seed=config.seed)
@@ -182,6 +188,55 @@ def _loaders(config: TrainConfig, context: Context, train_set, sampler, val_set)
                              device=str(context.device), seed=config.seed) \
         if val_set is not None else None
     return loader, val_loader
+
+
+def _decode_mode(config: TrainConfig, context: Context, train_set) -> str | None:
+    """``"gpu"``, ``"cpu"`` or ``None`` (the per-item path) for ``config.decode``.
+
+    Raises:
+        TrainingError: ``decode: gpu`` without a CUDA device.
+    """
+    if config.source != "slides" or config.decode == "off":
+        return None
+    cuda = context.device.type == "cuda"
+    if config.decode == "gpu" and not cuda:
+        raise TrainingError(f"decode: gpu needs a CUDA device, but this run uses "
+                            f"{context.device}; set decode: cpu, off or auto")
+    if config.decode == "auto":
+        return "gpu" if cuda and _jpeg_tiled(train_set) else None
+    return config.decode
+
+
+def _jpeg_tiled(dataset, sample: int = 4) -> bool:
+    """True when the first ``sample`` slides of a dataset are JPEG-tiled TIFFs (others
+    in the cohort, if any, are read by the CPU reader inside the same batches)."""
+    from exaslide.data.tile_bytes import is_jpeg_tiled
+
+    paths = dataset.patches.paths[:sample]
+    return bool(paths) and all(is_jpeg_tiled(p, dataset.backend) for p in paths)
+
+
+def _compressed_loaders(config: TrainConfig, context: Context, train_set, sampler, val_set,
+                        decode: str):
+    """Loaders of compressed batches (``docs/decode.md``) wrapped to decode them here:
+    the same batches, in the same order, as :func:`_loaders` would give."""
+    from exaslide.data.batch_decode import BatchDecoder, DecodedLoader
+    from exaslide.data.compressed_dataset import CompressedPatchDataset, make_compressed_loader
+
+    decoder = BatchDecoder(context.device, decoder="nvjpeg" if decode == "gpu" else
+                           "imagecodecs", threads=config.threads)
+    options = {"batch_size": config.batch_size, "workers": config.workers,
+               "device": str(context.device), "seed": config.seed}
+    loader = make_compressed_loader(CompressedPatchDataset.like(train_set), sampler=sampler,
+                                    **options)
+    logger.info("decoding JPEG tiles in the training process (%s, %s)", decode,
+                decoder.decoder)
+    val_loader = None
+    if val_set is not None:
+        val_loader = DecodedLoader(make_compressed_loader(
+            CompressedPatchDataset.like(val_set.dataset), sampler=val_set.indices,
+            **options), decoder)
+    return DecodedLoader(loader, decoder), val_loader
 
 
 def _update_best(best: dict, row: dict) -> bool:
