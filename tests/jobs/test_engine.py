@@ -218,3 +218,76 @@ def test_a_folder_the_lock_made_goes_when_the_run_failed_before_writing(tmp_path
     with OutputLock(tmp_path / "kept"):
         pass
     assert (tmp_path / "kept").is_dir()  # not ours: only the lock file may remain in it
+
+
+# -- a split stage: plan in a task, cut in the driver for the run's shape, finish ----------
+@dataclass(frozen=True)
+class SumOptions:
+    scale: int = 1
+    tasks_per_worker: int = 2  # how the work is shared: not in the fingerprint
+
+
+CUTS: list = []  # the shapes the driver cut slides for (cut runs in this process)
+
+
+def _sum_plan(entry, options):
+    return entry.slide_id, ["ignored: cut replaces the plan's tasks"]
+
+
+def _sum_cut(state, options, shape):
+    CUTS.append(shape)
+    return list(range(options.tasks_per_worker * shape.workers))
+
+
+def _sum_task(entry, options, task, partial):
+    return task * options.scale
+
+
+def _sum_finish(entry, options, state, results, ctx):
+    with ctx.output(f"sums/{entry.slide_id}.txt") as tmp:
+        tmp.write_text(str(sum(results)))
+    return {"tasks": len(results)}
+
+
+def _sum_fingerprint(options):
+    return {"scale": options.scale}
+
+
+def _sum_upgrade(status):
+    options = {k: v for k, v in status["options"].items() if k != "old_knob"}
+    return dict(status, options=options)
+
+
+def _run_sums(entries, out, options=SumOptions(), **kwargs):
+    stage = Stage("sums", options, plan=_sum_plan, run_task=_sum_task, finish=_sum_finish,
+                  cut=_sum_cut, fingerprint=_sum_fingerprint, upgrade_status=_sum_upgrade)
+    return run_stage(stage, entries, out, **kwargs)
+
+
+def test_split_stage_is_cut_for_the_workers_and_slides_left(synth_slide, tmp_path):
+    entries = [SlideEntry(name, synth_slide.path) for name in "abc"]
+    CUTS.clear()
+    inline = _run_sums(entries, tmp_path / "inline")
+    assert [o.result["tasks"] for o in inline] == [2, 2, 2]
+    assert [(s.workers, s.slides_left) for s in CUTS] == [(1, 3), (1, 2), (1, 1)]
+    assert (tmp_path / "inline" / "sums" / "a.txt").read_text() == "1"
+    CUTS.clear()
+    dask = _run_sums(entries, tmp_path / "dask", scheduler=None, workers=2)
+    assert [o.result["tasks"] for o in dask] == [4, 4, 4]
+    assert sorted((s.workers, s.slides_left) for s in CUTS) == [(2, 1), (2, 2), (2, 3)]
+    assert (tmp_path / "dask" / "sums" / "c.txt").read_text() == "6"
+
+
+def test_fingerprint_and_upgrade_status_decide_what_a_rerun_compares(synth_slide, tmp_path):
+    entries = [SlideEntry("a", synth_slide.path)]
+    out = tmp_path / "out"
+    _run_sums(entries, out)
+    assert read_status(out, "a")["options"] == {"scale": 1}
+    again = _run_sums(entries, out, SumOptions(tasks_per_worker=5))  # not fingerprinted
+    assert again[0].status == "skipped"
+    status = read_status(out, "a")
+    status["options"]["old_knob"] = 4096  # what an earlier release saved
+    (out / "status" / "a.json").write_text(json.dumps(status))
+    assert _run_sums(entries, out)[0].status == "skipped"  # upgraded, then compared
+    assert _run_sums(entries, out, SumOptions(scale=2))[0].status == "done"
+    assert (out / "sums" / "a.txt").read_text() == "2"

@@ -207,3 +207,95 @@ def test_a_slide_extracted_by_the_previous_release_is_redone_without_stale_shard
     options = ExtractOptions(spec=PatchSpec(size=128), materialize="png")
     [outcome] = run_extraction(entries, tmp_path, options, scheduler="inline")
     assert outcome.status == "done" and not stale.exists()
+
+
+def _outputs(out):
+    """``{relative path: sha256}`` of the index and shards, and the index table."""
+    files = {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+             for sub in ("index", "shards") for p in sorted((out / sub).glob("*"))}
+    return files, open_index(out).to_table()
+
+
+#: Background patches too (min_tissue 0), so some are blank and some shards hold fewer
+#: samples than plan rows (or none at all).
+CUT = ExtractOptions(spec=PatchSpec(size=64), materialize="jpeg", shard_size=50,
+                     sampling=SamplingOptions(min_tissue=0.0), region_size=1024)
+
+
+def test_outputs_do_not_depend_on_workers_or_chunks_and_resume_across_them(cohort,
+                                                                          tmp_path):
+    from dataclasses import replace
+
+    entries = read_manifest(cohort)
+    dask = run_extraction(entries, tmp_path / "dask", CUT, workers=2)
+    assert [o.status for o in dask] == ["done"] * 3 and sum(o.blank for o in dask) > 0
+    reference = _outputs(tmp_path / "dask")
+    statuses = [json.loads((tmp_path / "dask" / "status" / f"{e.slide_id}.json")
+                           .read_text()) for e in entries]
+    assert max(s["result"]["chunks"] for s in statuses) > 1  # the last slides were shared
+    assert all("chunk_patches" not in s["options"] for s in statuses)
+    rows = [s["result"]["patches"] + s["result"]["blank_rejected"] for s in statuses]
+    assert any(len(s["result"]["shards"]) < -(-n // CUT.shard_size)  # all-blank: none
+               for s, n in zip(statuses, rows, strict=True))
+    for name, options in (("inline", CUT), ("small", replace(CUT, chunk_patches=37))):
+        outcomes = run_extraction(entries, tmp_path / name, options, scheduler="inline")
+        files, table = _outputs(tmp_path / name)
+        assert files == reference[0] and table.equals(reference[1])
+        assert [o.blank for o in outcomes] == [o.blank for o in dask]
+    table = reference[1]
+    shards = table.column("shard").to_pylist()
+    assert len(shards) == table.num_rows and all(shards)
+    members = {}
+    for shard in sorted((tmp_path / "dask" / "shards").iterdir()):
+        with tarfile.open(shard) as tar:
+            names = tar.getnames()
+        assert 2 <= len(names) <= 2 * CUT.shard_size
+        members.update(dict.fromkeys(names, shard.name))
+    assert [members[m] for m in table.column("member").to_pylist()] == shards
+    # a rerun with another worker count or chunk size skips every slide
+    again = run_extraction(entries, tmp_path / "dask", replace(CUT, chunk_patches=3),
+                           scheduler="inline")
+    assert [o.status for o in again] == ["skipped"] * 3
+    again = run_extraction(entries, tmp_path / "inline", CUT, workers=2)
+    assert [o.status for o in again] == ["skipped"] * 3
+
+
+def _previous_release(out, slide, options_update, rename=None):
+    """Turn a slide's status into one the previous release wrote (``chunk_patches`` in
+    the options, shards named ``<id>-<chunk>-<n>.tar``)."""
+    path = out / "status" / f"{slide}.json"
+    status = json.loads(path.read_text())
+    status["options"]["chunk_patches"] = 4096
+    status["options"].update(options_update)
+    if rename:
+        outputs = {}
+        for name, size in status["outputs"].items():
+            if name.startswith("shards/"):
+                old = name.replace(f"{slide}-", f"{slide}-0000-")
+                (out / name).rename(out / old)
+                name = old
+            outputs[name] = size
+        status["outputs"] = outputs
+    path.write_text(json.dumps(status))
+
+
+def test_status_files_of_the_previous_release(cohort, tmp_path):
+    """Index-only outputs did not depend on the chunk size: they are kept. Shards were
+    cut per chunk then: a materialised slide is redone and its old shards go."""
+    entries = read_manifest(cohort)[:2]
+    index_only = ExtractOptions(spec=PatchSpec(size=128))
+    run_extraction(entries, tmp_path / "a", index_only, scheduler="inline")
+    _previous_release(tmp_path / "a", entries[0].slide_id, {})
+    again = run_extraction(entries, tmp_path / "a", index_only, scheduler="inline")
+    assert [o.status for o in again] == ["skipped", "skipped"]
+
+    jpeg = ExtractOptions(spec=PatchSpec(size=128), materialize="jpeg", shard_size=20)
+    run_extraction(entries, tmp_path / "b", jpeg, scheduler="inline")
+    before = _outputs(tmp_path / "b")
+    _previous_release(tmp_path / "b", entries[0].slide_id, {}, rename=True)
+    assert list((tmp_path / "b" / "shards").glob(f"{entries[0].slide_id}-0000-*"))
+    again = run_extraction(entries, tmp_path / "b", jpeg, scheduler="inline")
+    assert [o.status for o in again] == ["done", "skipped"]
+    assert not list((tmp_path / "b" / "shards").glob(f"{entries[0].slide_id}-0000-*"))
+    files, table = _outputs(tmp_path / "b")
+    assert files == before[0] and table.equals(before[1])
