@@ -1,0 +1,483 @@
+"""Benchmark on one GPU node (issue 12, section 4): one table, every row fail-soft.
+
+Rows (each measured in its own child process, so a crash or a hang costs one row; the
+table always prints):
+  - JPEG decode: nvJPEG batched (``torchvision.io.decode_jpeg(list, device="cuda")``)
+    tiles/s against libjpeg-turbo (imagecodecs) on 1 core and on every core (threads
+    that release the GIL: the node's CPU decode ceiling), on the same stored tiles; and
+    the compressed bytes a batch ships per image against its pixels;
+  - training images/s, small-cnn and ResNet-50 (batch in memory = the model alone; then
+    from slides with ``decode=gpu`` and ``decode=cpu``, 3 loader workers, and the
+    per-item path ``decode=off`` with 12 workers), data/model ratios and the CPU cores the
+    whole process tree kept busy during the measured window;
+  - inference cells/s (``exaslide.infer.infer_cohort`` on the same slides).
+
+Inputs are built here in parallel (synthetic 40x-like JPEG-tiled slides, 224-px tissue
+grid patches), in well under a minute on 16 cores. ``--cpu-smoke`` runs every row on the
+CPU at toy sizes (a check that the script works end to end, not a measurement).
+
+Usage: ``python bench/device.py [--cpu-smoke] [--budget 450] [--keep DIR]``; see
+``bench/device.sh`` for the one-command run on a fresh GPU node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+SIZE = 224
+GOALS = {"small-cnn": 0.9, "resnet50": 0.95}
+INFER_GOAL = 20_000
+MAX_BUSY_CORES = 4
+
+
+# ---------------------------------------------------------------------------- inputs
+def _one_slide(job: tuple[str, int, int]) -> dict:
+    """Write one synthetic slide and sample its 224-px tissue grid (a worker process)."""
+    from exaslide.annotations import read_annotations
+    from exaslide.patches import PatchSpec, SamplingOptions, sample_patches
+    from exaslide.slides import open_slide
+    from exaslide.synth import SynthSpec, write_synthetic_slide
+
+    folder, side, seed = job
+    path = Path(folder) / f"slide_{seed:02d}.tif"
+    if not path.exists():
+        write_synthetic_slide(path, SynthSpec(width=side, height=side, tumours=4, seed=seed,
+                                              mpp=0.25, quality=85))
+    with open_slide(path) as slide:
+        sampled = sample_patches(slide, read_annotations(path.with_suffix(".xml")),
+                                 PatchSpec(size=SIZE), SamplingOptions(), key=path.stem)
+    return {"path": str(path), "id": path.stem, "x": sampled.x.tolist(),
+            "y": sampled.y.tolist(), "label": [str(v) for v in sampled.label]}
+
+
+def build_inputs(folder: Path, slides: int, side: int, processes: int) -> dict:
+    """Slides and one index of their tissue patches; returns paths and counts."""
+    from exaslide.patches.index import make_table, write_slide_index
+
+    jobs = [(str(folder), side, seed) for seed in range(slides)]
+    with ProcessPoolExecutor(max(1, min(processes, slides))) as pool:
+        made = list(pool.map(_one_slide, jobs))
+    for entry in made:
+        n = len(entry["x"])
+        write_slide_index(make_table({
+            "key": [f"{entry['id']}-{i}" for i in range(n)], "slide_id": entry["id"],
+            "x": entry["x"], "y": entry["y"], "level": 0, "size": SIZE,
+            "footprint": float(SIZE), "label": entry["label"], "split": "train"}),
+            folder / "index" / f"{entry['id']}.parquet")
+    return {"index": str(folder / "index"), "slides": {e["id"]: e["path"] for e in made},
+            "patches": sum(len(e["x"]) for e in made),
+            "bytes": sum(os.path.getsize(e["path"]) for e in made)}
+
+
+# ------------------------------------------------------------------------- measuring
+def _tree_cpu_seconds() -> float:
+    """CPU seconds used so far by this process and its live children (loader workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    me, total = str(os.getpid()), 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if entry == me or fields[1] == me:
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _model_step(name: str, device, batch: int):
+    """A training step (normalise, forward, backward, AdamW) of a fresh model."""
+    import torch
+
+    from exaslide.augment import to_float
+    from exaslide.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=2).to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    amp = device.type == "cuda"
+
+    def step(images, labels):
+        x = to_float(images, channels_last=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            loss = loss_fn(model(x).float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def _batches(mode: str, inputs: dict, args, device):
+    """An endless iterator of ``(uint8 images on the device, labels)``, augmented (D4 +
+    HED on the device) when they come from slides."""
+    import torch
+
+    from exaslide.augment import HEDJitter, RandomFlipRot90
+    from exaslide.data import PatchSampler, SlidePatchDataset, make_loader, to_device
+
+    if mode == "model":
+        images = torch.randint(0, 256, (args.batch, 3, SIZE, SIZE), dtype=torch.uint8,
+                               device=device).contiguous(memory_format=torch.channels_last)
+        labels = torch.randint(0, 2, (args.batch,), device=device)
+        while True:
+            yield images, labels
+    reference = SlidePatchDataset(inputs["index"], slides=inputs["slides"])
+    sampler = PatchSampler(reference.labels, balance=True, seed=0, num_samples=10**7,
+                           rank=0, world_size=1)
+    if mode == "off":
+        loader = make_loader(reference, batch_size=args.batch, workers=args.off_workers,
+                             sampler=sampler, device=str(device), drop_last=True)
+    else:
+        from exaslide.data.batch_decode import BatchDecoder, DecodedLoader
+        from exaslide.data.compressed_dataset import (
+            CompressedPatchDataset,
+            make_compressed_loader,
+        )
+
+        decoder = BatchDecoder(device, decoder="nvjpeg" if mode == "gpu" else "imagecodecs",
+                               threads=args.decode_threads)
+        loader = DecodedLoader(make_compressed_loader(
+            CompressedPatchDataset.like(reference), batch_size=args.batch,
+            workers=args.workers, sampler=sampler, device=str(device), drop_last=True),
+            decoder, prefetch=2)
+    flips, hed = RandomFlipRot90(seed=0), HEDJitter(seed=0)
+    for images, labels, _ in loader:
+        images = hed(flips(to_device(images, device)))
+        yield images, labels.to(device, non_blocking=True)
+
+
+def row_train(model: str, mode: str, inputs: dict, args) -> dict:
+    """Images/s over ``args.seconds`` after ``args.warmup`` steps, and busy cores."""
+    import torch
+
+    device = torch.device(args.device)
+    if mode == "gpu" and device.type != "cuda":
+        return {"error": "n/a: decode=gpu needs a CUDA device"}
+    torch.backends.cudnn.benchmark = True
+    step = _model_step(model, device, args.batch)
+    batches = _batches(mode, inputs, args, device)
+    for _ in range(args.warmup):
+        step(*next(batches))
+    _sync(device)
+    start, cpu0, steps = time.perf_counter(), _tree_cpu_seconds(), 0
+    while True:
+        step(*next(batches))
+        steps += 1
+        if steps % 4 == 0 or args.cpu_smoke:
+            _sync(device)
+            if time.perf_counter() - start >= args.seconds:
+                break
+    _sync(device)
+    wall = time.perf_counter() - start
+    return {"rate": steps * args.batch / wall, "busy": (_tree_cpu_seconds() - cpu0) / wall,
+            "steps": steps}
+
+
+def _streams(inputs: dict, limit: int) -> list[bytes]:
+    """Standalone streams of up to ``limit`` tissue tiles (over 8 KB) of the slides."""
+    from exaslide.data.tile_bytes import jpeg_level
+    from exaslide.slides.tifffile_backend import TiffFileSlide
+
+    streams: list[bytes] = []
+    for path in inputs["slides"].values():
+        with TiffFileSlide(path) as slide:
+            level = jpeg_level(slide, 0)
+            for i in np.flatnonzero(level.counts > 8192):
+                tx, ty = int(i % level.grid[0]), int(i // level.grid[0])
+                streams.append(level.stream(tx, ty)[0])
+                if len(streams) >= limit:
+                    return streams
+    return streams
+
+
+def _best_rate(fn, count: int, repeats: int = 3) -> float:
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = max(best, count / (time.perf_counter() - start))
+    return best
+
+
+def row_decode(inputs: dict, args) -> dict:
+    """nvJPEG vs libjpeg tiles/s on the same streams; shipped bytes per image."""
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    import imagecodecs
+    import torch
+
+    streams = _streams(inputs, args.tiles)
+    cores = os.cpu_count() or 1
+    one = streams[: max(64, len(streams) // 8)]
+    result = {"tiles": len(streams), "kb_per_tile": np.mean([len(s) for s in streams]) / 1e3,
+              "cpu1": _best_rate(lambda: [imagecodecs.jpeg8_decode(s) for s in one],
+                                 len(one))}
+    chunks = [streams[i::cores] for i in range(cores)]
+    with ThreadPoolExecutor(cores) as pool:
+        result["cpu_all"] = _best_rate(lambda: list(pool.map(
+            lambda part: [imagecodecs.jpeg8_decode(s) for s in part], chunks)), len(streams))
+    result["cores"] = cores
+    result.update(_shipped_bytes(inputs, args))
+    if torch.cuda.is_available():
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        device = torch.device("cuda")
+        tensors = [torch.frombuffer(bytearray(s), dtype=torch.uint8) for s in streams]
+        calls = [tensors[i : i + args.decode_batch]
+                 for i in range(0, len(tensors), args.decode_batch)]
+
+        def gpu():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                for call in calls:
+                    decode_jpeg(call, mode=ImageReadMode.RGB, device=device)
+            torch.cuda.synchronize(device)
+
+        gpu()  # warm-up: nvJPEG handles, allocations
+        result["gpu"] = _best_rate(gpu, len(tensors))
+    return result
+
+
+def _shipped_bytes(inputs: dict, args) -> dict:
+    """Mean compressed bytes per image of a few shuffled batches, and the pixels."""
+    from exaslide.data import PatchSampler
+    from exaslide.data.compressed_dataset import CompressedPatchDataset
+
+    dataset = CompressedPatchDataset(inputs["index"], slides=inputs["slides"])
+    order = list(PatchSampler(dataset.labels, balance=True, seed=0, rank=0, world_size=1))
+    batches = [dataset[order[i : i + args.batch]] for i in range(0, 4 * args.batch,
+                                                                 args.batch)]
+    images = sum(len(b) for b in batches)
+    return {"shipped_kb": sum(b.nbytes for b in batches) / images / 1e3,
+            "pixels_kb": SIZE * SIZE * 3 / 1e3,
+            "tiles_per_image": sum(b.stream_count for b in batches) / images}
+
+
+def row_infer(inputs: dict, args) -> dict:
+    """Cells/s of ``infer_cohort`` with a random small-cnn on the input slides."""
+    import torch
+
+    from exaslide.infer import infer_cohort
+    from exaslide.models import create_model, save_model
+
+    folder = Path(args.scratch)
+    model_path = folder / "infer_model.pt"
+    save_model(model_path, create_model("small-cnn", num_classes=2),
+               {"classes": ["normal", "tumour"], "patch": {"size": SIZE, "level": 0,
+                                                           "mpp": None}})
+    slides = list(inputs["slides"].values())[: args.infer_slides]
+    start = time.perf_counter()
+    outcomes = infer_cohort(model_path, slides, folder / f"infer_{time.time_ns()}",
+                            batch_size=args.infer_batch, device=args.device,
+                            progress=False, overwrite=True)
+    wall = time.perf_counter() - start
+    failed = [o for o in outcomes if o.status != "done"]
+    if failed:
+        return {"error": f"{failed[0].slide_id}: {failed[0].error}"}
+    cells = sum(o.cells for o in outcomes)
+    seconds = sum(o.seconds for o in outcomes)
+    del torch
+    return {"rate": cells / seconds, "wall_rate": cells / wall, "cells": cells}
+
+
+# ------------------------------------------------------------------------- the table
+def _rows(args) -> list[str]:
+    rows = ["decode"]
+    for model in args.models.split(","):
+        rows += [f"train:{model}:{mode}" for mode in ("model", "gpu", "cpu", "off")]
+    return [*rows, "infer"]
+
+
+def run_child(row: str, inputs_file: Path, args, timeout: float) -> dict:
+    """Run one row in a fresh process group; its result, or ``{"error": ...}``. The
+    group is killed afterwards (loader workers, or anything a hung row left behind)."""
+    import signal
+
+    command = [sys.executable, __file__, "--row", row, "--inputs", str(inputs_file),
+               *args.passthrough]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
+    try:
+        stdout, stderr = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        return {"error": f"timed out after {timeout:.0f} s"}
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signal.SIGKILL)
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if child.returncode == 0 and lines:
+        return json.loads(lines[-1])
+    tail = (stderr.strip().splitlines() or [f"exit code {child.returncode}"])[-1]
+    return {"error": tail[:200]}
+
+
+def _fmt(value, unit: str = "") -> str:
+    return "—" if value is None else f"{value:,.0f}{unit}"
+
+
+def print_table(results: dict, args, inputs: dict, built_s: float) -> None:
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else \
+        f"no GPU ({os.cpu_count()} CPU cores)"
+    print(f"\n## exaslide device benchmark — {time.strftime('%Y-%m-%d')}, {device}, "
+          f"{os.cpu_count()} cores, torch {torch.__version__}"
+          f"{' (CPU SMOKE: not a measurement)' if args.cpu_smoke else ''}\n")
+    print(f"Inputs: {len(inputs['slides'])} synthetic slides of {args.side} px "
+          f"({inputs['bytes'] / 2**20:.0f} MiB), {inputs['patches']:,} tissue patches of "
+          f"{SIZE} px; built in {built_s:.0f} s. Batch {args.batch}; {args.workers} "
+          f"loader workers for decode=gpu/cpu ({args.decode_threads} decode threads for "
+          f"cpu), {args.off_workers} for decode=off.\n")
+    print("| row | result | reference | ratio | goal | busy cores | note |")
+    print("|---|---|---|---|---|---|---|")
+    d = results.get("decode", {})
+    if "error" in d:
+        print(f"| JPEG decode | error | | | | | {d['error']} |")
+    else:
+        gpu = d.get("gpu")
+        ratio = f"{gpu / d['cpu_all']:.2f}" if gpu else "—"
+        print(f"| nvJPEG batched decode ({args.decode_batch}/call) | {_fmt(gpu, ' tiles/s')}"
+              f" | libjpeg {d['cores']} threads: {_fmt(d['cpu_all'], ' tiles/s')} | {ratio} "
+              f"| — | | 1 core: {_fmt(d['cpu1'], ' tiles/s')}; {d['tiles']} tissue tiles "
+              f"of {d['kb_per_tile']:.1f} KB |")
+        print(f"| bytes shipped per image | {d['shipped_kb']:.1f} KB | pixels "
+              f"{d['pixels_kb']:.1f} KB | {d['shipped_kb'] / d['pixels_kb']:.2f} | ~0.1 | | "
+              f"{d['tiles_per_image']:.2f} stored tiles per image (shuffled batches) |")
+    for model in args.models.split(","):
+        base = results.get(f"train:{model}:model", {}).get("rate")
+        for mode in ("model", "gpu", "cpu", "off"):
+            r = results.get(f"train:{model}:{mode}", {})
+            label = {"model": "model alone (batch in memory)",
+                     "gpu": f"decode=gpu, {args.workers} workers",
+                     "cpu": f"decode=cpu, {args.workers} workers",
+                     "off": f"decode=off (per item), {args.off_workers} workers"}[mode]
+            if "error" in r:
+                print(f"| {model}, {label} | error | | | | | {r['error']} |")
+                continue
+            ratio = r["rate"] / base if base and mode != "model" else None
+            goal = GOALS.get(model)
+            met = ""
+            if ratio is not None and goal and mode == "gpu":
+                ok = ratio >= goal and (model != "small-cnn" or r["busy"] <= MAX_BUSY_CORES)
+                met = " MET" if ok else " not met"
+            goal_text = (f"data/model >= {goal}" + (f" with <= {MAX_BUSY_CORES} busy cores"
+                                                    if model == "small-cnn" else "")
+                         if mode == "gpu" and goal else "")
+            print(f"| {model}, {label} | {_fmt(r['rate'], ' img/s')} | "
+                  f"{'model ' + _fmt(base) if mode != 'model' else ''} | "
+                  f"{f'{ratio:.2f}' if ratio is not None else ''} | {goal_text}{met} | "
+                  f"{r['busy']:.1f} | {r['steps']} steps |")
+    r = results.get("infer", {})
+    if "error" in r:
+        print(f"| inference | error | | | >= {INFER_GOAL:,} cells/s | | {r['error']} |")
+    else:
+        met = " MET" if r["rate"] >= INFER_GOAL else " not met"
+        print(f"| inference (infer_cohort, small-cnn) | {_fmt(r['rate'], ' cells/s')} | "
+              f"| | >= {INFER_GOAL:,} cells/s{met} | | {r['cells']:,} cells; "
+              f"{_fmt(r['wall_rate'])} cells/s with start-up |")
+
+
+def _parse(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cpu-smoke", action="store_true",
+                        help="toy sizes on the CPU: checks the script, measures nothing")
+    parser.add_argument("--budget", type=float, default=450,
+                        help="seconds for the whole run; rows that do not fit are skipped")
+    parser.add_argument("--keep", type=Path, help="folder to keep the inputs in")
+    parser.add_argument("--models", default="small-cnn,resnet50")
+    parser.add_argument("--row", help=argparse.SUPPRESS)
+    parser.add_argument("--inputs", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    cores = os.cpu_count() or 1
+    smoke = args.cpu_smoke
+    settings = {
+        "device": "cpu" if smoke else "cuda", "slides": 2 if smoke else 16,
+        "side": 4000 if smoke else 12000, "batch": 8 if smoke else 256,
+        "seconds": 1.0 if smoke else 6.0, "warmup": 1 if smoke else 8,
+        "workers": 1 if smoke else 3, "off_workers": 1 if smoke else min(12, cores - 2),
+        "decode_threads": 1 if smoke else max(1, cores - 4),
+        "tiles": 256 if smoke else 4096, "decode_batch": 256,
+        "infer_slides": 1 if smoke else 4, "infer_batch": 16 if smoke else 256,
+        "row_timeout": 120 if smoke else 75,
+    }
+    for key, value in settings.items():
+        setattr(args, key, value)
+    args.passthrough = ["--cpu-smoke"] if smoke else []
+    args.passthrough += ["--models", args.models]
+    return args
+
+
+def child(args) -> None:
+    """One row, in this process; prints its result as one JSON line."""
+    inputs = json.loads(Path(args.inputs).read_text())
+    args.scratch = str(Path(args.inputs).parent)
+    if args.device == "cpu":
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) - args.workers))
+    if args.row == "decode":
+        result = row_decode(inputs, args)
+    elif args.row == "infer":
+        result = row_infer(inputs, args)
+    else:
+        _, model, mode = args.row.split(":")
+        result = row_train(model, mode, inputs, args)
+    print(json.dumps(result), flush=True)
+    os._exit(0)  # loader workers and CUDA: no slow teardown
+
+
+def main() -> None:
+    args = _parse()
+    if args.row:
+        child(args)
+        return
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="exaslide-device-") as scratch:
+        folder = args.keep or Path(scratch)
+        folder.mkdir(parents=True, exist_ok=True)
+        inputs = build_inputs(folder, args.slides, args.side, os.cpu_count() or 1)
+        built = time.perf_counter() - start
+        print(f"inputs: {inputs['patches']:,} patches on {len(inputs['slides'])} slides "
+              f"in {built:.0f} s", flush=True)
+        inputs_file = folder / "inputs.json"
+        inputs_file.write_text(json.dumps(inputs))
+        results = {}
+        for row in _rows(args):
+            left = args.budget - (time.perf_counter() - start) - 5
+            if left < 20:
+                results[row] = {"error": "skipped: out of the time budget"}
+                continue
+            row_start = time.perf_counter()
+            results[row] = run_child(row, inputs_file, args, min(args.row_timeout, left))
+            print(f"{row}: {results[row]} ({time.perf_counter() - row_start:.0f} s)",
+                  flush=True)
+        print_table(results, args, inputs, built)
+        print(f"\ntotal {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
