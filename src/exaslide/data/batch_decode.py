@@ -148,21 +148,30 @@ class BatchDecoder:
         return tiles
 
     def _nvjpeg(self, batch: CompressedBatch, which: list[int]) -> list[torch.Tensor]:
-        from torchvision.io import ImageReadMode, decode_jpeg
-
+        """Streams ``which`` decoded by nvJPEG; when it fails, decoded on the CPU
+        instead (naming the damaged stream if libjpeg refuses it too)."""
         if not which:
             return []
-        streams = batch.streams()
         try:
-            with warnings.catch_warnings():  # torchvision 0.29 points to torchcodec
-                warnings.simplefilter("ignore", DeprecationWarning)
-                chw = decode_jpeg([streams[i] for i in which], mode=ImageReadMode.RGB,
-                                  device=self.device)
+            return self._nvjpeg_raw(batch, which)
         except RuntimeError as exc:  # find the damaged stream on the CPU
             tiles = self.decode_cpu(batch, which)  # raises TileDecodeError naming it
             logger.warning("nvJPEG failed on a batch that libjpeg decodes (%s); using the "
                            "CPU decode for it", exc)
             return [torch.from_numpy(t).to(self.device) for t in tiles]
+
+    def _nvjpeg_raw(self, batch: CompressedBatch, which: list[int]) -> list[torch.Tensor]:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        streams = batch.streams()
+        # torchvision allocates the outputs on this stream but writes them on its own:
+        # let this stream's queued work finish first, so that no memory block it still
+        # reads is handed to the decoder (pytorch/vision#9606)
+        torch.cuda.current_stream(self.device).synchronize()
+        with warnings.catch_warnings():  # torchvision 0.29 points to torchcodec
+            warnings.simplefilter("ignore", DeprecationWarning)
+            chw = decode_jpeg([streams[i] for i in which], mode=ImageReadMode.RGB,
+                              device=self.device)
         return [t.permute(1, 2, 0) for t in chw]
 
     def _check_rgb(self, batch: CompressedBatch, i: int) -> bool:
@@ -170,9 +179,7 @@ class BatchDecoder:
         libjpeg (mean absolute difference within :data:`RGB_CHECK_TOLERANCE`)."""
         reference = torch.from_numpy(self.decode_cpu(batch, [i])[0]).float()
         try:
-            gpu = self._nvjpeg(batch, [i])[0].float().cpu()
-        except TileDecodeError:
-            raise
+            gpu = self._nvjpeg_raw(batch, [i])[0].float().cpu()
         except Exception as exc:  # any failure: do not use nvJPEG for them
             logger.warning("nvJPEG cannot decode RGB-coded JPEG tiles (%s): they are "
                            "decoded on the CPU", exc)
@@ -208,42 +215,44 @@ class BatchDecoder:
         return out
 
     def _assemble_torch(self, batch: CompressedBatch) -> torch.Tensor:
-        """``(N, S, S, 3)`` pixels on the device, gathered in a few vectorised steps."""
+        """``(N, S, S, 3)`` pixels on the device: one vectorised gather (and, for
+        resampled patches, two matrix products) per group of patches that share tile
+        size, box size and resampling; no Python loop over patches."""
         size, device = batch.size, self.device
         out = torch.empty((len(batch), size, size, 3), dtype=torch.uint8, device=device)
         if len(batch.position):
             tiles = self.decode_device(batch)
-            plan = {name: getattr(batch, name).to(device, non_blocking=True)
-                    for name in ("box", "tile0", "tiles", "tile_size", "level_size")}
             boxes = batch.box.numpy()
             keys = np.stack([batch.tile_size[:, 0].numpy(), batch.tile_size[:, 1].numpy(),
                              boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1],
                              batch.resample.numpy()], axis=1)
             for key in np.unique(keys, axis=0):
-                rows = np.flatnonzero((keys == key).all(axis=1))
-                pixels = self._gather_group(tiles, plan, rows, key, size)
-                out[batch.position[rows].to(device)] = pixels
+                rows = torch.from_numpy(np.flatnonzero((keys == key).all(axis=1)))
+                pixels = self._gather_group(tiles, batch, rows, key, size)
+                out[batch.position[rows].to(device, non_blocking=True)] = pixels
         if len(batch.fallback_position):
             out[batch.fallback_position.to(device)] = \
                 batch.fallback_pixels.to(device, non_blocking=True)
         return out
 
-    def _gather_group(self, tiles: list[torch.Tensor], plan: dict, rows: np.ndarray,
-                      key: np.ndarray, size: int) -> torch.Tensor:
-        """The patches ``rows`` of the plan, which share tile size, box size and
-        resampling: ``(len(rows), S, S, 3)`` (resampled when their box is not S x S)."""
+    def _gather_group(self, tiles: list[torch.Tensor], batch: CompressedBatch,
+                      rows: torch.Tensor, key: np.ndarray, size: int) -> torch.Tensor:
+        """The planned patches ``rows``, which share tile size, box size and resampling:
+        ``(len(rows), size, size, 3)`` on the device."""
         tw, th, bw, bh, resample = (int(v) for v in key)
-        index = torch.from_numpy(rows).to(self.device)
-        group = {name: value[index] for name, value in plan.items()}
-        used = torch.unique(group["tiles"][group["tiles"] >= 0]).tolist()
-        stack = torch.stack([_pad_tile(tiles[i], th, tw) for i in used]) if used else \
-            torch.full((1, th, tw, 3), 255, dtype=torch.uint8, device=self.device)
-        local = torch.full((len(tiles) + 1,), -1, dtype=torch.int64, device=self.device)
-        if used:
-            local[torch.tensor(used, device=self.device)] = \
-                torch.arange(len(used), device=self.device)
-        pixels = gather_patches(stack, local[group["tiles"]], group["box"], group["tile0"],
-                                group["level_size"], bh, bw)
+        tables = batch.tiles[rows]  # (P, KY, KX) stream indices, on the CPU
+        used = torch.unique(tables[tables >= 0])
+        local = torch.full((batch.stream_count + 1,), -1, dtype=torch.int64)
+        local[used] = torch.arange(len(used))  # stream -> row of the stack; -1 stays -1
+        if len(used):
+            stack = torch.stack([_pad_tile(tiles[i], th, tw) for i in used.tolist()])
+        else:
+            stack = torch.full((1, th, tw, 3), 255, dtype=torch.uint8, device=self.device)
+        device = self.device
+        pixels = gather_patches(stack, local[tables].to(device, non_blocking=True),
+                                batch.box[rows].to(device, non_blocking=True),
+                                batch.tile0[rows].to(device, non_blocking=True),
+                                batch.level_size[rows].to(device, non_blocking=True), bh, bw)
         if resample == NO_RESAMPLE:
             return pixels
         return resample_torch(pixels, size, resample)
@@ -468,7 +477,8 @@ class _Prefetcher:
         cuda = self.device.type == "cuda"
         try:
             if cuda:
-                torch.cuda.set_device(self.device)
+                if self.device.index is not None:
+                    torch.cuda.set_device(self.device)
                 stream = torch.cuda.Stream(self.device)
             for batch in self.loader:
                 if self.stop.is_set():
