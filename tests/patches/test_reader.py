@@ -76,3 +76,60 @@ def test_tiles_leave_the_cache_after_their_last_patch(synth_slide):
             peak = max(peak, len(reader._cache))
         assert reader.tile_decodes == 12 * 9  # each tile once
         assert peak <= 2 * 12 + 2 and not reader._cache  # two rows at most; empty at the end
+
+
+def _jpeg_tiff(path, image, tile, photometric, tables=False, sparse=()):
+    """A one-level JPEG-tiled TIFF; with ``tables`` the tiles are abbreviated streams and
+    their quantisation and Huffman tables sit once in JPEGTables (as in Aperio files)."""
+    import imagecodecs
+    import tifffile
+
+    h, w = image.shape[:2]
+    colorspace = "RGB" if photometric == "rgb" else "YCbCr"
+    shared, tiles = None, []
+    for y in range(0, h, tile):
+        for x in range(0, w, tile):
+            block = np.full((tile, tile, 3), 255, np.uint8)
+            part = image[y : y + tile, x : x + tile]
+            block[: part.shape[0], : part.shape[1]] = part
+            data = imagecodecs.jpeg8_encode(block, level=85, outcolorspace=colorspace)
+            if tables:
+                shared, data = _split_tables(data)
+            tiles.append(b"" if len(tiles) in sparse else data)
+    tifffile.imwrite(path, iter(tiles), shape=image.shape, dtype=np.uint8,
+                     tile=(tile, tile), photometric=photometric, compression="jpeg",
+                     jpegtables=shared, metadata=None)
+    return str(path)
+
+
+def _split_tables(data: bytes) -> tuple[bytes, bytes]:
+    """``(tables, abbreviated stream)``: DQT and DHT segments moved out of a JPEG."""
+    tables, rest, i = [], [], 2
+    while data[i + 1] != 0xDA:  # up to the start of scan
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        (tables if data[i + 1] in (0xDB, 0xC4) else rest).append(data[i : i + 2 + length])
+        i += 2 + length
+    return b"\xff\xd8" + b"".join(tables) + b"\xff\xd9", \
+        b"\xff\xd8" + b"".join(rest) + data[i:]
+
+
+@pytest.mark.parametrize(("photometric", "tables"), [("ycbcr", False), ("rgb", False),
+                                                     ("rgb", True), ("ycbcr", True)])
+def test_direct_jpeg_decode_equals_read_tile(tmp_path, photometric, tables):
+    """Tiles decoded straight into offset buffers are read_tile's pixels, edge tiles
+    cropped, a tile without bytes painted by read_tile."""
+    from exaslide.patches.reader import TILE_OFFSET
+    from exaslide.slides.tifffile_backend import TiffFileSlide
+
+    rng = np.random.default_rng(3)
+    image = np.clip(rng.normal(150, 40, (200, 300, 3)), 0, 255).astype(np.uint8)
+    path = _jpeg_tiff(tmp_path / "t.tif", image, 64, photometric, tables, sparse=(2,))
+    with PatchReader(path, PatchSpec(size=64)) as reader, TiffFileSlide(path) as slide:
+        assert reader._jpeg is not None and (reader._jpeg.tables is not None) == tables
+        for ty in range(4):
+            for tx in range(5):
+                tile = reader._decode(tx, ty)
+                np.testing.assert_array_equal(tile, slide.read_tile(0, tx, ty))
+                if (tx, ty) != (2, 0):  # the sparse tile: read_tile's
+                    assert tile.ctypes.data % 32 == TILE_OFFSET
+        assert reader.read(280, 190).shape == (64, 64, 3)  # past the edge: padded white

@@ -222,3 +222,28 @@ def test_blank_test_looks_at_the_documented_rows():
     assert is_blank(mostly_white, blank_fraction=0.85)
     assert is_blank(np.full((64, 64), 250, np.uint8))  # grey patches too
     assert not is_blank(tissue[:, :, 0])
+
+
+def _blank_by_definition(patch, fraction=0.9):
+    sample = patch[:: blank_rows(*patch.shape[:2])].reshape(-1, 3).astype(int)
+    n = len(sample)
+    return bool((sample.min(1) > 220).sum() >= fraction * n or
+                (sample.max(1) < 25).sum() >= fraction * n or sample.std(0).max() < 2.0)
+
+
+def test_blank_test_equals_its_definition_near_the_thresholds():
+    """The mean-based shortcut never changes the answer: patches with exactly or about
+    90% white or black pixels (the rest of any colour) agree with a direct count."""
+    rng = np.random.default_rng(7)
+    for i in range(400):
+        patch = rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)
+        mask = rng.random((64, 48)) < rng.choice([0.88, 0.9, 0.901, 0.92])
+        if i % 2:
+            patch[mask] = rng.integers(221, 256, (mask.sum(), 3))  # white
+            patch[~mask] = rng.choice([0, 220, 255])  # the rest at an extreme
+        else:
+            patch[mask] = rng.integers(0, 25, (mask.sum(), 3))  # black
+            patch[~mask] = rng.choice([25, 255])
+        if i % 5 == 0:
+            patch[mask] = 221 if i % 2 else 24  # exactly on the bound
+        assert is_blank(patch) == _blank_by_definition(patch), i
