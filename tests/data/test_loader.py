@@ -58,3 +58,59 @@ def test_batches_are_channels_last_and_equal_the_items(extracted):
     assert all(torch.equal(images[i], dataset[i][0]) for i in range(4))
     assert labels.tolist() == [dataset[i][1] for i in range(4)]
     assert meta["key"] == [dataset[i][2]["key"] for i in range(4)]
+
+
+def test_stream_batches_plan_each_workers_reads_in_segments():
+    from exaslide.data.loader import StreamBatches
+
+    sampler = PatchSampler(200, seed=0, rank=0, world_size=1, blocks=np.arange(200) // 8,
+                           window=40)
+    batches = list(StreamBatches(sampler, 10, streams=3, horizon=25))
+    expected = sampler.batches(10, streams=3)
+    assert [list(b) for b in batches] == [b.tolist() for b in expected]
+    for w in range(3):
+        mine = batches[w::3]
+        plans = [b.plan for b in mine if b.plan is not None]
+        assert mine[0].reset and not mine[0].complete and not any(b.reset for b in mine[1:])
+        assert np.concatenate(plans).tolist() == np.concatenate(mine).tolist()
+        read, known, total = 0, 0, sum(len(b) for b in mine)
+        for b in mine:  # the plan always runs at least a horizon ahead of the reads
+            known += 0 if b.plan is None else len(b.plan)
+            assert known >= min(read + 25, total) and known >= read + len(b)
+            read += len(b)
+    whole = list(StreamBatches(sampler, 10, streams=2))
+    assert whole[0].complete and whole[1].complete and whole[2].plan is None
+    plain = list(StreamBatches(sampler, 10, streams=2, plan=False))
+    assert all(type(b) is list for b in plain)
+
+
+def test_make_loader_delivers_the_samplers_batches_in_worker_order(extracted):
+    from exaslide.data import SlidePatchDataset
+
+    dataset = SlidePatchDataset(extracted)
+    sampler = PatchSampler(len(dataset), seed=2, rank=0, world_size=1,
+                           blocks=dataset.blocks(), window=32)
+    loader = make_loader(dataset, batch_size=8, workers=2, sampler=sampler)
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        got = [meta["index"].tolist() for _, _, meta in loader]
+        assert got == [b.tolist() for b in sampler.batches(8, streams=2)]
+    assert len(loader) == len(got)
+    index_order = make_loader(dataset, batch_size=8, workers=0)
+    assert np.concatenate([m["index"].numpy() for _, _, m in index_order]).tolist() == \
+        list(range(len(dataset)))
+
+
+def test_loader_batches_keep_their_shape_through_pickling(extracted):
+    import pickle
+
+    from exaslide.data import SlidePatchDataset
+    from exaslide.data.loader import collate_patches
+
+    dataset = SlidePatchDataset(extracted)
+    batch = collate_patches(dataset.__getitems__([0, 1, 2]))
+    images, labels, meta = pickle.loads(pickle.dumps(batch))
+    assert isinstance(batch, tuple) and torch.equal(images, batch[0])
+    assert meta["key"] == batch[2]["key"] and torch.equal(labels, batch[1])
+    items = collate_patches([dataset[0], dataset[1]])  # per-item path: stacked
+    assert torch.equal(items[0], batch[0][:2])

@@ -7,14 +7,101 @@ worker, and pinned (page-locked) host memory when the target device is a GPU so 
 :func:`to_device` copies asynchronously. The loader's generator is seeded with ``seed``;
 PyTorch derives each worker's Python, NumPy and torch seeds from it, so random transforms
 are reproducible.
+
+With a :class:`~exaslide.data.sampler.PatchSampler`, batches come from
+:class:`StreamBatches`: the sampler's batches in the order the workers load them (which
+keeps each worker on its own blocks in the locality-aware order), and, for datasets that
+plan their reads (:meth:`SlidePatchDataset.expect
+<exaslide.data.slide_dataset.SlidePatchDataset.expect>`), the first batch of each worker
+in an epoch carries the indices that worker will read (a :class:`PlannedBatch`), so its
+tile cache knows which tiles will be read again.
 """
 
 from __future__ import annotations
 
+import itertools
+import weakref
 from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, default_collate
+from torch.utils.data import DataLoader, IterableDataset, Sampler, default_collate
+
+#: Indices of a worker's plan sent at once (a longer epoch is planned in segments).
+PLAN_HORIZON = 1 << 17
+_TOKENS = itertools.count(1)
+
+
+class PlannedBatch(list):
+    """A batch of indices that may carry a plan for the dataset of the worker loading it.
+
+    Attributes:
+        plan: indices this worker will read next (``None``: nothing new).
+        reset: the plan starts a new epoch (forget the previous one).
+        complete: the plan is the worker's whole epoch.
+        ring: ``(flags, token)`` of the worker's batch-memory ring
+            (:mod:`exaslide.data.batch_memory`), with the first batch of an epoch.
+    """
+
+    plan: np.ndarray | None = None
+    reset: bool = False
+    complete: bool = False
+    ring: tuple | None = None
+
+
+class StreamBatches(Sampler):
+    """A batch sampler over a sampler with ``batches(batch_size, streams, drop_last)``
+    (a :class:`~exaslide.data.sampler.PatchSampler`), attaching plans when ``plan``.
+
+    A worker's plan is the concatenation of the batches it will load (batch ``k`` goes to
+    worker ``k % streams``), sent in segments of ``2 * horizon`` indices whenever fewer
+    than ``horizon`` planned indices are left ahead of its reads. With ``rings``, each
+    worker also gets the flag array of its batch-memory ring, and the blocks this process
+    no longer uses are released before each batch (:mod:`exaslide.data.batch_memory`).
+    """
+
+    def __init__(self, sampler, batch_size: int, streams: int = 1, drop_last: bool = False,
+                 plan: bool = True, horizon: int = PLAN_HORIZON, rings: bool = False):
+        self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
+        self.streams, self.plan, self.horizon = max(1, streams), plan, max(1, horizon)
+        self._rings: list[tuple[Any, int]] | None = None
+        if rings:
+            from exaslide.data.batch_memory import forget_ring, new_ring
+
+            tokens = [next(_TOKENS) for _ in range(self.streams)]
+            self._rings = [(new_ring(token), token) for token in tokens]
+            for token in tokens:
+                weakref.finalize(self, forget_ring, token)
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        batches = self.sampler.batches(self.batch_size, self.streams, self.drop_last)
+        if not self.plan:
+            yield from (b.tolist() for b in batches)
+            return
+        from exaslide.data.batch_memory import poll_released
+
+        planned = [0] * self.streams  # indices of each stream sent in plans so far
+        read = [0] * self.streams  # indices of each stream read before this batch
+        sequences = [np.concatenate(batches[w :: self.streams]) if batches[w:] else
+                     np.empty(0, np.int64) for w in range(self.streams)]
+        for k, indices in enumerate(batches):
+            w = k % self.streams
+            batch = PlannedBatch(indices.tolist())
+            if self._rings is not None:
+                poll_released()
+                if k < self.streams:
+                    batch.ring = self._rings[w]
+            if planned[w] < len(sequences[w]) and planned[w] <= read[w] + self.horizon:
+                batch.plan = sequences[w][planned[w] : planned[w] + 2 * self.horizon]
+                batch.reset = planned[w] == 0
+                planned[w] += len(batch.plan)
+                batch.complete = batch.reset and planned[w] == len(sequences[w])
+            read[w] += len(indices)
+            yield batch
 
 
 def collate_patches(batch: list) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -25,8 +112,14 @@ def collate_patches(batch: list) -> tuple[torch.Tensor, torch.Tensor, dict]:
     a worker) and returned as an ``NCHW`` view in the ``channels_last`` memory format, the
     layout convolutions prefer on GPUs; stacking them as ``NCHW`` would be a strided
     gather several times slower. Other images are stacked as they are, and other items
-    go to PyTorch's ``default_collate``.
+    go to PyTorch's ``default_collate``. A
+    :class:`~exaslide.data.patch_batch.PatchBatch` (a batch the dataset assembled in
+    place) is returned as it is.
     """
+    from exaslide.data.patch_batch import PatchBatch
+
+    if isinstance(batch, PatchBatch):
+        return batch.collated()
     if not all(isinstance(item, (tuple, list)) and len(item) == 3
                and isinstance(item[0], torch.Tensor) for item in batch):
         return default_collate(batch)
@@ -49,13 +142,14 @@ def make_loader(dataset, *, batch_size: int = 64, workers: int = 2, sampler=None
         workers: loader processes (0: load in the calling process).
         sampler: e.g. a :class:`~exaslide.data.sampler.PatchSampler` (map-style datasets
             only; the loader does not shuffle by itself, so without one the index order
-            is used).
+            is used). A ``PatchSampler``'s batches come through :class:`StreamBatches`.
         device: where batches will go; pinned memory is used for CUDA devices.
         prefetch_factor: batches loaded ahead per worker.
         drop_last: drop the last incomplete batch.
         seed: seeds the workers' random generators.
 
-    Batches are ``(images, labels, metadata)`` made by :func:`collate_patches`.
+    Batches are ``(images, labels, metadata)`` made by :func:`collate_patches`. Datasets
+    that plan their reads (``dataset.expect``) get each worker's plan with its batches.
     """
     if sampler is not None and isinstance(dataset, IterableDataset):
         raise ValueError("a ShardDataset orders itself: use its seed and set_epoch, "
@@ -66,9 +160,37 @@ def make_loader(dataset, *, batch_size: int = 64, workers: int = 2, sampler=None
     options: dict[str, Any] = {}
     if workers > 0:
         options.update(prefetch_factor=prefetch_factor, persistent_workers=True)
+    plans = callable(getattr(dataset, "expect", None))
+    if sampler is None and plans:
+        sampler = _IndexOrder(len(dataset))
+    if sampler is not None and callable(getattr(sampler, "batches", None)):
+        batches = StreamBatches(sampler, batch_size, workers, drop_last, plan=plans,
+                                rings=plans and workers > 0)
+        return DataLoader(dataset, batch_sampler=batches, num_workers=workers,
+                          pin_memory=pin, generator=generator, collate_fn=collate_patches,
+                          **options)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       pin_memory=pin, drop_last=drop_last, generator=generator,
                       collate_fn=collate_patches, **options)
+
+
+class _IndexOrder(Sampler):
+    """The index order, as batches (a loader without a sampler)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        return iter(range(self.n))
+
+    def batches(self, batch_size: int, streams: int = 1,
+                drop_last: bool = False) -> list[np.ndarray]:
+        stop = self.n - self.n % batch_size if drop_last else self.n
+        return [np.arange(start, min(start + batch_size, stop))
+                for start in range(0, stop, batch_size)]
 
 
 def to_device(images: torch.Tensor, device: str | torch.device, *,

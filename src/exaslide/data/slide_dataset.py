@@ -1,19 +1,28 @@
 """``SlidePatchDataset``: patches read on the fly from the slides, by their index rows.
 
-No pixels are stored ahead: each item is read from its slide (local path or URL) through
-the extraction engine's :class:`~exaslide.patches.reader.PatchReader`, so the pixels are
-exactly those ``exaslide extract`` would write. Readers (one per slide and patch
-resolution) live in a per-process :class:`~exaslide.slides.pool.HandlePool` opened lazily
-inside each ``DataLoader`` worker: the dataset pickles without open files, and a forked
-worker never uses its parent's handles. For TIFF-based slides (TIFF, SVS, OME-TIFF...)
-all readers of a process share one decoded-tile LRU cache with a byte limit, so
-neighbouring and repeated patches decode no tile twice while it is cached; other formats
+No pixels are stored ahead: each patch is read from its slide (local path or URL) with the
+extraction engine's geometry (:class:`~exaslide.patches.reader.PatchReader`: level,
+rounding, centring, resampling), so the pixels are exactly those ``exaslide extract``
+would write (tested). Readers (one per slide and patch resolution) live in a per-process
+:class:`~exaslide.slides.pool.HandlePool` opened lazily inside each ``DataLoader`` worker:
+the dataset pickles without open files, and a forked worker never uses its parent's
+handles.
+
+Batches (``__getitems__``, the protocol PyTorch's fetcher uses) are assembled in place:
+for TIFF-based slides (TIFF, SVS, OME-TIFF...) the stored tiles are decoded once into
+recycled buffers (:mod:`exaslide.data.tile_decode`), kept in one per-process
+:class:`~exaslide.slides.tile_cache.TileCache` with a byte limit, and copied straight into
+one preallocated batch array (:mod:`exaslide.data.patch_batch`). When the loader comes
+from :func:`~exaslide.data.loader.make_loader`, each batch may carry the plan of the
+patches this process will read next (:meth:`SlidePatchDataset.expect`): the cache then
+knows how often each tile will still be read and spends its bytes on those. Other formats
 are read through OpenSlide, whose own cache (32 MiB per open slide) applies instead.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -21,13 +30,31 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from exaslide.data.patch_batch import PatchBatch, ReadGeometry, batch_metadata, centring_shift
 from exaslide.data.sources import PatchTable, load_patches
 from exaslide.patches.reader import PatchReader
 from exaslide.patches.spec import PatchSpec
 from exaslide.slides.pool import DEFAULT_MAX_OPEN, HandlePool
 
-#: Byte limit of the decoded-tile cache shared by all readers of one worker process.
-DEFAULT_TILE_CACHE_BYTES = 512 << 20
+#: Byte limit of the decoded-tile cache shared by all readers of one worker process
+#: (with PyTorch imported, about 600 MB more make a loader process's resident size).
+DEFAULT_TILE_CACHE_BYTES = 256 << 20
+#: Default side of a locality block, in patches (see :meth:`SlidePatchDataset.blocks`).
+DEFAULT_BLOCK_PATCHES = 8
+
+
+class _Handle:
+    """One open reader of a worker, with its geometry and, for JPEG-tiled levels, the
+    direct decoder of its tiles."""
+
+    def __init__(self, reader: PatchReader, geometry: ReadGeometry):
+        from exaslide.data.tile_decode import JpegTiles
+
+        self.reader, self.geometry = reader, geometry
+        self.jpeg = JpegTiles.of(reader.tiles, reader.level) if reader.uses_tiles else None
+
+    def close(self) -> None:
+        self.reader.close()
 
 
 class SlidePatchDataset(Dataset):
@@ -48,7 +75,8 @@ class SlidePatchDataset(Dataset):
             indexed patch and resampled as the extraction engine does (an encoder's
             resolution); needs slides with a known resolution.
         transform: called on each image tensor (e.g. an :mod:`exaslide.augment`
-            pipeline).
+            pipeline); batches are then stacked per item (slower: augment batches on
+            the device instead).
         dtype: ``"uint8"`` (``CHW`` 0..255, normalise on the GPU) or ``"float"``
             (``CHW`` float32 in 0..1).
         backend: force a slide backend (see :func:`~exaslide.slides.open_slide`).
@@ -57,7 +85,8 @@ class SlidePatchDataset(Dataset):
 
     Items: ``image`` (``uint8`` or ``float32`` tensor ``3 x size x size``), ``label``
     (int class code) and ``metadata`` (``key``, ``slide_id``, ``x``, ``y``, ``level``,
-    ``index``); the default ``collate`` batches all three.
+    ``index``); the default ``collate`` batches all three. ``dataset.__getitems__(rows)``
+    returns a whole batch (a :class:`~exaslide.data.patch_batch.PatchBatch`).
     """
 
     def __init__(self, source, *, slides: Mapping[str, str] | None = None, manifest=None,
@@ -73,13 +102,17 @@ class SlidePatchDataset(Dataset):
             raise ValueError(f"size must be at least 8 pixels, got {size}")
         if mpp is not None and not mpp > 0:
             raise ValueError(f"mpp must be positive, got {mpp}")
-        self.patches: PatchTable = load_patches(source, slides=slides, manifest=manifest,
-                                                classes=classes, filter=filter)
+        self.patches: PatchTable = source if isinstance(source, PatchTable) else \
+            load_patches(source, slides=slides, manifest=manifest, classes=classes,
+                         filter=filter)
         self.size, self.transform, self.dtype, self.backend = size, transform, dtype, backend
         self.mpp = mpp
         self.tile_cache_bytes = tile_cache_bytes
         self.pool = HandlePool(max_open)
-        self._tile_cache = None
+        self._readers, self._groups = _reader_groups(self.patches)
+        self._geometry: dict[int, ReadGeometry] = {}
+        self._slots: dict[tuple[int, int], int] = {}
+        self._process: _ProcessState | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -95,56 +128,170 @@ class SlidePatchDataset(Dataset):
         return len(self.patches)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, dict[str, Any]]:
-        p = self.patches
-        if not -len(p) <= index < len(p):
-            raise IndexError(f"patch {index} out of range for {len(p)} patches")
-        index = index % len(p)
-        reader = self._reader(int(p.slide[index]), int(p.size[index]),
-                              int(p.level[index]), float(p.mpp[index]))
-        x, y = int(p.x[index]), int(p.y[index])
-        if self.mpp is not None:  # centre the read patch on the indexed one (level 0)
-            side = p.size[index] * (p.mpp[index] / reader.slide.mpp[0]
-                                    if not math.isnan(p.mpp[index]) else
-                                    reader.slide.level_downsamples[int(p.level[index])])
-            shift = (side - reader.spec.size * reader.scale * reader.downsample) / 2
-            x, y = x + math.floor(shift + 0.5), y + math.floor(shift + 0.5)
-        elif self.size is not None and self.size != p.size[index]:
-            shift = (p.size[index] - self.size) / 2 * reader.scale * reader.downsample
-            x, y = x + math.floor(shift + 0.5), y + math.floor(shift + 0.5)
-        image = torch.from_numpy(reader.read(x, y, writable=True)).permute(2, 0, 1)
+        n = len(self.patches)
+        if not -n <= index < n:
+            raise IndexError(f"patch {index} out of range for {n} patches")
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> PatchBatch | list:
+        """The patches of ``indices`` as one batch (see the module docstring). A plan
+        attached by :func:`~exaslide.data.loader.make_loader` (``indices.plan``) is
+        declared to the tile cache first."""
+        plan = getattr(indices, "plan", None)
+        if plan is not None:
+            self.expect(plan, reset=getattr(indices, "reset", False),
+                        complete=getattr(indices, "complete", False))
+        ring = getattr(indices, "ring", None)
+        if ring is not None:
+            self._state().batches.use_ring(*ring)
+        n = len(self.patches)
+        rows = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < -n or rows.max() >= n):
+            bad = rows[(rows < -n) | (rows >= n)][0]
+            raise IndexError(f"patch {bad} out of range for {n} patches")
+        rows = rows % n
+        pixels, ints, slot = self._state().batches.take(len(rows), self._out_side(rows))
+        self._assemble(rows, pixels.numpy())
+        images = pixels.permute(0, 3, 1, 2)
         if self.dtype == "float":
-            image = image.float().div_(255.0)
-        if self.transform is not None:
-            image = self.transform(image)
-        metadata = {"key": p.keys[index].as_py(), "slide_id": p.slide_ids[p.slide[index]],
-                    "x": int(p.x[index]), "y": int(p.y[index]),
-                    "level": int(p.level[index]), "index": index}
-        return image, int(p.label[index]), metadata
+            images = images.float().div_(255.0)
+        labels, metadata = batch_metadata(self.patches, rows, ints)
+        batch = PatchBatch(images, labels, metadata, slot)
+        if self.transform is None:
+            return batch
+        return [(self.transform(image), label, meta) for image, label, meta in batch]
 
-    def _reader(self, slide: int, size: int, level: int, mpp: float) -> PatchReader:
+    # ------------------------------------------------------------------ planning
+    def expect(self, rows: Sequence[int] | np.ndarray, *, reset: bool = False,
+               complete: bool = False) -> None:
+        """Declare that this process will read the patches ``rows`` (in any order), so
+        its tile cache keeps each tile until its last planned read and evicts spent
+        tiles first. ``reset`` forgets the previous plan (a new epoch); ``complete``
+        says ``rows`` is the whole epoch of this process: when its tiles all fit in the
+        cache, spent tiles are kept for the next epoch, otherwise they are dropped at
+        once and their buffers reused."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1) % len(self.patches)
+        keys = [self.geometry(int(g)).tile_keys(self.patches.x[r], self.patches.y[r])
+                for g, r in _split_by(self._groups[rows], rows)]
+        keys = np.concatenate(keys) if keys else np.empty(0, np.int64)
+        unique, counts = np.unique(keys, return_counts=True)
+        cache = self.tile_cache()
+        if reset:
+            tile_bytes = max((math.prod(g.grid) * 3 for g in self._geometry.values()
+                              if g.grid is not None), default=0)
+            cache.keep_spent = complete and len(unique) * tile_bytes <= cache.max_bytes
+        cache.expect(dict(zip(unique.tolist(), counts.tolist(), strict=True)), reset=reset)
+
+    def blocks(self, patches: int = DEFAULT_BLOCK_PATCHES) -> np.ndarray:
+        """Locality block of every patch, for ``PatchSampler(blocks=...)``.
+
+        A block is a square of about ``patches`` x ``patches`` patch footprints of one
+        slide and level, aligned to the slide's stored tiles; when the patches lie on a
+        grid whose period meets the tile grid within twice that side (224-px patches on
+        256-px tiles: every 7 tiles), the side is a multiple of that period, so no tile
+        is read by two blocks. Opens each slide once (in this process) for its tile
+        grid."""
+        if patches < 1:
+            raise ValueError(f"patches must be at least 1, got {patches}")
+        out = np.empty(len(self.patches), np.int64)
+        p = self.patches
+        for g, rows in _split_by(self._groups, np.arange(len(p))):
+            geometry = self.geometry(int(g))
+            x0, y0, _, _ = geometry.boxes(p.x[rows], p.y[rows])
+            if geometry.grid is None:
+                side_x = side_y = max(1, round(patches * geometry.size * geometry.scale))
+            else:
+                side_x, side_y = (_block_tiles(geometry.size * geometry.scale, t, patches) * t
+                                  for t in geometry.grid)
+            out[rows] = ((np.int64(geometry.slot) << 42) + ((y0 // side_y) << 21)
+                         + x0 // side_x)
+        return np.unique(out, return_inverse=True)[1].astype(np.int64)
+
+    def geometry(self, group: int) -> ReadGeometry:
+        """The :class:`~exaslide.data.patch_batch.ReadGeometry` of reader group
+        ``group`` (opens its slide in this process the first time)."""
+        geometry = self._geometry.get(group)
+        if geometry is None:
+            geometry = self._handle(group).geometry
+        return geometry
+
+    # ------------------------------------------------------------------ reading
+    def _out_side(self, rows: np.ndarray) -> int:
+        if self.size is not None:
+            return self.size
+        sizes = np.unique(self.patches.size[rows])
+        if len(sizes) > 1:
+            raise ValueError(f"a batch mixes patch sizes {sizes.tolist()}: give size= to "
+                             "read them all at one size")
+        return int(sizes[0])
+
+    def _assemble(self, rows: np.ndarray, out: np.ndarray) -> None:
+        """Write the patches of ``rows`` into ``out[i]`` (``N x S x S x 3``)."""
+        p = self.patches
+        state = self._state()
+        for g, where in _split_by(self._groups[rows], np.arange(len(rows))):
+            handle = self._handle(int(g))
+            geometry = handle.geometry
+            picked = rows[where]
+            if geometry.grid is None:
+                for i, r in zip(where.tolist(), picked.tolist(), strict=True):
+                    out[i] = handle.reader.read(int(p.x[r]) + geometry.shift,
+                                                int(p.y[r]) + geometry.shift)
+                continue
+            boxes = geometry.boxes(p.x[picked], p.y[picked])
+            if geometry.scale == 1.0:
+                state.fill_batch(handle, out, where, *boxes)
+                continue
+            for i, x0, y0, x1, y1 in zip(where.tolist(), *(b.tolist() for b in boxes),
+                                         strict=True):
+                state.fill(handle, out[i], x0, y0, x1, y1)
+
+    def _handle(self, group: int) -> _Handle:
+        slide, size, level, mpp = self._readers[group]
         out_size = self.size or size
-        key = (slide, size, level, mpp if not math.isnan(mpp) else None, out_size)
-        return self.pool.get(key, lambda: self._open(slide, out_size, level, mpp))
+        key = (slide, size, level, None if math.isnan(mpp) else mpp, out_size)
+        return self.pool.get(key, lambda: self._open(group))
 
-    def _open(self, slide: int, size: int, level: int, mpp: float) -> PatchReader:
-        if self.mpp is not None:
-            mpp = self.mpp
-        spec = PatchSpec(size=size, level=None, mpp=mpp) if not math.isnan(mpp) else \
-            PatchSpec(size=size, level=level)
-        return PatchReader(self.patches.paths[slide], spec, backend=self.backend,
-                           tile_cache=self.tile_cache())
+    def _open(self, group: int) -> _Handle:
+        slide, size, level, mpp = self._readers[group]
+        out_size = self.size or size
+        read_mpp = self.mpp if self.mpp is not None else mpp
+        spec = PatchSpec(size=out_size, level=None, mpp=read_mpp) \
+            if not math.isnan(read_mpp) else PatchSpec(size=out_size, level=level)
+        reader = PatchReader(self.patches.paths[slide], spec, backend=self.backend,
+                             tile_cache=self.tile_cache())
+        try:
+            row = int(np.flatnonzero(self._groups == group)[0])
+            p = self.patches
+            shift = centring_shift(p.size[row], p.size[row], p.mpp[row], int(p.level[row]),
+                                   self.size, self.mpp, reader)
+            slot = self._slots.setdefault((slide, reader.level), len(self._slots))
+            geometry = ReadGeometry(
+                level=reader.level, downsample=reader.downsample, scale=reader.scale,
+                size=out_size, shift=shift,
+                level_size=tuple(reader.slide.level_dimensions[reader.level]),
+                grid=tuple(reader.tiles.tile_grid(reader.level)) if reader.uses_tiles
+                else None, slot=slot)
+            self._geometry[group] = geometry
+            return _Handle(reader, geometry)
+        except BaseException:
+            reader.close()
+            raise
+
+    def _state(self) -> _ProcessState:
+        if self._process is None or self._process.pid != os.getpid():
+            self._process = _ProcessState(self.tile_cache_bytes)
+        return self._process
 
     def tile_cache(self):
         """This process's decoded-tile cache, shared by every reader (created lazily;
         ``tile_cache().stats()`` gives hits, misses and bytes)."""
-        import os
+        return self._state().cache
 
-        from exaslide.slides.tile_cache import TileCache
-
-        if self._tile_cache is None or self._tile_cache_pid != os.getpid():
-            self._tile_cache = TileCache(self.tile_cache_bytes)
-            self._tile_cache_pid = os.getpid()
-        return self._tile_cache
+    @property
+    def tile_decodes(self) -> int:
+        """Tiles decoded by this process so far (for tests and benchmarks)."""
+        return self._state().decodes
 
     def close(self) -> None:
         """Close this process's open slides."""
@@ -152,5 +299,157 @@ class SlidePatchDataset(Dataset):
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_tile_cache"] = None
+        state["_process"] = None
         return state
+
+
+class _ProcessState:
+    """The per-process part of a dataset: the tile cache and the decode buffers."""
+
+    def __init__(self, cache_bytes: int):
+        from exaslide.data.batch_memory import BatchMemory
+        from exaslide.data.tile_decode import TileBuffers
+        from exaslide.slides.tile_cache import TileCache
+
+        self.pid = os.getpid()
+        self.batches = BatchMemory()
+        self.buffers = TileBuffers(keep_bytes=cache_bytes)
+        self.cache = TileCache(cache_bytes, on_drop=self.buffers.give)
+        self.decodes = 0
+        self._scratch: np.ndarray | None = None
+
+    def fill(self, handle: _Handle, out: np.ndarray, x0: int, y0: int, x1: int,
+             y1: int) -> None:
+        """Assemble box ``x0, y0, x1, y1`` of the handle's level into ``out`` (resampled
+        to ``out``'s size when the geometry scales), as ``PatchReader.read`` does."""
+        g = handle.geometry
+        target = out if g.scale == 1.0 else self._region(y1 - y0, x1 - x0)
+        (tw, th), (lw, lh) = g.grid, g.level_size
+        if x0 < 0 or y0 < 0 or x1 > lw or y1 > lh:
+            target[...] = 255
+        cache, used = self.cache, []
+        for ty in range(max(0, y0) // th, (min(y1, lh) - 1) // th + 1):
+            for tx in range(max(0, x0) // tw, (min(x1, lw) - 1) // tw + 1):
+                key = g.key(tx, ty)
+                tile = cache.get(key)
+                if tile is None:
+                    tile = self._decode(handle, tx, ty)
+                    if not cache.put(key, tile):
+                        used.append(tile)  # not cached: its buffer comes back below
+                sx0, sy0 = tx * tw, ty * th
+                ax0, ay0 = max(x0, sx0), max(y0, sy0)
+                ax1, ay1 = min(x1, sx0 + tile.shape[1]), min(y1, sy0 + tile.shape[0])
+                target[ay0 - y0 : ay1 - y0, ax0 - x0 : ax1 - x0] = \
+                    tile[ay0 - sy0 : ay1 - sy0, ax0 - sx0 : ax1 - sx0]
+                cache.release(key)
+        for tile in used:
+            self.buffers.give(tile)
+        if g.scale != 1.0:
+            import cv2
+
+            interp = cv2.INTER_AREA if g.scale >= 1.0 else cv2.INTER_LINEAR
+            cv2.resize(target, (g.size, g.size), dst=out, interpolation=interp)
+
+    def fill_batch(self, handle: _Handle, out: np.ndarray, where: np.ndarray,
+                   x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray) -> None:
+        """Assemble unscaled boxes into ``out[where]``, tile by tile: each tile the batch
+        needs is looked up (or decoded) once and copied into every patch it overlaps."""
+        g = handle.geometry
+        (tw, th), (lw, lh) = g.grid, g.level_size
+        outside = (x0 < 0) | (y0 < 0) | (x1 > lw) | (y1 > lh)
+        for i in where[outside].tolist():
+            out[i] = 255
+        patch, tx, ty = g.tile_pairs(x0, y0, x1, y1)
+        keys = g.keys(tx, ty)
+        order = np.argsort(keys, kind="stable")
+        patch, tx, ty, keys = patch[order], tx[order], ty[order], keys[order]
+        sx0, sy0 = tx * tw, ty * th
+        ax0, ay0 = np.maximum(x0[patch], sx0), np.maximum(y0[patch], sy0)
+        ax1 = np.maximum(np.minimum(x1[patch], np.minimum(sx0 + tw, lw)), ax0)
+        ay1 = np.maximum(np.minimum(y1[patch], np.minimum(sy0 + th, lh)), ay0)
+        columns = (where[patch], keys, tx, ty, ay0 - y0[patch], ay1 - y0[patch],
+                   ax0 - x0[patch], ax1 - x0[patch], ay0 - sy0, ay1 - sy0, ax0 - sx0,
+                   ax1 - sx0)
+        cache, last, tile, uses, spare = self.cache, None, None, 0, []
+        for i, key, x, y, oy0, oy1, ox0, ox1, ty0, ty1, tx0, tx1 in zip(
+                *(c.tolist() for c in columns), strict=True):
+            if key != last:
+                if last is not None:
+                    cache.release(last, uses)
+                tile, last, uses = cache.get(key), key, 0
+                if tile is None:
+                    tile = self._decode(handle, x, y)
+                    if not cache.put(key, tile):
+                        spare.append(tile)  # not cached: its buffer comes back below
+            out[i, oy0:oy1, ox0:ox1] = tile[ty0:ty1, tx0:tx1]
+            uses += 1
+        if last is not None:
+            cache.release(last, uses)
+        for tile in spare:
+            self.buffers.give(tile)
+
+    def _decode(self, handle: _Handle, tx: int, ty: int) -> np.ndarray:
+        g = handle.geometry
+        (tw, th), (lw, lh) = g.grid, g.level_size
+        self.decodes += 1
+        if handle.jpeg is not None:
+            buffer = self.buffers.take((th, tw, 3))
+            if handle.jpeg.decode_into(tx, ty, buffer):
+                return buffer[: min(th, lh - ty * th), : min(tw, lw - tx * tw)]
+            self.buffers.give(buffer)
+        return handle.reader.tiles.read_tile(g.level, tx, ty)
+
+    def _region(self, height: int, width: int) -> np.ndarray:
+        """A scratch array for a region to be resampled (reused while large enough)."""
+        if self._scratch is None or self._scratch.shape[0] < height or \
+                self._scratch.shape[1] < width:
+            self._scratch = np.empty((max(height, 1), max(width, 1), 3), np.uint8)
+        return self._scratch[:height, :width]
+
+
+def _reader_groups(p: PatchTable) -> tuple[list[tuple[int, int, int, float]], np.ndarray]:
+    """The distinct ``(slide, size, level, mpp)`` of the index and each patch's group."""
+    if len(p) == 0:
+        return [], np.empty(0, np.int32)
+    if all(_constant(c) for c in (p.size, p.level, p.mpp)):
+        slides = np.arange(len(p.slide_ids), dtype=np.int32)
+        groups = [(int(s), int(p.size[0]), int(p.level[0]), float(p.mpp[0])) for s in slides]
+        return groups, p.slide
+    mpp_bits = p.mpp.astype(np.float32).view(np.int32).astype(np.int64)
+    table = np.stack([p.slide.astype(np.int64), p.size, p.level, mpp_bits], axis=1)
+    unique, inverse = np.unique(table, axis=0, return_inverse=True)
+    groups = [(int(s), int(z), int(lv), float(np.int32(m).view(np.float32)))
+              for s, z, lv, m in unique.tolist()]
+    return groups, inverse.reshape(-1).astype(np.int32)
+
+
+def _constant(column: np.ndarray) -> bool:
+    if (column == column[0]).all():
+        return True
+    return column.dtype.kind == "f" and bool(np.isnan(column).all())
+
+
+def _split_by(codes: np.ndarray, values: np.ndarray):
+    """``(code, values with that code)`` for each distinct code, in code order."""
+    if len(codes) == 0:
+        return
+    first = codes[0]
+    if (codes == first).all():
+        yield first, values
+        return
+    order = np.argsort(codes, kind="stable")
+    cuts = np.flatnonzero(np.diff(codes[order])) + 1
+    for part in np.split(order, cuts):
+        yield codes[part[0]], values[part]
+
+
+def _block_tiles(footprint: float, tile: int, patches: int) -> int:
+    """Tiles per block side: about ``patches`` footprints, a multiple of the period after
+    which a grid of that footprint meets the tile grid again when that period is short."""
+    target = max(1, round(patches * footprint / tile))
+    step = round(footprint)
+    if step > 0 and math.isclose(step, footprint):
+        period = math.lcm(step, tile) // tile
+        if period <= 2 * target:
+            return max(1, round(target / period)) * period
+    return target
