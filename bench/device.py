@@ -311,28 +311,37 @@ def _rows(args) -> list[str]:
 
 
 def run_child(row: str, inputs_file: Path, args, timeout: float) -> dict:
-    """Run one row in a fresh process group; its result, or ``{"error": ...}``. The
-    group is killed afterwards (loader workers, or anything a hung row left behind)."""
+    """Run one row in a fresh process group; its result, or ``{"error": ...}``.
+
+    The child writes its result to a file and its output to a log (no pipes: processes
+    it leaves behind, e.g. loader workers, could hold a pipe open); its whole process
+    group is killed afterwards."""
     import signal
 
+    name = row.replace(":", "_")
+    result_file = inputs_file.parent / f"{name}.result.json"
+    log_file = inputs_file.parent / f"{name}.log"
+    result_file.unlink(missing_ok=True)
     command = [sys.executable, __file__, "--row", row, "--inputs", str(inputs_file),
-               *args.passthrough]
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, start_new_session=True)
-    try:
-        stdout, stderr = child.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(child.pid, signal.SIGKILL)
-        child.communicate()
-        return {"error": f"timed out after {timeout:.0f} s"}
-    finally:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(child.pid, signal.SIGKILL)
-    lines = [line for line in stdout.splitlines() if line.startswith("{")]
-    if child.returncode == 0 and lines:
-        return json.loads(lines[-1])
-    tail = (stderr.strip().splitlines() or [f"exit code {child.returncode}"])[-1]
-    return {"error": tail[:200]}
+               "--result", str(result_file), *args.passthrough]
+    with open(log_file, "w") as log:
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+        try:
+            child.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    if result_file.exists():
+        return json.loads(result_file.read_text())
+    if child.returncode == -signal.SIGKILL:
+        return {"error": f"timed out after {timeout:.0f} s (log: {log_file.name})"}
+    lines = [line for line in log_file.read_text(errors="replace").splitlines()
+             if line.strip()]
+    return {"error": (lines[-1] if lines else f"exit code {child.returncode}")[:200]}
 
 
 def _fmt(value, unit: str = "") -> str:
@@ -354,44 +363,10 @@ def print_table(results: dict, args, inputs: dict, built_s: float) -> None:
           f"cpu), {args.off_workers} for decode=off.\n")
     print("| row | result | reference | ratio | goal | busy cores | note |")
     print("|---|---|---|---|---|---|---|")
-    d = results.get("decode", {})
-    if "error" in d:
-        print(f"| JPEG decode | error | | | | | {d['error']} |")
-    else:
-        gpu = d.get("gpu")
-        ratio = f"{gpu / d['cpu_all']:.2f}" if gpu else "—"
-        print(f"| nvJPEG batched decode ({args.decode_batch}/call) | {_fmt(gpu, ' tiles/s')}"
-              f" | libjpeg {d['cores']} threads: {_fmt(d['cpu_all'], ' tiles/s')} | {ratio} "
-              f"| — | | 1 core: {_fmt(d['cpu1'], ' tiles/s')}; {d['tiles']} tissue tiles "
-              f"of {d['kb_per_tile']:.1f} KB |")
-        print(f"| bytes shipped per image | {d['shipped_kb']:.1f} KB | pixels "
-              f"{d['pixels_kb']:.1f} KB | {d['shipped_kb'] / d['pixels_kb']:.2f} | ~0.1 | | "
-              f"{d['tiles_per_image']:.2f} stored tiles per image (shuffled batches) |")
+    _print_decode(results.get("decode") or {"error": "not run"}, args)
     for model in args.models.split(","):
-        base = results.get(f"train:{model}:model", {}).get("rate")
-        for mode in ("model", "gpu", "cpu", "off"):
-            r = results.get(f"train:{model}:{mode}", {})
-            label = {"model": "model alone (batch in memory)",
-                     "gpu": f"decode=gpu, {args.workers} workers",
-                     "cpu": f"decode=cpu, {args.workers} workers",
-                     "off": f"decode=off (per item), {args.off_workers} workers"}[mode]
-            if "error" in r:
-                print(f"| {model}, {label} | error | | | | | {r['error']} |")
-                continue
-            ratio = r["rate"] / base if base and mode != "model" else None
-            goal = GOALS.get(model)
-            met = ""
-            if ratio is not None and goal and mode == "gpu":
-                ok = ratio >= goal and (model != "small-cnn" or r["busy"] <= MAX_BUSY_CORES)
-                met = " MET" if ok else " not met"
-            goal_text = (f"data/model >= {goal}" + (f" with <= {MAX_BUSY_CORES} busy cores"
-                                                    if model == "small-cnn" else "")
-                         if mode == "gpu" and goal else "")
-            print(f"| {model}, {label} | {_fmt(r['rate'], ' img/s')} | "
-                  f"{'model ' + _fmt(base) if mode != 'model' else ''} | "
-                  f"{f'{ratio:.2f}' if ratio is not None else ''} | {goal_text}{met} | "
-                  f"{r['busy']:.1f} | {r['steps']} steps |")
-    r = results.get("infer", {})
+        _print_training(model, results, args)
+    r = results.get("infer") or {"error": "not run"}
     if "error" in r:
         print(f"| inference | error | | | >= {INFER_GOAL:,} cells/s | | {r['error']} |")
     else:
@@ -399,6 +374,48 @@ def print_table(results: dict, args, inputs: dict, built_s: float) -> None:
         print(f"| inference (infer_cohort, small-cnn) | {_fmt(r['rate'], ' cells/s')} | "
               f"| | >= {INFER_GOAL:,} cells/s{met} | | {r['cells']:,} cells; "
               f"{_fmt(r['wall_rate'])} cells/s with start-up |")
+
+
+def _print_decode(d: dict, args) -> None:
+    if "error" in d:
+        print(f"| JPEG decode | error | | | | | {d['error']} |")
+        return
+    gpu = d.get("gpu")
+    ratio = f"{gpu / d['cpu_all']:.2f}" if gpu else "—"
+    print(f"| nvJPEG batched decode ({args.decode_batch}/call) | {_fmt(gpu, ' tiles/s')}"
+          f" | libjpeg {d['cores']} threads: {_fmt(d['cpu_all'], ' tiles/s')} | {ratio} "
+          f"| — | | 1 core: {_fmt(d['cpu1'], ' tiles/s')}; {d['tiles']} tissue tiles "
+          f"of {d['kb_per_tile']:.1f} KB |")
+    print(f"| bytes shipped per image | {d['shipped_kb']:.1f} KB | pixels "
+          f"{d['pixels_kb']:.1f} KB | {d['shipped_kb'] / d['pixels_kb']:.2f} | ~0.1 | | "
+          f"{d['tiles_per_image']:.2f} stored tiles per image (shuffled batches) |")
+
+
+def _print_training(model: str, results: dict, args) -> None:
+    base = results.get(f"train:{model}:model", {}).get("rate")
+    goal = GOALS.get(model)
+    for mode in ("model", "gpu", "cpu", "off"):
+        r = results.get(f"train:{model}:{mode}") or {"error": "not run"}
+        label = {"model": "model alone (batch in memory)",
+                 "gpu": f"decode=gpu, {args.workers} workers",
+                 "cpu": f"decode=cpu, {args.workers} workers",
+                 "off": f"decode=off (per item), {args.off_workers} workers"}[mode]
+        if "error" in r:
+            print(f"| {model}, {label} | error | | | | | {r['error']} |")
+            continue
+        ratio = r["rate"] / base if base and mode != "model" else None
+        goal_text = ""
+        if mode == "gpu" and goal:
+            cores = model == "small-cnn"
+            goal_text = f"data/model >= {goal}" + \
+                (f" with <= {MAX_BUSY_CORES} busy cores" if cores else "")
+            if ratio is not None:
+                ok = ratio >= goal and (not cores or r["busy"] <= MAX_BUSY_CORES)
+                goal_text += " MET" if ok else " not met"
+        print(f"| {model}, {label} | {_fmt(r['rate'], ' img/s')} | "
+              f"{'model ' + _fmt(base) if mode != 'model' else ''} | "
+              f"{f'{ratio:.2f}' if ratio is not None else ''} | {goal_text} | "
+              f"{r['busy']:.1f} | {r['steps']} steps |")
 
 
 def _parse(argv=None):
@@ -411,6 +428,7 @@ def _parse(argv=None):
     parser.add_argument("--models", default="small-cnn,resnet50")
     parser.add_argument("--row", help=argparse.SUPPRESS)
     parser.add_argument("--inputs", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     cores = os.cpu_count() or 1
     smoke = args.cpu_smoke
@@ -432,7 +450,7 @@ def _parse(argv=None):
 
 
 def child(args) -> None:
-    """One row, in this process; prints its result as one JSON line."""
+    """One row, in this process; its result goes to ``args.result`` as JSON."""
     inputs = json.loads(Path(args.inputs).read_text())
     args.scratch = str(Path(args.inputs).parent)
     if args.device == "cpu":
@@ -446,8 +464,10 @@ def child(args) -> None:
     else:
         _, model, mode = args.row.split(":")
         result = row_train(model, mode, inputs, args)
-    print(json.dumps(result), flush=True)
-    os._exit(0)  # loader workers and CUDA: no slow teardown
+    partial = Path(args.result + ".partial")
+    partial.write_text(json.dumps(result))
+    partial.rename(args.result)
+    os._exit(0)  # loader workers and CUDA: no slow teardown (the parent kills the group)
 
 
 def main() -> None:
@@ -459,14 +479,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="exaslide-device-") as scratch:
         folder = args.keep or Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
-        inputs = build_inputs(folder, args.slides, args.side, os.cpu_count() or 1)
+        results: dict = {}
+        try:
+            inputs = build_inputs(folder, args.slides, args.side, os.cpu_count() or 1)
+        except Exception as exc:  # the table still prints, every row says why
+            inputs = {"slides": {}, "bytes": 0, "patches": 0}
+            results = {row: {"error": f"no inputs: {type(exc).__name__}: {exc}"[:200]}
+                       for row in _rows(args)}
         built = time.perf_counter() - start
         print(f"inputs: {inputs['patches']:,} patches on {len(inputs['slides'])} slides "
               f"in {built:.0f} s", flush=True)
         inputs_file = folder / "inputs.json"
         inputs_file.write_text(json.dumps(inputs))
-        results = {}
         for row in _rows(args):
+            if row in results:
+                continue
             left = args.budget - (time.perf_counter() - start) - 5
             if left < 20:
                 results[row] = {"error": "skipped: out of the time budget"}
