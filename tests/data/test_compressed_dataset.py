@@ -139,6 +139,7 @@ def test_caps_and_mixed_sizes_are_clear_errors(synth_slide):
 
 
 def test_loader_with_workers_gives_the_batches_of_make_loader(extracted):
+    """Also with a locality-aware order, whose batches depend on the worker count."""
     reference = SlidePatchDataset(extracted, size=48)
     compressed = CompressedPatchDataset.like(reference)
     sampler = PatchSampler(reference.labels, balance=True, seed=3, num_samples=90)
@@ -151,5 +152,12 @@ def test_loader_with_workers_gives_the_batches_of_make_loader(extracted):
         assert len(got) == len(expected) == len(loader) == 6
         for (a, la, ma), (b, lb, mb) in zip(expected, got, strict=True):
             assert torch.equal(a, b) and torch.equal(la, lb) and ma["key"] == mb["key"]
+    local = PatchSampler(reference.labels, seed=4, blocks=reference.blocks(2))
+    expected = list(make_loader(reference, batch_size=16, workers=2, sampler=local, seed=3))
+    got = list(DecodedLoader(make_compressed_loader(compressed, batch_size=16, workers=2,
+                                                    sampler=local, seed=3),
+                             BatchDecoder("cpu", threads=2)))
+    assert [m["key"] for _, _, m in got] == [m["key"] for _, _, m in expected]
+    assert all(torch.equal(a, b) for (a, _, _), (b, _, _) in zip(expected, got, strict=True))
     with pytest.raises(ValueError, match="per-item transform"):
         CompressedPatchDataset.like(SlidePatchDataset(extracted, transform=lambda x: x))

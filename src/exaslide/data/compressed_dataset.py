@@ -336,8 +336,11 @@ def make_compressed_loader(dataset: CompressedPatchDataset, *, batch_size: int =
                            workers: int = 2, sampler=None, device=None,
                            prefetch_factor: int = 4, drop_last: bool = False,
                            seed: int = 0):
-    """A ``DataLoader`` of :class:`CompressedBatch` (one per ``batch_size`` indices of
-    ``sampler``, in the order :func:`~exaslide.data.loader.make_loader` would batch them).
+    """A ``DataLoader`` of :class:`CompressedBatch`: the batches
+    :func:`~exaslide.data.loader.make_loader` would form from the same sampler (a
+    :class:`~exaslide.data.sampler.PatchSampler`'s own ``batches`` for ``workers``
+    streams, so a locality-aware order keeps its tiles together; else ``batch_size``
+    consecutive indices), in the same order.
 
     Args:
         dataset: the compressed dataset.
@@ -348,8 +351,13 @@ def make_compressed_loader(dataset: CompressedPatchDataset, *, batch_size: int =
     """
     from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
+    from exaslide.data.loader import StreamBatches
+
     sampler = sampler if sampler is not None else SequentialSampler(range(len(dataset)))
-    batches = BatchSampler(sampler, batch_size, drop_last)
+    if callable(getattr(sampler, "batches", None)):
+        batches = StreamBatches(sampler, batch_size, workers, drop_last, plan=False)
+    else:
+        batches = BatchSampler(sampler, batch_size, drop_last)
     pin = device is not None and torch.device(device).type == "cuda"
     generator = torch.Generator()
     generator.manual_seed(seed)
