@@ -180,18 +180,39 @@ def test_invalid_options_are_refused(cohort, tmp_path):
             run_extraction(read_manifest(cohort), tmp_path, bad, scheduler="inline")
 
 
+def _tile_buffer_faults(count: int = 100) -> float:
+    """Page faults per allocation of a decoded 256-px tile buffer (a worker task)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(count):
+        buffer = np.empty((256, 256, 3), np.uint8)
+        buffer[::16] = 1  # touch every page
+        del buffer
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / count
+
+
 def test_local_cluster_workers_keep_freed_tiles_in_the_heap():
-    """Dask's default MALLOC_TRIM_THRESHOLD_ (64 KiB) makes every tile decode page-fault;
-    exaslide's LocalCluster raises it for its workers."""
+    """Dask's default MALLOC_TRIM_THRESHOLD_ (64 KiB) makes every tile decode page-fault,
+    and any malloc setting freezes the mmap threshold at 128 KiB (tiles are mapped and
+    unmapped); exaslide's LocalCluster sets both for its workers."""
     import os
 
     from distributed import Client
 
-    from exaslide.jobs.executors import WORKER_MALLOC_TRIM_THRESHOLD, local_cluster
+    from exaslide.jobs.executors import (
+        WORKER_MALLOC_MMAP_THRESHOLD,
+        WORKER_MALLOC_TRIM_THRESHOLD,
+        local_cluster,
+    )
 
     with local_cluster(1) as cluster, Client(cluster) as client:
-        values = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
-    assert list(values.values()) == [WORKER_MALLOC_TRIM_THRESHOLD]
+        values = client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+                                     os.environ.get("MALLOC_MMAP_THRESHOLD_")))
+        faults = client.submit(_tile_buffer_faults).result()
+    assert list(values.values()) == [(WORKER_MALLOC_TRIM_THRESHOLD,
+                                      WORKER_MALLOC_MMAP_THRESHOLD)]
+    assert faults < 5  # not the 48 pages of a mapped tile
 
 
 def test_a_slide_extracted_by_the_previous_release_is_redone_without_stale_shards(cohort,
