@@ -428,8 +428,9 @@ def _submit_tasks(run: _Run, executor, slide: _Slide, planned, tags: dict,
     if stage.cut is not None:
         shape = RunShape(max(1, int(executor.workers)), max(1, slides_left))
         slide.tasks = stage.cut(slide.state, stage.options, shape)
-    run.emit("total", sum(stage.task_size(t) for t in slide.tasks) if stage.task_size
-             else len(slide.tasks))
+    if slide.tasks:  # a slide without tasks is finished at once (counted as a slide)
+        run.emit("total", sum(stage.task_size(t) for t in slide.tasks) if stage.task_size
+                 else len(slide.tasks))
     partial = str(run.out / PARTIAL_DIR / slide.entry.slide_id)
     for i, task in enumerate(slide.tasks):
         tags[executor.submit(run_task, stage, slide.entry, task, partial)] = \

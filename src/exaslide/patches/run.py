@@ -54,8 +54,10 @@ def _plan(entry, options: ExtractOptions) -> tuple[SlidePlan, list]:
 
 def _cut(plan: SlidePlan, options: ExtractOptions, shape) -> list:
     """The slide's chunks for ``shape`` (see :func:`chunk_bounds`): ``(start, total,
-    columns, level)`` each."""
+    columns, level)`` each; none for an index-only extraction (nothing to read)."""
     n = len(plan.columns["x"])
+    if options.materialize is None:
+        return []
     bounds = chunk_bounds(n, options.shard_size, shape.workers, shape.slides_left,
                           options.chunk_patches)
     return [(a, n, {k: v[a:b] for k, v in plan.columns.items()}, plan.level)
@@ -103,7 +105,7 @@ def _finish(entry, options: ExtractOptions, plan: SlidePlan, results: list, ctx)
 
     n = len(plan.columns["x"])
     results = sorted(results, key=lambda r: r["start"])
-    keep = np.concatenate([r["keep"] for r in results]) if results else np.ones(0, bool)
+    keep = np.concatenate([r["keep"] for r in results]) if results else np.ones(n, bool)
     if len(keep) != n:
         raise RuntimeError(f"{entry.slide_id}: the chunks cover {len(keep)} of {n} rows")
     shard = _shards(entry, options, keep, results, ctx)
@@ -186,8 +188,8 @@ def run_extraction(entries, out_dir: str | Path, options: ExtractOptions, *,
         workers, scheduler: a Dask ``LocalCluster`` of ``workers`` processes (default: one
             per core), an existing scheduler's address, or ``"inline"`` (this process).
         overwrite: redo slides already finished.
-        on_event: ``("total", n)`` when a slide's patch count is known, ``("progress",
-            n)`` as chunks finish and ``("slide", Outcome)``.
+        on_event: ``("total", n)`` when a slide's patch count is known and ``("progress",
+            n)`` as chunks finish (when materialising), ``("slide", Outcome)``.
     """
     from exaslide.jobs import run_stage
 
