@@ -87,20 +87,20 @@ def heatmap_fingerprint(model: Mapping[str, Any], slide_path, *, class_name: str
             "tissue": TissueParams().to_dict()}
 
 
-#: Reading threads beyond this do not help (measured on an H200 with 16 cores: 1, 2, 4, 8
-#: threads read 6.1k, 8.1k, 8.8k, 8.4k patches/s; the Python work of assembling patches
-#: holds the GIL).
-MAX_READ_THREADS = 4
+#: Reading processes beyond this are not started by default (one process per slide share;
+#: each costs a fork per slide and its own batches in shared memory).
+MAX_READ_PROCESSES = 16
 
 
 def default_workers(device: str, world_size: int = 1) -> int:
-    """Patch-reading threads: on a GPU the CPUs' share of this process, up to
-    :data:`MAX_READ_THREADS`; on the CPU one (the model uses the cores)."""
+    """Patch-reading processes per slide: on a GPU the cores of this process's share of
+    the node less one (the model's process), at most :data:`MAX_READ_PROCESSES`; on the
+    CPU one (the model uses the cores)."""
     from exaslide.runtime import cpu_count
 
     if not str(device).startswith("cuda"):
         return 1
-    return max(1, min(MAX_READ_THREADS, cpu_count() // max(1, world_size)))
+    return max(1, min(MAX_READ_PROCESSES, cpu_count() // max(1, world_size) - 1))
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,8 @@ class _Runner:
     workers: int
     amp: bool
     progress: bool
+    decode: str = "auto"
+    readers: str = "processes"
 
 
 def _process(runner: _Runner, entry, options: InferOptions, ctx) -> dict[str, Any]:
@@ -145,7 +147,8 @@ def _process(runner: _Runner, entry, options: InferOptions, ctx) -> dict[str, An
                         workers=runner.workers, amp=runner.amp,
                         min_tissue=options.min_tissue, class_name=options.class_name,
                         backend=options.backend, progress=runner.progress,
-                        fingerprint=fingerprint)
+                        fingerprint=fingerprint, decode=runner.decode,
+                        readers=runner.readers)
     for path in output_paths(ctx.partial, entry.slide_id).values():
         ctx.adopt(path, path.name)
     warnings = [] if info["computed_cells"] else \
@@ -161,7 +164,8 @@ def infer_cohort(model_path: str | os.PathLike, slides: str | os.PathLike | Iter
                  backend: str | None = None, overwrite: bool = False,
                  rank: int | None = None, world_size: int | None = None,
                  progress: bool = True,
-                 on_result: Callable[[SlideOutcome], None] | None = None
+                 on_result: Callable[[SlideOutcome], None] | None = None,
+                 decode: str = "auto", readers: str = "processes"
                  ) -> list[SlideOutcome]:
     """Heatmaps of many slides with one model file (see :func:`infer_slide`), on the job
     engine (:func:`exaslide.jobs.run_stage`, stage ``infer``).
@@ -172,13 +176,13 @@ def infer_cohort(model_path: str | os.PathLike, slides: str | os.PathLike | Iter
             entries (slide ids: the manifest's, or file names without extension).
         out_dir: output folder; ``status/<slide_id>.json`` and ``infer_status.json``
             (``infer_status.rank<r>.json`` under torchrun) record each slide's outcome.
-        workers: patch-reading threads per slide (default: :func:`default_workers`).
+        workers: patch-reading processes per slide (default: :func:`default_workers`).
         overwrite: redo slides already done (same model file, slide and settings).
         rank, world_size: this process's share of the slides (default: from
             ``torch.distributed`` or the ``RANK`` / ``WORLD_SIZE`` variables torchrun sets).
         on_result: called with each slide's :class:`SlideOutcome`.
-        stride, batch_size, device, amp, min_tissue, class_name, backend, progress: as for
-            :func:`infer_slide`.
+        stride, batch_size, device, amp, min_tissue, class_name, backend, progress,
+            decode, readers: as for :func:`infer_slide`.
 
     Returns:
         The outcomes of this rank's slides, in order. A failing slide is logged and
@@ -199,12 +203,13 @@ def infer_cohort(model_path: str | os.PathLike, slides: str | os.PathLike | Iter
     model, meta = load_model(model_file)
     spec = model_inputs(meta, class_name).spec  # bad meta or class: fail once, not per slide
     dev = resolve_device(device)
+    _check_reading(decode, readers, dev)  # fail once, not per slide
     from exaslide.runtime import distributed_context
 
     _, world = distributed_context(rank, world_size)
     runner = _Runner(model, meta, model_print, spec, dev, batch_size,
                      default_workers(dev.type, world) if workers is None else workers, amp,
-                     progress)
+                     progress, decode, readers)
     options = InferOptions(class_name, float(min_tissue), stride, backend)
     stage = Stage("infer", options, process=functools.partial(_process, runner),
                   inputs=lambda entry: [entry.path],
@@ -218,6 +223,17 @@ def infer_cohort(model_path: str | os.PathLike, slides: str | os.PathLike | Iter
     outcomes = run_stage(stage, entries, out_dir, scheduler="inline", overwrite=overwrite,
                          rank=rank, world_size=world_size, on_event=on_event)
     return [_outcome(o) for o in outcomes]
+
+
+def _check_reading(decode: str, readers: str, device) -> None:
+    """Refuse an unknown ``readers`` or ``decode``, or ``decode="gpu"`` without CUDA."""
+    from exaslide.infer.batches import READERS
+    from exaslide.infer.decoded import resolve_decode
+
+    if readers not in READERS:
+        raise InferenceError(f"readers must be one of {READERS}, got {readers!r}")
+    if decode != "auto":  # auto looks at each slide
+        resolve_decode(decode, device, None)
 
 
 def _outcome(o) -> SlideOutcome:

@@ -80,12 +80,14 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise InferenceError(str(exc)) from exc
 
 
-def _predict(model: torch.nn.Module, batch: np.ndarray, inputs: ModelInputs,
-             device: torch.device, amp: bool) -> np.ndarray:
+def _predict(model: torch.nn.Module, batch: torch.Tensor, inputs: ModelInputs,
+             device: torch.device, amp: bool) -> torch.Tensor:
+    """The class probability of every patch of a uint8 NHWC batch, on ``device`` (not
+    synchronised: the caller copies results back in groups)."""
     from exaslide.augment import to_float
 
     cuda = device.type == "cuda"
-    x = torch.from_numpy(batch).to(device)  # uint8: a quarter of float32's bytes
+    x = batch.to(device, non_blocking=True)  # uint8: a quarter of float32's bytes
     x = to_float(x.permute(0, 3, 1, 2), inputs.mean, inputs.std, channels_last=cuda)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp and cuda):
         logits = model(x)
@@ -94,7 +96,7 @@ def _predict(model: torch.nn.Module, batch: np.ndarray, inputs: ModelInputs,
         probs = torch.sigmoid(logits[:, 0])
     else:
         probs = torch.softmax(logits, dim=1)[:, inputs.class_index]
-    return probs.cpu().numpy()
+    return probs
 
 
 def slide_key(path: str | os.PathLike) -> str:
@@ -112,7 +114,8 @@ def infer_slide(model: torch.nn.Module, meta: Mapping[str, Any], slide_path: str
                 device: str | torch.device = "cpu", workers: int = 1, amp: bool = True,
                 min_tissue: float = 0.1, class_name: str = "tumour",
                 tissue: TissueParams | None = None, backend: str | None = None,
-                progress: bool = True) -> Path:
+                progress: bool = True, readers: str = "processes",
+                decode: str = "auto") -> Path:
     """Compute a slide's probability heatmap and write its files into ``out_dir``.
 
     Tissue is detected at low resolution; a grid of ``stride``-pixel cells covers the slide
@@ -132,13 +135,20 @@ def infer_slide(model: torch.nn.Module, meta: Mapping[str, Any], slide_path: str
         stride: cell side in level-0 pixels (default: the patch footprint).
         batch_size: patches per forward pass.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        workers: patch-reading threads (0: read in this thread).
+        workers: patch-reading processes, each reading a contiguous share of the cells
+            (0: read in this process; see :func:`exaslide.infer.default_workers`).
         amp: bf16 autocast on CUDA (ignored on the CPU).
         min_tissue: smallest tissue share of a patch for its cell to be computed.
         class_name: the class whose probability is mapped.
         tissue: tissue-detection parameters.
         backend: force a slide backend.
         progress: show a progress bar over cells (on a terminal).
+        readers: ``"processes"`` or ``"threads"`` (same cells and values; threads share
+            the GIL and stop scaling near 4; a daemonic process uses threads).
+        decode: where stored JPEG tiles are decoded: ``"off"`` (in the readers, as
+            pixels), ``"cpu"`` (readers ship compressed tiles, libjpeg-turbo threads here:
+            the same values), ``"gpu"`` (nvJPEG on the device), ``"auto"`` (``gpu`` on CUDA
+            for a JPEG-tiled slide, else ``off``). See ``docs/decode.md``.
 
     Returns:
         The ``.heatmap.npy`` path.
@@ -150,16 +160,20 @@ def infer_slide(model: torch.nn.Module, meta: Mapping[str, Any], slide_path: str
     return run_slide(model, meta, slide_path, out_dir, slide_id=slide_id, stride=stride,
                      batch_size=batch_size, device=device, workers=workers, amp=amp,
                      min_tissue=min_tissue, class_name=class_name, tissue=tissue,
-                     backend=backend, progress=progress)[0]
+                     backend=backend, progress=progress, readers=readers,
+                     decode=decode)[0]
 
 
 def run_slide(model, meta, slide_path, out_dir, *, slide_id=None, stride=None,
               batch_size=64, device="cpu", workers=1, amp=True, min_tissue=0.1,
               class_name="tumour", tissue=None, backend=None, progress=True,
-              fingerprint=None) -> tuple[Path, dict[str, Any]]:
+              fingerprint=None, readers="processes",
+              decode="auto") -> tuple[Path, dict[str, Any]]:
     """:func:`infer_slide`, also returning the heatmap's JSON metadata; ``fingerprint``
     (see :func:`exaslide.infer.cohort.heatmap_fingerprint`) is stored in it when given."""
     from exaslide.heatmaps import write_heatmap
+    from exaslide.infer.batches import READERS
+    from exaslide.infer.decoded import resolve_decode
     from exaslide.infer.grid import plan_grid
     from exaslide.infer.outputs import OVERLAY_SIDE, output_paths, write_extra_outputs
     from exaslide.models import model_name
@@ -168,6 +182,8 @@ def run_slide(model, meta, slide_path, out_dir, *, slide_id=None, stride=None,
 
     if batch_size < 1:
         raise InferenceError(f"batch_size must be at least 1, got {batch_size}")
+    if readers not in READERS:
+        raise InferenceError(f"readers must be one of {READERS}, got {readers!r}")
     inputs = model_inputs(meta, class_name)
     dev = resolve_device(device)
     slide_id = slide_id or slide_stem(slide_path)
@@ -175,6 +191,7 @@ def run_slide(model, meta, slide_path, out_dir, *, slide_id=None, stride=None,
         raise InferenceError(f"slide_id {slide_id!r} must be non-empty, without a path "
                              "separator and not start with '.' (it names the output files)")
     slide_path = slide_key(slide_path)
+    decode = resolve_decode(decode, dev, slide_path, backend)
     started = time.perf_counter()
     with open_slide(slide_path, backend=backend) as slide:
         grid = plan_grid(slide, inputs.spec, stride=stride, min_tissue=min_tissue,
@@ -182,7 +199,7 @@ def run_slide(model, meta, slide_path, out_dir, *, slide_id=None, stride=None,
         level0_size, mpp = slide.dimensions, slide.mpp
         thumbnail = slide.thumbnail(OVERLAY_SIDE)
     probabilities = _classify(model, grid, inputs, slide_path, dev, batch_size, workers,
-                              amp, backend, progress, slide_id)
+                              amp, backend, progress, slide_id, readers, decode)
     heat_meta = {
         "slide_id": slide_id, "slide": slide_path, "level0_size": list(level0_size),
         "mpp": list(mpp) if mpp else None, "origin": [0, 0], "cell": grid.cell,
@@ -190,7 +207,7 @@ def run_slide(model, meta, slide_path, out_dir, *, slide_id=None, stride=None,
         "model": meta.get("model") or model_name(model) or type(model).__name__,
         "class": class_name, "patch": {"size": inputs.spec.size, "level": inputs.spec.level,
                                        "mpp": inputs.spec.mpp},
-        "computed_cells": len(grid), "min_tissue": min_tissue,
+        "computed_cells": len(grid), "min_tissue": min_tissue, "decode": decode,
     }
     if fingerprint is not None:
         heat_meta["fingerprint"] = dict(fingerprint)
@@ -206,14 +223,14 @@ def run_slide(model, meta, slide_path, out_dir, *, slide_id=None, stride=None,
 
 def _classify(model, grid, inputs: ModelInputs, slide_path, device: torch.device,
               batch_size: int, workers: int, amp: bool, backend, progress: bool,
-              slide_id: str) -> np.ndarray:
+              slide_id: str, readers: str = "processes", decode: str = "off") -> np.ndarray:
     """The ``(rows, cols)`` float32 map: the class probability of every grid cell, NaN
     for cells not computed."""
     import sys
 
     from tqdm import tqdm
 
-    from exaslide.infer.batches import iter_batches
+    from exaslide.infer.batches import reader_death
 
     values = np.full(len(grid), np.nan, np.float32)
     model = model.to(device).eval()
@@ -221,14 +238,52 @@ def _classify(model, grid, inputs: ModelInputs, slide_path, device: torch.device
         model = model.to(memory_format=torch.channels_last)
     bar = tqdm(total=len(grid), desc=slide_id, unit="cell", leave=False, file=sys.stderr,
                disable=True if not progress else None)
+    pending: list[tuple[np.ndarray, torch.Tensor]] = []  # results not yet copied back
+
+    def collect() -> None:
+        if pending:
+            ids = np.concatenate([i for i, _ in pending])
+            values[ids] = torch.cat([p for _, p in pending]).cpu().numpy()
+            pending.clear()
+
     try:
         with torch.inference_mode():
-            for ids, batch in iter_batches(slide_path, inputs.spec, grid.xs, grid.ys,
-                                           batch_size, workers=workers, backend=backend):
-                values[ids] = _predict(model, batch, inputs, device, amp)
+            for ids, batch in _batches(slide_path, inputs.spec, grid, batch_size, workers,
+                                       backend, readers, device, decode):
+                pending.append((ids, _predict(model, batch, inputs, device, amp)))
+                if len(pending) >= _COLLECT_EVERY:
+                    collect()
                 bar.update(len(ids))
+            collect()
+    except RuntimeError as exc:  # a reading process killed while the model ran
+        death = reader_death(exc)
+        if death is None:
+            raise
+        raise death from exc
     finally:
         bar.close()
     heat = np.full((grid.rows, grid.cols), np.nan, np.float32)
     heat[grid.index_r, grid.index_c] = values
     return heat
+
+
+def _batches(slide_path, spec, grid, batch_size: int, workers: int, backend,
+             readers: str, device: torch.device, decode: str):
+    """``(ids, uint8 NHWC batch)`` of the grid's cells: pixels from the reader
+    processes (``decode="off"``), or compressed tiles decoded here."""
+    if decode == "off":
+        from exaslide.infer.batches import iter_batches
+
+        return iter_batches(slide_path, spec, grid.xs, grid.ys, batch_size, workers=workers,
+                            backend=backend, readers=readers,
+                            pin_memory=device.type == "cuda")
+    from exaslide.infer.decoded import iter_decoded_batches
+
+    return iter_decoded_batches(slide_path, spec, grid.xs, grid.ys, batch_size,
+                                workers=workers, device=device, decode=decode,
+                                backend=backend)
+
+
+#: Batches whose results stay on the device before one copy back: the GPU is not
+#: stopped for every batch.
+_COLLECT_EVERY = 16

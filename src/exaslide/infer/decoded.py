@@ -1,0 +1,130 @@
+"""Cell batches through the compressed batch path: reader processes ship the stored JPEG
+tiles' bytes, this process decodes them (nvJPEG on a GPU, libjpeg-turbo threads on the
+CPU) and assembles the patches (``docs/decode.md``).
+
+``decode="cpu"`` gives the pixels of :class:`~exaslide.patches.PatchReader` exactly, so the
+same heatmap as ``decode="off"``; ``"gpu"`` is within IDCT rounding of it. Patches a slide
+cannot ship as JPEG tiles (other compressions, sparse tiles) are read as pixels by the
+reader processes in the same batches.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from exaslide.errors import InferenceError
+from exaslide.patches.spec import PatchSpec
+
+logger = logging.getLogger(__name__)
+
+#: ``decode`` settings: ``off`` (pixels decoded in the reader processes), ``cpu`` /
+#: ``gpu`` (compressed tiles decoded in this process), ``auto`` (``gpu`` on CUDA for a
+#: JPEG-tiled slide, else ``off``).
+DECODE_MODES = ("auto", "gpu", "cpu", "off")
+
+
+def resolve_decode(decode: str, device: torch.device, slide_path,
+                   backend: str | None = None) -> str:
+    """``"off"``, ``"cpu"`` or ``"gpu"`` for one slide (see :data:`DECODE_MODES`).
+
+    Raises:
+        InferenceError: an unknown setting, or ``gpu`` without a CUDA device.
+    """
+    if decode not in DECODE_MODES:
+        raise InferenceError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
+    cuda = device.type == "cuda"
+    if decode == "gpu" and not cuda:
+        raise InferenceError(f"decode 'gpu' needs a CUDA device, but inference runs on "
+                             f"{device}; use decode 'cpu', 'off' or 'auto'")
+    if decode != "auto":
+        return decode
+    if not cuda:
+        return "off"
+    from exaslide.data.tile_bytes import is_jpeg_tiled
+
+    return "gpu" if is_jpeg_tiled(slide_path, backend) else "off"
+
+
+def cell_table(path, spec: PatchSpec, xs: np.ndarray, ys: np.ndarray):
+    """The cells as a one-slide :class:`~exaslide.data.sources.PatchTable` (row ``i`` is
+    cell ``i``: top-left ``(xs[i], ys[i])``, the model's size and level or mpp)."""
+    import pyarrow as pa
+
+    from exaslide.data.sources import PatchTable
+
+    n = len(xs)
+    return PatchTable(
+        keys=pa.array([str(i) for i in range(n)], pa.string()),
+        slide=np.zeros(n, np.int32), slide_ids=[str(path)], paths=[str(path)],
+        x=np.asarray(xs, np.int64), y=np.asarray(ys, np.int64),
+        level=np.full(n, spec.level or 0, np.int16),
+        mpp=np.full(n, np.nan if spec.mpp is None else spec.mpp, np.float32),
+        size=np.full(n, spec.size, np.int32), label=np.full(n, -1, np.int16), classes=[])
+
+
+def iter_decoded_batches(path, spec: PatchSpec, xs: np.ndarray, ys: np.ndarray,
+                         batch_size: int, *, workers: int, device: torch.device,
+                         decode: str, backend: str | None = None, prefetch: int = 2
+                         ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """Yield ``(ids, batch)`` as :func:`~exaslide.infer.batches.iter_batches` does, the
+    batch an ``(n, size, size, 3)`` uint8 view on ``device``: batches of consecutive
+    cells (raster order), read as compressed tiles by ``workers`` processes (0: in this
+    process) and decoded here by a :class:`~exaslide.data.batch_decode.BatchDecoder`
+    (``decode``: ``"gpu"`` or ``"cpu"``).
+
+    Raises:
+        InferenceError: a reading process died. ``TileDecodeError`` (a ``SlideError``):
+            a damaged tile, named.
+    """
+    from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
+
+    from exaslide.data.batch_decode import BatchDecoder, DecodedLoader
+    from exaslide.data.compressed_dataset import CompressedPatchDataset, identity
+    from exaslide.infer.batches import reader_death, unwrap_worker_error
+
+    if len(xs) == 0:
+        return
+    dataset = CompressedPatchDataset(cell_table(path, spec, xs, ys), backend=backend)
+    batches = BatchSampler(SequentialSampler(range(len(xs))), batch_size, False)
+    options = {"prefetch_factor": prefetch} if workers > 0 else {}
+    loader = DataLoader(dataset, batch_size=None, sampler=batches, num_workers=workers,
+                        pin_memory=device.type == "cuda", collate_fn=identity,
+                        persistent_workers=False, **options)
+    decoder = BatchDecoder(device, decoder="nvjpeg" if decode == "gpu" else "imagecodecs")
+    started = _Started(loader)  # made here: shut down here, whatever thread iterates it
+    try:
+        for images, _labels, meta in DecodedLoader(started, decoder, prefetch=1):
+            yield meta["index"].numpy(), images.permute(0, 2, 3, 1)
+    except Exception as exc:
+        death = reader_death(exc)
+        if death is not None:
+            raise death from exc
+        clean = unwrap_worker_error(exc)
+        if clean is exc:
+            raise
+        raise clean from None
+    finally:
+        started.close()
+        decoder.close()
+        dataset.close()
+
+
+class _Started:
+    """A DataLoader's one iterator, started in the calling thread and shut down by
+    :meth:`close` (not whenever the garbage collector meets it: in a process forked for
+    the next slide's readers, that shutdown would fail)."""
+
+    def __init__(self, loader):
+        self.iterator = iter(loader)
+
+    def __iter__(self):
+        return self.iterator
+
+    def close(self) -> None:
+        shutdown = getattr(self.iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
