@@ -183,9 +183,9 @@ class RowShardWriter:
     not written. A shard whose rows all lie in ``[start, stop)`` is written whole; one
     that the range covers only in part is written as a part
     (``<shard>.<first row>.part``, no end-of-archive blocks) for :func:`join_parts`.
-    Files are written under temporary names, flushed to disk and renamed when complete
-    (by the worker that wrote them, so that the job engine's flush when it moves them
-    into place finds nothing left to write).
+    Files are written under temporary names and renamed when complete. They are not
+    flushed to disk here: a worker waiting on the disk leaves its core idle; the job
+    engine flushes them when it moves them into place, in the driver.
     """
 
     def __init__(self, directory: str | Path, prefix: str, shard_size: int, start: int,
@@ -227,8 +227,6 @@ class RowShardWriter:
             return
         if self._whole:
             self._file.write(tar_end(self._size))
-        self._file.flush()
-        os.fsync(self._file.fileno())  # here, in parallel: the engine's commit then is cheap
         self._file.close()
         os.replace(self._tmp, self.directory / self._name)
         self.written.append(self._name)
