@@ -291,3 +291,21 @@ def test_fingerprint_and_upgrade_status_decide_what_a_rerun_compares(synth_slide
     assert _run_sums(entries, out)[0].status == "skipped"  # upgraded, then compared
     assert _run_sums(entries, out, SumOptions(scale=2))[0].status == "done"
     assert (out / "sums" / "a.txt").read_text() == "2"
+
+
+def test_outputs_are_flushed_together_and_a_failed_flush_names_the_output(tmp_path):
+    import time
+
+    from exaslide.jobs.engine import _commit, _flush
+
+    files = []
+    for i in range(3):
+        files.append(tmp_path / ".partial" / "a" / f"{i}.bin")
+        files[-1].parent.mkdir(parents=True, exist_ok=True)
+        files[-1].write_bytes(bytes(1000))
+    missing = str(tmp_path / ".partial" / "a" / "gone.bin")
+    errors = _flush([*map(str, files), missing])
+    assert list(errors) == [missing] and isinstance(errors[missing], FileNotFoundError)
+    outputs = {"shards/a-00000.tar": str(files[0]), "shards/a-00001.tar": missing}
+    with pytest.raises(FileNotFoundError, match=r"a-00001\.tar"):
+        _commit(tmp_path, "a", {"stage": "s"}, outputs, {}, time.perf_counter())
