@@ -133,3 +133,26 @@ def test_direct_jpeg_decode_equals_read_tile(tmp_path, photometric, tables):
                 if (tx, ty) != (2, 0):  # the sparse tile: read_tile's
                     assert tile.ctypes.data % 32 == TILE_OFFSET
         assert reader.read(280, 190).shape == (64, 64, 3)  # past the edge: padded white
+
+
+def test_tile_sized_patches_are_handed_over_whole_edge_tiles_padded(tmp_path):
+    """A grid of tile-sized aligned patches skips the tile cache: the same pixels as
+    single reads (white past the level's edge), one decode per tile; a repeated position
+    takes the general path."""
+    rng = np.random.default_rng(5)
+    image = np.clip(rng.normal(150, 40, (200, 300, 3)), 0, 255).astype(np.uint8)
+    path = _jpeg_tiff(tmp_path / "t.tif", image, 64, "ycbcr")
+    xs, ys = np.meshgrid(np.arange(0, 300, 64), np.arange(0, 200, 64))
+    xs, ys = xs.ravel(), ys.ravel()
+    with PatchReader(path, PatchSpec(size=64)) as reader:
+        assert reader._one_tile_each(list(xs), list(ys))
+        patches = list(reader.iter_patches(xs, ys))
+        assert reader.tile_decodes == len(xs) == 20 and not reader._cache
+        for x, y, patch in zip(xs, ys, patches, strict=True):
+            assert not patch.flags.writeable
+            np.testing.assert_array_equal(patch, reader.read(int(x), int(y)))
+        assert (patches[-1][8:] == 255).all()  # the bottom-right tile: 8 x 44 pixels
+        assert not reader._one_tile_each([0, 0], [0, 0])
+        again = list(reader.iter_patches([64, 64], [0, 0]))
+        np.testing.assert_array_equal(again[0], again[1])
+        assert not reader._one_tile_each([32], [0])  # not aligned

@@ -277,7 +277,7 @@ def extract_chunk(entry, columns: dict[str, np.ndarray], level: int, start: int,
     :class:`~exaslide.patches.shards.RowShardWriter`), the blank count and tile decodes.
     """
     from exaslide.patches.reader import PatchReader, is_blank
-    from exaslide.patches.shards import EXTENSIONS, RowShardWriter, encode, tar_member
+    from exaslide.patches.shards import EXTENSIONS, RowShardWriter, encode, sample_members
 
     n = len(columns["x"])
     result = {"start": start, "keep": np.ones(n, bool), "files": [], "blank": 0,
@@ -297,10 +297,9 @@ def extract_chunk(entry, columns: dict[str, np.ndarray], level: int, start: int,
             for i, patch in enumerate(reader.iter_patches(columns["x"], columns["y"])):
                 if reject and is_blank(patch):
                     continue
-                key = keys[i]
-                writer.add(start + i, tar_member(f"{key}.{extension}",
-                                                 encode(patch, fmt, quality)) +
-                           tar_member(f"{key}.json", metadata[i]))
+                writer.add(start + i, sample_members(keys[i], extension,
+                                                     encode(patch, fmt, quality),
+                                                     metadata[i]))
                 keep[i] = True
             result["decodes"] = reader.tile_decodes
         result["files"] = writer.close()

@@ -162,6 +162,9 @@ class PatchReader:
         counted first, and a tile leaves the cache as soon as the last patch that needs it
         has been read (raster order keeps the cache smallest)."""
         xs, ys = [int(v) for v in xs], [int(v) for v in ys]
+        if self._one_tile_each(xs, ys):  # e.g. a grid of tile-sized patches
+            yield from self._iter_tiles(xs, ys)
+            return
         if self.tiles is not None:
             self._refs = Counter(t for x, y in zip(xs, ys, strict=True)
                                  for t in self._tiles_of(*self._level_box(x, y)))
@@ -170,6 +173,35 @@ class PatchReader:
                 yield self.read(x, y)
         finally:
             self._refs = None
+
+    def _one_tile_each(self, xs: list[int], ys: list[int]) -> bool:
+        """True when every patch is exactly one stored tile, no two the same."""
+        if self.tiles is None or self.scale != 1.0 or self._grid != (self.spec.size,) * 2 \
+                or not xs:
+            return False
+        tw, th = self._grid
+        x0 = np.floor(np.asarray(xs, np.float64) / self.downsample + 0.5).astype(np.int64)
+        y0 = np.floor(np.asarray(ys, np.float64) / self.downsample + 0.5).astype(np.int64)
+        if (x0 % tw).any() or (y0 % th).any() or (x0 < 0).any() or (y0 < 0).any():
+            return False
+        return len(np.unique(y0 * (1 << 32) + x0)) == len(xs)
+
+    def _iter_tiles(self, xs: list[int], ys: list[int]) -> Iterator[np.ndarray]:
+        """:meth:`iter_patches` when each patch is one tile: decoded and handed over,
+        never cached (padded with white where the tile is cut by the level's edge)."""
+        tw, th = self._grid
+        for x, y in zip(xs, ys, strict=True):
+            x0, y0 = _round(x / self.downsample), _round(y / self.downsample)
+            if x0 >= self._level_size[0] or y0 >= self._level_size[1]:
+                yield self.read(x, y)  # outside the level: read() says so
+                continue
+            tile = self._decode(x0 // tw, y0 // th)
+            if tile.shape[:2] != (th, tw):
+                out = np.full((th, tw, 3), 255, np.uint8)
+                out[: tile.shape[0], : tile.shape[1]] = tile
+                out.flags.writeable = False
+                tile = out
+            yield tile
 
     def _level_box(self, x: int, y: int) -> tuple[int, int, int, int]:
         """The patch's source box in pixels of the level read (same rounding as

@@ -55,17 +55,37 @@ def encode(patch: np.ndarray, fmt: str, quality: int = 90) -> bytes:
     return buf.tobytes()
 
 
+_IDS, _MTIME = b"0000000\x000000000\x00", b"00000000000\x00"  # uid, gid; mtime
+_TAILS = {t: t + bytes(100) + _GNU_MAGIC + bytes(32 + 32 + 8 + 8 + 155 + 12)
+          for t in (b"0", b"L")}  # type flag, link name, magic, user names, devices, prefix
+_TAIL_SUMS = {t: sum(tail) + sum(_IDS) + sum(_MTIME) + 8 * 32 for t, tail in _TAILS.items()}
+
+
 def _header(name: bytes, size: int, mode: bytes, typeflag: bytes) -> bytes:
-    """One 512-byte header block, as ``tarfile`` writes it in GNU format."""
-    head = b"".join((name[:100].ljust(100, b"\0"), mode, b"0000000\x000000000\x00",
-                     b"%011o\x00" % size, b"00000000000\x00"))
-    tail = typeflag + bytes(100) + _GNU_MAGIC + bytes(32 + 32 + 8 + 8 + 155 + 12)
-    checksum = sum(head) + sum(tail) + 8 * 32  # the checksum field counts as spaces
-    return head + b"%06o\x00 " % checksum + tail
+    """One 512-byte header block, as ``tarfile`` writes it in GNU format (the checksum
+    counts its own field as spaces)."""
+    name = name[:100].ljust(100, b"\0")
+    size_field = b"%011o\x00" % size
+    checksum = sum(name) + sum(mode) + sum(size_field) + _TAIL_SUMS[typeflag]
+    return b"".join((name, mode, _IDS, size_field, _MTIME, b"%06o\x00 " % checksum,
+                     _TAILS[typeflag]))
 
 
 def _padding(size: int) -> bytes:
     return bytes(-size % BLOCK)
+
+
+def tar_parts(name: str, data: bytes) -> tuple[bytes, ...]:
+    """The pieces of :func:`tar_member` (joined once by the caller)."""
+    if len(data) >= _MAX_SIZE:
+        raise ValueError(f"a tar member of {len(data)} bytes is too large (max 8 GiB)")
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) > 100:
+        payload = raw + b"\0"
+        return (_header(b"././@LongLink", len(payload), b"0000000\x00", b"L"), payload,
+                _padding(len(payload)), _header(raw, len(data), b"0000644\x00", b"0"),
+                data, _padding(len(data)))
+    return _header(raw, len(data), b"0000644\x00", b"0"), data, _padding(len(data))
 
 
 def tar_member(name: str, data: bytes) -> bytes:
@@ -77,16 +97,7 @@ def tar_member(name: str, data: bytes) -> bytes:
     Raises:
         ValueError: ``data`` of 8 GiB or more.
     """
-    if len(data) >= _MAX_SIZE:
-        raise ValueError(f"a tar member of {len(data)} bytes is too large (max 8 GiB)")
-    raw = name.encode("utf-8", "surrogateescape")
-    long = b""
-    if len(raw) > 100:
-        payload = raw + b"\0"
-        long = _header(b"././@LongLink", len(payload), b"0000000\x00", b"L") + payload + \
-            _padding(len(payload))
-    return b"".join((long, _header(raw, len(data), b"0000644\x00", b"0"), data,
-                     _padding(len(data))))
+    return b"".join(tar_parts(name, data))
 
 
 def tar_end(size: int) -> bytes:
@@ -97,7 +108,8 @@ def tar_end(size: int) -> bytes:
 
 def sample_members(key: str, extension: str, image: bytes, meta: bytes) -> bytes:
     """One sample: ``<key>.<extension>`` then ``<key>.json``."""
-    return tar_member(f"{key}.{extension}", image) + tar_member(f"{key}.json", meta)
+    return b"".join((*tar_parts(f"{key}.{extension}", image),
+                     *tar_parts(f"{key}.json", meta)))
 
 
 class ShardWriter:
