@@ -18,7 +18,12 @@ from colour_model import colour_meta
 from exaslide.errors import InferenceError, SlideError
 from exaslide.evaluate.heatmap import read_heatmap
 from exaslide.infer import default_workers, infer_cohort, infer_slide
-from exaslide.infer.batches import iter_batches, unwrap_worker_error
+from exaslide.infer.batches import (
+    _process_batches,
+    _Ring,
+    iter_batches,
+    unwrap_worker_error,
+)
 from exaslide.manifest import write_manifest
 from exaslide.models import create_model
 from exaslide.patches.spec import PatchSpec
@@ -132,12 +137,17 @@ def test_every_cell_once_from_each_reader(synth_slide, clean):
         inline = {}
         for ids, batch in iter_batches(synth_slide.path, spec, xs, ys, 4, workers=0):
             inline.update((int(i), batch[k].clone()) for k, i in enumerate(ids))
-        # more processes than cells: one per cell
-        for readers, workers, n in (("processes", 3, len(xs)), ("threads", 3, len(xs)),
-                                    ("processes", 8, 3)):
+        # batches of 2: each process's ring of 4 blocks is reused; more processes than
+        # cells: one cell each; batches sent as tensors (the pinned path's protocol)
+        runs = [iter_batches(synth_slide.path, spec, xs, ys, 2, workers=3),
+                iter_batches(synth_slide.path, spec, xs, ys, 2, workers=3,
+                             readers="threads"),
+                iter_batches(synth_slide.path, spec, xs[:3], ys[:3], 2, workers=8),
+                _process_batches(synth_slide.path, spec, None, xs, ys, 2, 3, 2, False,
+                                 send=True)]
+        for run, n in zip(runs, (len(xs), len(xs), 3, len(xs)), strict=True):
             seen = []
-            for ids, batch in iter_batches(synth_slide.path, spec, xs[:n], ys[:n], 4,
-                                           workers=workers, readers=readers):
+            for ids, batch in run:
                 assert batch.dtype == torch.uint8 and batch.shape[1:] == (32, 32, 3)
                 for k, i in enumerate(ids):
                     assert torch.equal(batch[k], inline[int(i)])
@@ -222,9 +232,29 @@ def test_settings_are_checked(synth_slide, tmp_path, colour_model_file):
     if not torch.cuda.is_available():
         with pytest.raises(InferenceError, match="decode 'gpu' needs a CUDA device"):
             infer_cohort(colour_model_file, synth_slide.path, tmp_path, decode="gpu")
-    assert default_workers("cpu") == 1
+    assert default_workers("cpu") == 0  # the model is the bottleneck: read inline
     assert 1 <= default_workers("cuda") <= 16
     assert default_workers("cuda", world_size=10_000) == 1
+
+
+def test_a_full_ring_gives_fresh_memory_never_a_wait():
+    flags = torch.zeros(2, dtype=torch.uint8).share_memory_()
+    ring = _Ring(flags)
+    first = ring.take((2, 4, 4, 3))
+    assert ring.slot == 0 and flags.tolist() == [1, 0]
+    ring.take((2, 4, 4, 3))
+    assert ring.slot == 1 and flags.tolist() == [1, 1]
+    fresh = ring.take((2, 4, 4, 3))  # both blocks in flight: fresh memory, slot -1
+    assert ring.slot == -1 and fresh.is_shared()
+    flags[0] = 0  # the consumer let go of block 0: reused
+    again = ring.take((1, 4, 4, 3))
+    assert ring.slot == 0 and again.data_ptr() == first.data_ptr()
+    shared = _Ring(flags, [torch.UntypedStorage._new_shared(96)] * 2)
+    flags.zero_()
+    shared.take((2, 4, 4, 3))  # 96 bytes: fits block 0
+    assert shared.slot == 0
+    shared.take((3, 4, 4, 3))  # 144 bytes: no block is large enough
+    assert shared.slot == -1
 
 
 def test_a_reader_error_keeps_its_type_and_message():

@@ -42,6 +42,26 @@ logger = logging.getLogger(__name__)
 
 #: How readers run: worker processes (no GIL between them) or threads of this process.
 READERS = ("processes", "threads")
+#: Reading processes beyond this are not started by default (each costs a fork and a
+#: slide opening per slide, and its own batches in shared memory).
+MAX_READ_PROCESSES = 16
+
+
+def default_workers(device: str, world_size: int = 1) -> int:
+    """Patch-reading processes per slide by default.
+
+    On a GPU, the cores of this process's share of the node (``world_size`` processes
+    per node under torchrun) less one for the model's process, at most
+    :data:`MAX_READ_PROCESSES`. On the CPU none: the model is the bottleneck (small-cnn
+    on 64-px patches spends ~1 ms per cell on 2 cores, reading ~15 us), so patches are
+    read in the model's process; a reading process would only add its start-up (about
+    45 ms per slide, measured on 2 cores).
+    """
+    from exaslide.runtime import cpu_count
+
+    if not str(device).startswith("cuda"):
+        return 0
+    return max(1, min(MAX_READ_PROCESSES, cpu_count() // max(1, world_size) - 1))
 
 _DONE = object()
 
@@ -108,27 +128,68 @@ class _Failure:
         self.exc = exc
 
 
+class _Ring:
+    """A reading process's shared-memory batch blocks, reused once the model's process
+    has let go of them: fresh shared memory for every batch would fault in every page in
+    both processes (about 3x the reading CPU of a 224-px batch, measured).
+
+    ``flags[k]`` (shared with the model's process) is 1 while block ``k`` is in flight:
+    set here before the batch is sent, cleared there once the consumer has asked for the
+    next batch. ``blocks``, when given, were made by the model's process before the
+    readers started: both map them, so a batch crosses as ``(worker, slot)`` alone, with
+    no file descriptor to pass. With no free block a batch gets fresh memory and is sent
+    (slot -1): never a wait."""
+
+    def __init__(self, flags: torch.Tensor, blocks: list | None = None):
+        self.flags = flags.numpy()
+        self.shared = blocks is not None
+        self.blocks: list = list(blocks) if blocks is not None else [None] * len(self.flags)
+        self.slot = -1  #: the block of the last batch taken
+
+    def take(self, shape: tuple[int, ...]) -> torch.Tensor:
+        nbytes = math.prod(shape)
+        for k, block in enumerate(self.blocks):
+            if self.flags[k] or (self.shared and block.nbytes() < nbytes):
+                continue
+            if block is None or block.nbytes() < nbytes:
+                block = self.blocks[k] = torch.UntypedStorage._new_shared(nbytes)
+            self.flags[k], self.slot = 1, k
+            return torch.empty(0, dtype=torch.uint8).set_(block, 0, shape)
+        self.slot = -1
+        return _shared_empty(shape)
+
+
 class CellShares(IterableDataset):
     """Batches of a slide's cells for DataLoader workers: worker ``w`` of ``W`` reads
     share ``w`` (contiguous, raster order) of the cells in batches of ``batch_size``,
-    yielding ``(ids, uint8 NHWC batch)`` with the batch in shared memory."""
+    yielding ``(first cell, count, batch, w, slot)``: the uint8 NHWC batch in the
+    worker's shared-memory ring (``flags[w]``, see :class:`_Ring`), or ``None`` when it
+    is in block ``slot`` of ``blocks[w]``, which the receiving process maps too."""
 
     def __init__(self, path, spec: PatchSpec, xs: np.ndarray, ys: np.ndarray,
-                 batch_size: int, backend: str | None = None):
+                 batch_size: int, backend: str | None = None,
+                 flags: torch.Tensor | None = None, blocks: list | None = None):
         self.path, self.spec, self.backend = path, spec, backend
         self.xs, self.ys, self.batch_size = np.asarray(xs), np.asarray(ys), batch_size
+        self.flags, self.blocks = flags, blocks
 
     def __iter__(self):
         ids = np.arange(len(self.xs))
         info = get_worker_info()
-        empty = _private_empty
-        if info is not None:
-            ids = np.array_split(ids, info.num_workers)[info.id]
-            empty = _shared_empty  # no cv2.setNumThreads here: it can hang after fork
+        worker, ring, empty = 0, None, _private_empty
+        if info is not None:  # no cv2.setNumThreads here: it can hang after fork
+            worker = info.id
+            ids = np.array_split(ids, info.num_workers)[worker]
+            if self.flags is not None:
+                ring = _Ring(self.flags[worker],
+                             self.blocks[worker] if self.blocks is not None else None)
+            empty = ring.take if ring is not None else _shared_empty
         try:
             for part, batch in _share_batches(self.path, self.spec, self.backend, ids,
                                               self.xs, self.ys, self.batch_size, empty):
-                yield torch.from_numpy(part), batch
+                slot = ring.slot if ring is not None else -1
+                yield (int(part[0]), len(part),
+                       None if slot >= 0 and ring.shared else batch, worker, slot)
         except Exception as exc:
             yield _Failure(exc)
 
@@ -173,7 +234,8 @@ def iter_batches(path, spec: PatchSpec, xs: np.ndarray, ys: np.ndarray, batch_si
                  ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     """Yield ``(ids, batch)``: indices into ``xs`` / ``ys`` and their patches as an
     ``(n, size, size, 3)`` uint8 tensor; every index exactly once, in no fixed order when
-    ``workers > 1``.
+    ``workers > 1``. A batch is valid until the next one is asked for (reading processes
+    reuse its memory): copy what must be kept.
 
     Args:
         path: the slide.
@@ -213,16 +275,36 @@ def iter_batches(path, spec: PatchSpec, xs: np.ndarray, ys: np.ndarray, batch_si
 
 
 def _process_batches(path, spec, backend, xs, ys, batch_size: int, workers: int,
-                     prefetch: int, pin_memory: bool):
-    loader = DataLoader(CellShares(path, spec, xs, ys, batch_size, backend),
+                     prefetch: int, pin_memory: bool, send: bool | None = None):
+    """Batches from ``workers`` reading processes. ``send`` (default: with
+    ``pin_memory``): batches travel as tensors (the DataLoader pins them for the GPU),
+    in blocks of the readers' rings; else in blocks this process made and maps."""
+    # a worker has about `prefetch` batches in flight and one with the consumer
+    slots = prefetch + 2
+    flags = torch.zeros((workers, slots), dtype=torch.uint8).share_memory_()
+    blocks = None
+    if not (pin_memory if send is None else send):  # batches cross as two integers
+        nbytes = batch_size * spec.size * spec.size * 3  # sparse until written
+        blocks = [[torch.UntypedStorage._new_shared(nbytes) for _ in range(slots)]
+                  for _ in range(workers)]
+    loader = DataLoader(CellShares(path, spec, xs, ys, batch_size, backend, flags, blocks),
                         batch_size=None, num_workers=workers, prefetch_factor=prefetch,
                         pin_memory=pin_memory, persistent_workers=False)
+    released = flags.numpy()
+    shape = (spec.size, spec.size, 3)
     batches = iter(loader)
     try:
         for item in batches:
             if isinstance(item, _Failure):
                 raise item.exc
-            yield item[0].numpy(), item[1]
+            first, count, batch, worker, slot = item
+            if batch is None:
+                batch = torch.empty(0, dtype=torch.uint8).set_(blocks[worker][slot], 0,
+                                                               (count, *shape))
+            yield np.arange(first, first + count), batch
+            del batch
+            if slot >= 0:  # the consumer is done with it: the reader may reuse it
+                released[worker, slot] = 0
     except RuntimeError as exc:
         death = reader_death(exc)
         if death is None:

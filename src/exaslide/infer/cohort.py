@@ -87,20 +87,11 @@ def heatmap_fingerprint(model: Mapping[str, Any], slide_path, *, class_name: str
             "tissue": TissueParams().to_dict()}
 
 
-#: Reading processes beyond this are not started by default (one process per slide share;
-#: each costs a fork per slide and its own batches in shared memory).
-MAX_READ_PROCESSES = 16
-
-
 def default_workers(device: str, world_size: int = 1) -> int:
-    """Patch-reading processes per slide: on a GPU the cores of this process's share of
-    the node less one (the model's process), at most :data:`MAX_READ_PROCESSES`; on the
-    CPU one (the model uses the cores)."""
-    from exaslide.runtime import cpu_count
+    """Patch-reading processes per slide (see :func:`exaslide.infer.batches.default_workers`)."""
+    from exaslide.infer.batches import default_workers as default
 
-    if not str(device).startswith("cuda"):
-        return 1
-    return max(1, min(MAX_READ_PROCESSES, cpu_count() // max(1, world_size) - 1))
+    return default(device, world_size)
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,8 @@ def slide_key(path: str | os.PathLike) -> str:
 def infer_slide(model: torch.nn.Module, meta: Mapping[str, Any], slide_path: str | os.PathLike,
                 out_dir: str | os.PathLike, *, slide_id: str | None = None,
                 stride: int | None = None, batch_size: int = 64,
-                device: str | torch.device = "cpu", workers: int = 1, amp: bool = True,
+                device: str | torch.device = "cpu", workers: int | None = None,
+                amp: bool = True,
                 min_tissue: float = 0.1, class_name: str = "tumour",
                 tissue: TissueParams | None = None, backend: str | None = None,
                 progress: bool = True, readers: str = "processes",
@@ -136,7 +137,8 @@ def infer_slide(model: torch.nn.Module, meta: Mapping[str, Any], slide_path: str
         batch_size: patches per forward pass.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         workers: patch-reading processes, each reading a contiguous share of the cells
-            (0: read in this process; see :func:`exaslide.infer.default_workers`).
+            (0: read in this process; default :func:`exaslide.infer.default_workers`:
+            none on the CPU, the cores less one on a GPU).
         amp: bf16 autocast on CUDA (ignored on the CPU).
         min_tissue: smallest tissue share of a patch for its cell to be computed.
         class_name: the class whose probability is mapped.
@@ -165,15 +167,13 @@ def infer_slide(model: torch.nn.Module, meta: Mapping[str, Any], slide_path: str
 
 
 def run_slide(model, meta, slide_path, out_dir, *, slide_id=None, stride=None,
-              batch_size=64, device="cpu", workers=1, amp=True, min_tissue=0.1,
+              batch_size=64, device="cpu", workers=None, amp=True, min_tissue=0.1,
               class_name="tumour", tissue=None, backend=None, progress=True,
               fingerprint=None, readers="processes",
               decode="auto") -> tuple[Path, dict[str, Any]]:
     """:func:`infer_slide`, also returning the heatmap's JSON metadata; ``fingerprint``
     (see :func:`exaslide.infer.cohort.heatmap_fingerprint`) is stored in it when given."""
     from exaslide.heatmaps import write_heatmap
-    from exaslide.infer.batches import READERS
-    from exaslide.infer.decoded import resolve_decode
     from exaslide.infer.grid import plan_grid
     from exaslide.infer.outputs import OVERLAY_SIDE, output_paths, write_extra_outputs
     from exaslide.models import model_name
@@ -182,8 +182,6 @@ def run_slide(model, meta, slide_path, out_dir, *, slide_id=None, stride=None,
 
     if batch_size < 1:
         raise InferenceError(f"batch_size must be at least 1, got {batch_size}")
-    if readers not in READERS:
-        raise InferenceError(f"readers must be one of {READERS}, got {readers!r}")
     inputs = model_inputs(meta, class_name)
     dev = resolve_device(device)
     slide_id = slide_id or slide_stem(slide_path)
@@ -191,7 +189,7 @@ def run_slide(model, meta, slide_path, out_dir, *, slide_id=None, stride=None,
         raise InferenceError(f"slide_id {slide_id!r} must be non-empty, without a path "
                              "separator and not start with '.' (it names the output files)")
     slide_path = slide_key(slide_path)
-    decode = resolve_decode(decode, dev, slide_path, backend)
+    decode, workers = _reading(dev, slide_path, backend, decode, workers, readers)
     started = time.perf_counter()
     with open_slide(slide_path, backend=backend) as slide:
         grid = plan_grid(slide, inputs.spec, stride=stride, min_tissue=min_tissue,
@@ -219,6 +217,22 @@ def run_slide(model, meta, slide_path, out_dir, *, slide_id=None, stride=None,
     logger.info("%s: %d cells of %d x %d in %.1f s", slide_id, len(grid), grid.rows,
                 grid.cols, heat_meta["seconds"])
     return path, heat_meta
+
+
+def _reading(device: torch.device, slide_path, backend, decode: str, workers: int | None,
+             readers: str) -> tuple[str, int]:
+    """``(decode, workers)`` resolved for one slide.
+
+    Raises:
+        InferenceError: unknown ``readers`` or ``decode``, ``decode="gpu"`` off CUDA.
+    """
+    from exaslide.infer.batches import READERS, default_workers
+    from exaslide.infer.decoded import resolve_decode
+
+    if readers not in READERS:
+        raise InferenceError(f"readers must be one of {READERS}, got {readers!r}")
+    decode = resolve_decode(decode, device, slide_path, backend)
+    return decode, default_workers(device.type) if workers is None else workers
 
 
 def _classify(model, grid, inputs: ModelInputs, slide_path, device: torch.device,
