@@ -309,3 +309,27 @@ def test_outputs_are_flushed_together_and_a_failed_flush_names_the_output(tmp_pa
     outputs = {"shards/a-00000.tar": str(files[0]), "shards/a-00001.tar": missing}
     with pytest.raises(FileNotFoundError, match=r"a-00001\.tar"):
         _commit(tmp_path, "a", {"stage": "s"}, outputs, {}, time.perf_counter())
+
+
+def _imported(name: str) -> bool:
+    import sys
+
+    return name in sys.modules
+
+
+def test_dask_workers_are_warmed_with_the_stages_imports():
+    from distributed import wait
+
+    from exaslide.jobs import DaskExecutor
+
+    executor = DaskExecutor(workers=2)
+    try:
+        assert not executor.client.submit(_imported, "colorsys").result()
+        executor.warm(("colorsys", "no_such_module_xyz"))  # a failing import is ignored
+        wait(executor._warm)
+        assert len(executor._warm) == 2 and all(f.status == "finished"
+                                                for f in executor._warm)
+        assert executor.client.run(_imported, "colorsys") == \
+            dict.fromkeys(executor.client.scheduler_info()["workers"], True)
+    finally:
+        executor.close()

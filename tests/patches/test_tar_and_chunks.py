@@ -177,8 +177,8 @@ def test_chunk_bounds():
     assert chunk_bounds(4793, 1000, 1, 1) == [(0, 4793)]  # inline: one task
     assert chunk_bounds(4793, 1000, 2, 16) == [(0, 4793)]  # many slides left
     sizes = check(chunk_bounds(4793, 1000, 2, 1), 4793)  # the last slide: shared out
-    assert len(sizes) == TASKS_PER_WORKER * 2 and max(sizes) - min(sizes) <= 10
-    assert (2396, 3000) in chunk_bounds(4793, 1000, 2, 1)  # 2996 moved to a shard start
+    assert len(sizes) == TASKS_PER_WORKER * 2 and max(sizes) - min(sizes) <= 1
+    assert (2498, 5000) in chunk_bounds(9990, 1000, 2, 1)  # 4995 moved to a shard start
     sizes = check(chunk_bounds(4793, 1000, 2, 2), 4793)
     assert len(sizes) == TASKS_PER_WORKER
     assert chunk_bounds(300, 1000, 8, 1) == [(0, 300)]  # not below MIN_CHUNK_PATCHES

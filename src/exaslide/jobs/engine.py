@@ -364,6 +364,8 @@ def _execute(run: _Run, todo: list[_Slide], workers, scheduler) -> None:
             _process_inline(run, slide)
         return
     executor = make_executor(workers, scheduler)
+    if run.stage.warm and hasattr(executor, "warm"):
+        executor.warm(run.stage.warm)
     try:
         _drive(run, executor, todo)
     finally:

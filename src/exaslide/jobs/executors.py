@@ -63,6 +63,17 @@ WORKER_MALLOC_TRIM_THRESHOLD = str(128 << 20)
 WORKER_MALLOC_MMAP_THRESHOLD = str(32 << 20)
 
 
+def import_modules(modules: tuple[str, ...]) -> None:
+    """Import ``modules``, ignoring those that fail (run on Dask workers)."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # the task that needs it reports the error
+            logger.debug("cannot import %s", name, exc_info=True)
+
+
 def check_scheduler_address(address: str) -> str:
     """``address`` if it looks like a Dask scheduler address.
 
@@ -117,6 +128,14 @@ class DaskExecutor:
                                "running?") from exc
         self.workers = max(1, len(self.client.scheduler_info().get("workers", {})))
         self._pending = as_completed()
+
+    def warm(self, modules: tuple[str, ...]) -> None:
+        """Import ``modules`` on every worker now, without waiting (a worker's first task
+        then does not wait for them; a module that fails to import is left to the task
+        that needs it to report)."""
+        self._warm = [self.client.submit(import_modules, tuple(modules), workers=[address],
+                                         pure=False)
+                      for address in self.client.scheduler_info().get("workers", {})]
 
     def submit(self, fn: Callable, *args):
         future = self.client.submit(fn, *args, pure=False)

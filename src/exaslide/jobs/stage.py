@@ -68,6 +68,8 @@ class Stage:
         upgrade_status: ``upgrade_status(status) -> dict``, a status file of an earlier
             release in today's form (before it is compared), e.g. without an option that
             no longer decides the outputs.
+        warm: modules the tasks import, imported on every Dask worker as soon as the run
+            starts (in parallel, rather than by each worker's first task).
     """
 
     name: str
@@ -83,6 +85,7 @@ class Stage:
     legacy_outputs: Callable[[dict], list[str]] | None = None
     fingerprint: Callable[[Any], Any] | None = None
     upgrade_status: Callable[[dict], dict] | None = None
+    warm: tuple[str, ...] = ()
 
     def __post_init__(self):
         split = (self.plan, self.run_task, self.finish)

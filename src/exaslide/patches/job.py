@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 #: Tasks per worker a slide is cut into when it is one of the last slides of a run (so
 #: the workers finish together).
-TASKS_PER_WORKER = 4
+TASKS_PER_WORKER = 2
 #: Fewest patches per task (a task opens the slide: a few milliseconds).
 MIN_CHUNK_PATCHES = 256
 #: Most patches per task (progress, and the work redone when a worker is lost).
@@ -207,7 +207,7 @@ def chunk_bounds(n: int, shard_size: int, workers: int = 1, slides_left: int = 1
     :data:`TASKS_PER_WORKER` tasks per worker), more as the run nears its end, so the
     ``workers`` finish together; one task per slide with one worker; each task between
     :data:`MIN_CHUNK_PATCHES` and :data:`MAX_CHUNK_PATCHES` rows where the slide allows.
-    A boundary moves to the nearest shard boundary when that is within a quarter of a
+    A boundary moves to the nearest shard boundary when that is within an eighth of a
     task (so large tasks hold whole shards and no shard has to be joined). The outputs
     do not depend on the cut: it only decides how the work is shared.
     """
@@ -223,7 +223,7 @@ def chunk_bounds(n: int, shard_size: int, workers: int = 1, slides_left: int = 1
     for i in range(1, tasks):
         cut = round(i * size)
         snapped = round(cut / shard_size) * shard_size
-        if abs(snapped - cut) <= size / 4:
+        if abs(snapped - cut) <= size / 8:
             cut = snapped
         if bounds[-1] < cut < n:
             bounds.append(cut)

@@ -150,6 +150,12 @@ def _legacy_outputs(status: dict) -> list[str]:
     return [f"index/{slide_id}.parquet", *(f"shards/{s}" for s in shards)]
 
 
+#: What extraction tasks import (see ``Stage.warm``).
+WARM_IMPORTS = ("exaslide.patches.sampling", "exaslide.patches.reader",
+                "exaslide.patches.shards", "exaslide.annotations", "exaslide.slides",
+                "cv2", "imagecodecs", "tifffile", "openslide", "shapely")
+
+
 def _upgrade_status(status: dict) -> dict:
     """A status of the release that saved ``chunk_patches`` among the options: an
     index-only extraction did not depend on it (same index), so it is dropped and the
@@ -174,7 +180,8 @@ def extract_stage(options: ExtractOptions):
     return Stage("extract", options, plan=_plan, run_task=_run_chunk, finish=_finish,
                  cut=_cut, task_size=_chunk_size, legacy_outputs=_legacy_outputs,
                  extra_fingerprint=_manifest_fingerprint,
-                 fingerprint=ExtractOptions.fingerprint, upgrade_status=_upgrade_status)
+                 fingerprint=ExtractOptions.fingerprint, upgrade_status=_upgrade_status,
+                 warm=WARM_IMPORTS)
 
 
 def run_extraction(entries, out_dir: str | Path, options: ExtractOptions, *,

@@ -268,10 +268,29 @@ def join_parts(directory: str | Path, name: str, parts: list[str]) -> Path:
     with open(first, "ab") as out:
         for part in parts[1:]:
             with open(directory / part, "rb") as src:
-                shutil.copyfileobj(src, out, 1 << 20)
+                _append(src, out)
         out.write(tar_end(out.tell()))
     target = directory / name
     os.replace(first, target)
     for part in parts[1:]:
         (directory / part).unlink()
     return target
+
+
+def _append(src, out) -> None:
+    """Copy the file ``src`` to the end of ``out`` (in the kernel where it can)."""
+    out.flush()
+    size = os.fstat(src.fileno()).st_size
+    copied = 0
+    if hasattr(os, "copy_file_range"):
+        try:
+            while copied < size:
+                n = os.copy_file_range(src.fileno(), out.fileno(), size - copied)
+                if n == 0:
+                    break
+                copied += n
+        except OSError:  # e.g. across file systems on old kernels: copy below
+            pass
+    src.seek(copied)
+    out.seek(0, os.SEEK_END)
+    shutil.copyfileobj(src, out, 1 << 20)
