@@ -156,3 +156,22 @@ def test_tile_sized_patches_are_handed_over_whole_edge_tiles_padded(tmp_path):
         again = list(reader.iter_patches([64, 64], [0, 0]))
         np.testing.assert_array_equal(again[0], again[1])
         assert not reader._one_tile_each([32], [0])  # not aligned
+
+
+def test_decode_buffers_are_reused_only_when_nothing_holds_them(tmp_path):
+    rng = np.random.default_rng(6)
+    image = np.clip(rng.normal(150, 40, (256, 512, 3)), 0, 255).astype(np.uint8)
+    path = _jpeg_tiff(tmp_path / "t.tif", image, 64, "ycbcr")
+    xs, ys = np.meshgrid(np.arange(0, 512, 64), np.arange(0, 256, 64))
+    xs, ys = xs.ravel(), ys.ravel()
+    with PatchReader(path, PatchSpec(size=64)) as reader:
+        copies, kept, buffers = [], [], set()
+        for patch in reader.iter_patches(xs, ys):  # the caller keeps every patch
+            kept.append(patch)
+            copies.append(patch.copy())
+        for patch, copy in zip(kept, copies, strict=True):
+            np.testing.assert_array_equal(patch, copy)  # none overwritten
+        for patch in reader.iter_patches(xs, ys):  # the caller drops each patch
+            buffers.add(patch.base.__array_interface__["data"][0])
+            assert patch.ctypes.data % 32 == 16
+        assert len(buffers) <= 3
