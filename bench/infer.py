@@ -30,7 +30,7 @@ Configurations (``--configs size:stride[:model]``): the demo's (64-px patches at
 cells/s on 2 CPU cores, which says nothing about reading). Patches are level 0 of a
 0.25 um/px slide.
 
-Usage: ``python bench/infer.py [--side 12288] [--cells 8192] [--model-cells 1024]
+Usage: ``python bench/infer.py [--side 12288] [--cells 8192] [--model-cells 4096]
 [--workers 1,2] [--repeat 3] [--configs 64:32:model,224:56] [--device cpu] [--batch 64]
 [--keep DIR]``. About 3 minutes with the defaults on 2 cores (the model, ~200 cells/s
 there, bounds the model rows: they show whether the readers take CPU from it). On a GPU
@@ -244,7 +244,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--side", type=int, default=12288, help="synthetic slide side")
     parser.add_argument("--cells", type=int, default=8192, help="cells per reading run")
-    parser.add_argument("--model-cells", type=int, default=1024,
+    parser.add_argument("--model-cells", type=int, default=4096,
                         help="cells per run through the model")
     parser.add_argument("--workers", default="1,2", help="reader counts to compare")
     parser.add_argument("--repeat", type=int, default=3)

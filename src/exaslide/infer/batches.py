@@ -47,21 +47,23 @@ READERS = ("processes", "threads")
 MAX_READ_PROCESSES = 16
 
 
-def default_workers(device: str, world_size: int = 1) -> int:
+def default_workers(device: str, world_size: int | None = None) -> int:
     """Patch-reading processes per slide by default.
 
     On a GPU, the cores of this process's share of the node (``world_size`` processes
-    per node under torchrun) less one for the model's process, at most
+    on it; default ``LOCAL_WORLD_SIZE``, which torchrun sets) less one for the model's
+    process, at most
     :data:`MAX_READ_PROCESSES`. On the CPU none: the model is the bottleneck (small-cnn
     on 64-px patches spends ~1 ms per cell on 2 cores, reading ~15 us), so patches are
     read in the model's process; a reading process would only add its start-up (about
     45 ms per slide, measured on 2 cores).
     """
-    from exaslide.runtime import cpu_count
+    from exaslide.runtime import cpu_count, local_world_size
 
     if not str(device).startswith("cuda"):
         return 0
-    return max(1, min(MAX_READ_PROCESSES, cpu_count() // max(1, world_size) - 1))
+    share = cpu_count() // max(1, world_size or local_world_size())
+    return max(1, min(MAX_READ_PROCESSES, share - 1))
 
 _DONE = object()
 

@@ -87,7 +87,7 @@ def heatmap_fingerprint(model: Mapping[str, Any], slide_path, *, class_name: str
             "tissue": TissueParams().to_dict()}
 
 
-def default_workers(device: str, world_size: int = 1) -> int:
+def default_workers(device: str, world_size: int | None = None) -> int:
     """Patch-reading processes per slide (see :func:`exaslide.infer.batches.default_workers`)."""
     from exaslide.infer.batches import default_workers as default
 
@@ -195,11 +195,8 @@ def infer_cohort(model_path: str | os.PathLike, slides: str | os.PathLike | Iter
     spec = model_inputs(meta, class_name).spec  # bad meta or class: fail once, not per slide
     dev = resolve_device(device)
     _check_reading(decode, readers, dev)  # fail once, not per slide
-    from exaslide.runtime import distributed_context
-
-    _, world = distributed_context(rank, world_size)
     runner = _Runner(model, meta, model_print, spec, dev, batch_size,
-                     default_workers(dev.type, world) if workers is None else workers, amp,
+                     default_workers(dev.type, world_size) if workers is None else workers, amp,
                      progress, decode, readers)
     options = InferOptions(class_name, float(min_tissue), stride, backend)
     stage = Stage("infer", options, process=functools.partial(_process, runner),

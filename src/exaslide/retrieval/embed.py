@@ -164,25 +164,24 @@ def _slide_table(table, slide_id: str):
 
 
 def _embed_slide(module, rows, path: str, *, device, size: int | None, mean, std,
-                 batch_size: int, workers: int, mpp: float | None = None) -> np.ndarray:
+                 batch_size: int, workers: int, mpp: float | None = None,
+                 decode: str = "off") -> np.ndarray:
     """float16 ``(rows, D)`` features of one slide's patches, in row order (read at
     ``mpp`` centred on the indexed patches when given, else at the index's
     resolution)."""
     import torch
 
     from exaslide.augment import to_float
-    from exaslide.data import SlidePatchDataset, make_loader, to_device
+    from exaslide.data import SlidePatchDataset
 
     slide_id = rows.column("slide_id")[0].as_py()
     dataset = SlidePatchDataset(rows, slides={slide_id: path}, size=size, mpp=mpp)
-    loader = make_loader(dataset, batch_size=batch_size, workers=workers, device=device)
     cuda = device.type == "cuda"
     out, keys = [], []
     try:
         with torch.inference_mode():
-            for images, _labels, meta in loader:
-                x = to_float(to_device(images, device, channels_last=cuda), mean, std,
-                             channels_last=cuda)
+            for images, meta in _batches(dataset, batch_size, workers, device, decode):
+                x = to_float(images, mean, std, channels_last=cuda)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16,
                                     enabled=cuda):
                     features = _features(module, x)
@@ -195,6 +194,45 @@ def _embed_slide(module, rows, path: str, *, device, size: int | None, mean, std
     return np.concatenate(out)
 
 
+def _batches(dataset, batch_size: int, workers: int, device, decode: str):
+    """``(uint8 NCHW images on the device, metadata)`` in index order: decoded by the
+    loader processes (``decode="off"``), or their compressed tiles decoded here
+    (``"cpu"``: libjpeg-turbo threads, the same pixels; ``"gpu"``: nvJPEG). The loader's
+    processes are shut down when the slide ends, also on an error (not whenever the
+    garbage collector meets the loader: in a process forked later, that fails)."""
+    from exaslide.data import make_loader, to_device
+
+    cuda = device.type == "cuda"
+    if decode == "off":
+        loader = make_loader(dataset, batch_size=batch_size, workers=workers, device=device)
+        batches = ((to_device(images, device, channels_last=cuda), meta)
+                   for images, _labels, meta in loader)
+    else:
+        from exaslide.data.batch_decode import BatchDecoder, DecodedLoader
+        from exaslide.data.compressed_dataset import (
+            CompressedPatchDataset,
+            make_compressed_loader,
+        )
+
+        loader = make_compressed_loader(CompressedPatchDataset.like(dataset),
+                                        batch_size=batch_size, workers=workers,
+                                        device=device)
+        decoder = BatchDecoder(device, decoder="nvjpeg" if decode == "gpu" else
+                               "imagecodecs")
+        batches = ((images, meta) for images, _labels, meta in
+                   DecodedLoader(loader, decoder))
+    try:
+        yield from batches
+    finally:
+        batches.close()
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        if decode != "off":
+            decoder.close()
+            loader.dataset.close()
+
+
 def _features(module, x):
     from exaslide.models import forward_features
 
@@ -202,13 +240,14 @@ def _features(module, x):
 
 
 def embed_patches(model, source, out_dir, *, filter=None, batch_size: int = 256,
-                  device: str = "cpu", workers: int = 2, size: int | None = None,
+                  device: str = "cpu", workers: int | None = None, size: int | None = None,
                   pretrained: str | os.PathLike | None = None,
                   encoder: str | None = None, weights: str | os.PathLike | None = None,
                   hf_cache: str | os.PathLike | None = None,
                   rank: int | None = None, world_size: int | None = None,
                   progress: bool = True,
-                  on_result: Callable[[EmbedOutcome], None] | None = None) -> Path:
+                  on_result: Callable[[EmbedOutcome], None] | None = None,
+                  decode: str = "auto") -> Path:
     """Embed the patches of an extraction into the store ``out_dir`` (see module doc).
 
     Args:
@@ -230,7 +269,14 @@ def embed_patches(model, source, out_dir, *, filter=None, batch_size: int = 256,
         batch_size: patches per forward pass.
         device: ``cpu``, ``cuda`` or ``cuda:N`` (bf16 autocast and channels-last on CUDA;
             plain ``cuda`` under torchrun is the rank's GPU).
-        workers: loader processes per slide (0: read in this process).
+        workers: loader processes per slide (0: read in this process; default
+            :func:`exaslide.infer.default_workers`: none on the CPU, where the model is
+            the bottleneck, the cores less one on a GPU).
+        decode: where stored JPEG tiles are decoded: ``"off"`` (in the loader processes),
+            ``"cpu"`` (the loader processes ship compressed tiles, libjpeg-turbo threads
+            decode them here: the same vectors), ``"gpu"`` (nvJPEG), ``"auto"``
+            (``gpu`` on CUDA when the first slide is JPEG-tiled, else ``off``). See
+            ``docs/decode.md``.
         size: read ``size`` x ``size`` pixels centred on each patch (default: the
             model's trained patch size, else the indexed size; not with ``encoder``,
             whose input size is fixed).
@@ -248,6 +294,7 @@ def embed_patches(model, source, out_dir, *, filter=None, batch_size: int = 256,
         the store holds other embeddings, or the model's patch resolution is not the
         index's. DatasetError: slides without a known path.
     """
+    from exaslide.infer.batches import default_workers
     from exaslide.jobs import SlideEntry, Stage, run_stage
     from exaslide.runtime import resolve_device
 
@@ -268,7 +315,9 @@ def embed_patches(model, source, out_dir, *, filter=None, batch_size: int = 256,
     out = Path(out_dir)
     options = _store_options(module, name, model_path, meta, table, size, source, filter,
                              out)
-    runner = _Runner(module, table, dev, batch_size, workers)
+    runner = _Runner(module, table, dev, batch_size,
+                     default_workers(dev.type, world_size) if workers is None else workers,
+                     _decode(decode, dev, paths, slide_ids))
     stage = Stage("embed", options, process=functools.partial(_process, runner),
                   inputs=lambda entry: [entry.path],
                   extra_fingerprint=lambda entry, _: {"patches": _keys_digest(table,
@@ -330,6 +379,22 @@ class _Runner:
     device: Any
     batch_size: int
     workers: int
+    decode: str = "off"
+
+
+def _decode(decode: str, device, paths: dict, slide_ids: list[str]) -> str:
+    """``off``, ``cpu`` or ``gpu`` for the run (``auto``: from the first slide).
+
+    Raises:
+        RetrievalError: an unknown setting, or ``gpu`` without CUDA.
+    """
+    from exaslide.errors import InferenceError
+    from exaslide.infer.decoded import resolve_decode
+
+    try:
+        return resolve_decode(decode, device, paths[slide_ids[0]])
+    except InferenceError as exc:
+        raise RetrievalError(str(exc)) from exc
 
 
 def _keys_digest(table, slide_id: str) -> str:
@@ -354,7 +419,7 @@ def _process(runner: _Runner, entry, options: EmbedOptions, ctx) -> dict[str, An
                            size=options.patch["size"], mean=options.mean, std=options.std,
                            batch_size=runner.batch_size, workers=runner.workers,
                            mpp=options.patch["mpp"] if options.patch.get("resample")
-                           else None)
+                           else None, decode=runner.decode)
     write_part(ctx.partial, entry.slide_id, columns, vectors)
     adopt_parts(ctx)
     return {"patches": len(vectors), "seconds": round(time.perf_counter() - started, 3)}
