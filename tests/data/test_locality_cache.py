@@ -90,3 +90,20 @@ def test_free_buffers_are_bounded():
 def test_bad_cache_sizes_are_refused(bad):
     with pytest.raises(ValueError):
         TileCache(bad)
+
+
+def test_batch_memory_is_reused_only_once_nobody_holds_it():
+    from exaslide.data.batch_memory import BatchMemory
+
+    memory = BatchMemory()
+    pixels, ints, slot = memory.take(4, 32)
+    assert pixels.shape == (4, 32, 32, 3) and ints.shape == (5, 4) and slot is None
+    first = pixels.data_ptr()
+    view = pixels.permute(0, 3, 1, 2)[1:]  # the consumer keeps a view: not reusable
+    del pixels, ints
+    held, _, _ = memory.take(4, 32)
+    second = held.data_ptr()
+    assert second != first and memory.fresh == 2
+    del view, held
+    again, _, _ = memory.take(4, 32)
+    assert again.data_ptr() in (first, second) and memory.fresh == 2

@@ -182,7 +182,8 @@ def _epoch_decodes(dataset, sampler) -> int:
     return dataset.tile_decodes - before
 
 
-def test_locality_decodes_each_tile_once_with_a_cache_far_smaller_than_the_epoch(slide):
+def test_locality_decodes_each_tile_once_with_a_cache_far_smaller_than_the_epoch(
+        slide, monkeypatch):
     xs, ys = _grid(2560, 2048)
     table = _table(xs, ys)
     probe = SlidePatchDataset(table, slides={"s": slide})
@@ -194,13 +195,16 @@ def test_locality_decodes_each_tile_once_with_a_cache_far_smaller_than_the_epoch
                            window=32)
     assert _epoch_decodes(local, sampler) == tiles
     assert local.tile_cache().nbytes <= small
+    # a full shuffle, assembled 16 patches ahead (the default, 1024, is this whole epoch)
+    monkeypatch.setattr("exaslide.data.assembly.DEFAULT_SPAN", 16)
     full = SlidePatchDataset(table, slides={"s": slide}, tile_cache_bytes=small)
     assert _epoch_decodes(full, PatchSampler(len(xs), seed=0, rank=0, world_size=1)) > tiles
 
 
-def test_workers_deliver_the_in_process_batches_even_when_all_are_held(slide):
+def test_workers_deliver_the_in_process_batches_even_when_all_are_held(slide, monkeypatch):
     from exaslide.data import batch_memory
 
+    monkeypatch.setattr(batch_memory, "RING_SLOTS", 8)  # read when the loader is made
     xs, ys = _grid(2560, 2048, step=112)
     table = _table(xs, ys)
     reference = SlidePatchDataset(table, slides={"s": slide})

@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
-#: Shared-memory blocks per worker ring (``prefetch_factor`` in flight plus a few held).
-RING_SLOTS = 16
+#: Most shared-memory blocks in a worker's ring: the batches assembled ahead, those in
+#: flight (``prefetch_factor``) and a few the consumer holds. Blocks are made on demand.
+RING_SLOTS = 64
 _ALIGN = 64
 
 
@@ -48,7 +49,7 @@ class BatchMemory:
     """Per-process batch memory: NumPy arrays recycled by reference count in the calling
     process, a ring of shared-memory blocks in a ``DataLoader`` worker."""
 
-    def __init__(self, keep: int = 4):
+    def __init__(self, keep: int = 64):
         self.keep = keep
         self._arrays: list[np.ndarray] = []
         self._ring: list[tuple[torch.UntypedStorage, int]] = []
@@ -58,10 +59,11 @@ class BatchMemory:
         self.fresh = 0  # blocks allocated (not reused), for tests and benchmarks
 
     def use_ring(self, flags: torch.Tensor, token: int) -> None:
-        """Recycle shared blocks with this flag array (sent by the main process)."""
-        if self._flags_tensor is not flags:
-            self._flags_tensor, self.flags, self.token = flags, flags.numpy(), token
+        """Recycle shared blocks with this flag array (sent by the main process with the
+        first batch of every epoch: the same ring while ``token`` is the same)."""
+        if token != self.token:
             self._ring = []
+        self._flags_tensor, self.flags, self.token = flags, flags.numpy(), token
 
     def take(self, count: int, side: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
         """``(pixels, ints, slot)``: an ``N x side x side x 3`` ``uint8`` tensor and a
@@ -80,17 +82,25 @@ class BatchMemory:
         ints = torch.empty(0, dtype=torch.int64).set_(storage, offset // 8, (5, count))
         return images, ints, slot
 
+    def unused(self, slot: Any) -> None:
+        """A block taken but never sent (a batch made ahead and dropped): free again."""
+        if slot is not None and self.flags is not None and slot[0] == self.token:
+            self.flags[slot[1]] = 0
+
     def _array(self, nbytes: int) -> np.ndarray:
-        for i, raw in enumerate(self._arrays):
-            # references: the list, this loop's name, getrefcount's argument
-            if raw.nbytes == nbytes and sys.getrefcount(raw) <= 3:
-                self._arrays.append(self._arrays.pop(i))
+        arrays = self._arrays
+        for i in range(len(arrays)):
+            # references: the list's and getrefcount's argument; a tensor made from the
+            # array (through a view) adds one
+            if arrays[i].nbytes == nbytes and sys.getrefcount(arrays[i]) == 2:
+                raw = arrays.pop(i)
+                arrays.append(raw)
                 return raw
         self.fresh += 1
         raw = np.empty(nbytes, np.uint8)  # >= 4 MiB: NumPy asks for huge pages
-        self._arrays.append(raw)
-        if len(self._arrays) > self.keep:  # forget the oldest (freed when unused)
-            self._arrays.pop(0)
+        arrays.append(raw)
+        if len(arrays) > self.keep:  # forget the oldest (freed when unused)
+            arrays.pop(0)
         return raw
 
     def _block(self, nbytes: int) -> tuple[torch.UntypedStorage, Any]:

@@ -41,12 +41,14 @@ class PlannedBatch(list):
         complete: the plan is the worker's whole epoch.
         ring: ``(flags, token)`` of the worker's batch-memory ring
             (:mod:`exaslide.data.batch_memory`), with the first batch of an epoch.
+        window: the shuffle window of the plan (patches), ``None`` for a full shuffle.
     """
 
     plan: np.ndarray | None = None
     reset: bool = False
     complete: bool = False
     ring: tuple | None = None
+    window: int | None = None
 
 
 class StreamBatches(Sampler):
@@ -84,6 +86,7 @@ class StreamBatches(Sampler):
             return
         from exaslide.data.batch_memory import poll_released
 
+        window = self.sampler.window if getattr(self.sampler, "locality", False) else None
         planned = [0] * self.streams  # indices of each stream sent in plans so far
         read = [0] * self.streams  # indices of each stream read before this batch
         sequences = [np.concatenate(batches[w :: self.streams]) if batches[w:] else
@@ -100,6 +103,7 @@ class StreamBatches(Sampler):
                 batch.reset = planned[w] == 0
                 planned[w] += len(batch.plan)
                 batch.complete = batch.reset and planned[w] == len(sequences[w])
+                batch.window = window
             read[w] += len(indices)
             yield batch
 

@@ -64,6 +64,16 @@ class ReadGeometry:
         y1 = np.maximum(y0 + 1, np.floor(ys + extent + 0.5).astype(np.int64))
         return x0, y0, x1, y1
 
+    def box(self, x: int, y: int) -> tuple[int, int, int, int]:
+        """:meth:`boxes` for one patch, in Python numbers (the same float operations)."""
+        xs, ys = (x + self.shift) / self.downsample, (y + self.shift) / self.downsample
+        x0, y0 = math.floor(xs + 0.5), math.floor(ys + 0.5)
+        if self.scale == 1.0:
+            return x0, y0, x0 + self.size, y0 + self.size
+        extent = self.size * self.scale
+        return (x0, y0, max(x0 + 1, math.floor(xs + extent + 0.5)),
+                max(y0 + 1, math.floor(ys + extent + 0.5)))
+
     def tile_ranges(self, x0, y0, x1, y1) -> tuple[np.ndarray, ...]:
         """First and last tile column and row touched by each box (last < first: none)."""
         tw, th = self.grid
@@ -102,13 +112,15 @@ class ReadGeometry:
         return (self.slot << (2 * TILE_BITS)) | (ty << TILE_BITS) | tx
 
 
-def centring_shift(size: int, index_size, index_mpp, index_level: int, out_size: int | None,
+def centring_shift(size, index_mpp, index_level: int, out_size: int | None,
                    mpp: float | None, reader) -> int:
     """Level-0 pixels to add to an indexed corner so the patch read by ``reader`` is
-    centred on the indexed one (0 when it reads the indexed patch itself)."""
+    centred on the indexed one (0 when it reads the indexed patch itself). ``size``,
+    ``index_mpp``, ``index_level``: the index row's (as NumPy scalars, for the same
+    rounding as before)."""
     if mpp is not None:
-        side = index_size * (index_mpp / reader.slide.mpp[0] if not math.isnan(index_mpp)
-                             else reader.slide.level_downsamples[index_level])
+        side = size * (index_mpp / reader.slide.mpp[0] if not math.isnan(index_mpp)
+                       else reader.slide.level_downsamples[index_level])
         shift = (side - reader.spec.size * reader.scale * reader.downsample) / 2
         return math.floor(shift + 0.5)
     if out_size is not None and out_size != size:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from exaslide.data.assembly import Assembler, Handle
 from exaslide.data.patch_batch import PatchBatch, ReadGeometry, batch_metadata, centring_shift
 from exaslide.data.sources import PatchTable, load_patches
 from exaslide.patches.reader import PatchReader
@@ -41,20 +42,6 @@ from exaslide.slides.pool import DEFAULT_MAX_OPEN, HandlePool
 DEFAULT_TILE_CACHE_BYTES = 256 << 20
 #: Default side of a locality block, in patches (see :meth:`SlidePatchDataset.blocks`).
 DEFAULT_BLOCK_PATCHES = 8
-
-
-class _Handle:
-    """One open reader of a worker, with its geometry and, for JPEG-tiled levels, the
-    direct decoder of its tiles."""
-
-    def __init__(self, reader: PatchReader, geometry: ReadGeometry):
-        from exaslide.data.tile_decode import JpegTiles
-
-        self.reader, self.geometry = reader, geometry
-        self.jpeg = JpegTiles.of(reader.tiles, reader.level) if reader.uses_tiles else None
-
-    def close(self) -> None:
-        self.reader.close()
 
 
 class SlidePatchDataset(Dataset):
@@ -112,7 +99,7 @@ class SlidePatchDataset(Dataset):
         self._readers, self._groups = _reader_groups(self.patches)
         self._geometry: dict[int, ReadGeometry] = {}
         self._slots: dict[tuple[int, int], int] = {}
-        self._process: _ProcessState | None = None
+        self._process: Assembler | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -128,35 +115,55 @@ class SlidePatchDataset(Dataset):
         return len(self.patches)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, dict[str, Any]]:
-        n = len(self.patches)
-        if not -n <= index < n:
-            raise IndexError(f"patch {index} out of range for {n} patches")
-        return self.__getitems__([index])[0]
+        p = self.patches
+        if not -len(p) <= index < len(p):
+            raise IndexError(f"patch {index} out of range for {len(p)} patches")
+        index = int(index) % len(p)
+        handle = self._handle(int(self._groups[index]))
+        g = handle.geometry
+        pixels = np.empty((g.size, g.size, 3), np.uint8)
+        x, y = int(p.x[index]), int(p.y[index])
+        if g.grid is None:
+            pixels[...] = handle.reader.read(x + g.shift, y + g.shift)
+        else:
+            self._state().fill(handle, pixels, *g.box(x, y))
+        image = torch.from_numpy(pixels).permute(2, 0, 1)
+        if self.dtype == "float":
+            image = image.float().div_(255.0)
+        if self.transform is not None:
+            image = self.transform(image)
+        metadata = {"key": p.keys[index].as_py(), "slide_id": p.slide_ids[p.slide[index]],
+                    "x": x, "y": y, "level": int(p.level[index]), "index": index}
+        return image, int(p.label[index]), metadata
 
     def __getitems__(self, indices: Sequence[int]) -> PatchBatch | list:
         """The patches of ``indices`` as one batch (see the module docstring). A plan
         attached by :func:`~exaslide.data.loader.make_loader` (``indices.plan``) is
-        declared to the tile cache first."""
+        declared to the tile cache first, and the next planned batches are assembled
+        ahead with this one (:mod:`exaslide.data.assembly`)."""
+        state = self._state()
         plan = getattr(indices, "plan", None)
         if plan is not None:
-            self.expect(plan, reset=getattr(indices, "reset", False),
-                        complete=getattr(indices, "complete", False))
+            reset = getattr(indices, "reset", False)
+            self.expect(plan, reset=reset, complete=getattr(indices, "complete", False))
+            state.follow(plan, reset, getattr(indices, "window", None))
         ring = getattr(indices, "ring", None)
         if ring is not None:
-            self._state().batches.use_ring(*ring)
+            state.batches.use_ring(*ring)
         n = len(self.patches)
         rows = np.asarray(indices, dtype=np.int64).reshape(-1)
         if rows.size and (rows.min() < -n or rows.max() >= n):
             bad = rows[(rows < -n) | (rows >= n)][0]
             raise IndexError(f"patch {bad} out of range for {n} patches")
         rows = rows % n
-        pixels, ints, slot = self._state().batches.take(len(rows), self._out_side(rows))
-        self._assemble(rows, pixels.numpy())
-        images = pixels.permute(0, 3, 1, 2)
+        batch = state.ready(rows)
+        if batch is None:
+            chunks = state.next_batches(rows) or [rows]
+            made = self._make(chunks)
+            state.ahead.extend(zip(chunks[1:], made[1:], strict=True))
+            batch = made[0]
         if self.dtype == "float":
-            images = images.float().div_(255.0)
-        labels, metadata = batch_metadata(self.patches, rows, ints)
-        batch = PatchBatch(images, labels, metadata, slot)
+            batch.images = batch.images.float().div_(255.0)
         if self.transform is None:
             return batch
         return [(self.transform(image), label, meta) for image, label, meta in batch]
@@ -225,34 +232,51 @@ class SlidePatchDataset(Dataset):
                              "read them all at one size")
         return int(sizes[0])
 
-    def _assemble(self, rows: np.ndarray, out: np.ndarray) -> None:
-        """Write the patches of ``rows`` into ``out[i]`` (``N x S x S x 3``)."""
+    def _make(self, chunks: list[np.ndarray]) -> list[PatchBatch]:
+        """Assemble batches of rows together (each tile decoded once for all of them)."""
+        state = self._state()
+        side = self._out_side(np.concatenate(chunks))
+        taken = [state.batches.take(len(rows), side) for rows in chunks]
+        rows = np.concatenate(chunks)
+        dest = np.repeat(np.arange(len(chunks)), [len(c) for c in chunks])
+        slot = np.concatenate([np.arange(len(c)) for c in chunks])
+        self._assemble(rows, [pixels.numpy() for pixels, _, _ in taken], dest, slot)
+        batches = []
+        for part, (pixels, ints, ring_slot) in zip(chunks, taken, strict=True):
+            labels, metadata = batch_metadata(self.patches, part, ints)
+            batches.append(PatchBatch(pixels.permute(0, 3, 1, 2), labels, metadata,
+                                      ring_slot))
+        return batches
+
+    def _assemble(self, rows: np.ndarray, outs: list[np.ndarray], dest: np.ndarray,
+                  slot: np.ndarray) -> None:
+        """Write the patch of ``rows[k]`` into ``outs[dest[k]][slot[k]]``."""
         p = self.patches
         state = self._state()
         for g, where in _split_by(self._groups[rows], np.arange(len(rows))):
             handle = self._handle(int(g))
             geometry = handle.geometry
             picked = rows[where]
+            targets = zip(dest[where].tolist(), slot[where].tolist(), strict=True)
             if geometry.grid is None:
-                for i, r in zip(where.tolist(), picked.tolist(), strict=True):
-                    out[i] = handle.reader.read(int(p.x[r]) + geometry.shift,
-                                                int(p.y[r]) + geometry.shift)
+                for (b, i), r in zip(targets, picked.tolist(), strict=True):
+                    outs[b][i] = handle.reader.read(int(p.x[r]) + geometry.shift,
+                                                    int(p.y[r]) + geometry.shift)
                 continue
             boxes = geometry.boxes(p.x[picked], p.y[picked])
             if geometry.scale == 1.0:
-                state.fill_batch(handle, out, where, *boxes)
+                state.fill_tiles(handle, outs, dest[where], slot[where], *boxes)
                 continue
-            for i, x0, y0, x1, y1 in zip(where.tolist(), *(b.tolist() for b in boxes),
-                                         strict=True):
-                state.fill(handle, out[i], x0, y0, x1, y1)
+            for (b, i), *box in zip(targets, *(c.tolist() for c in boxes), strict=True):
+                state.fill(handle, outs[b][i], *box)
 
-    def _handle(self, group: int) -> _Handle:
+    def _handle(self, group: int) -> Handle:
         slide, size, level, mpp = self._readers[group]
         out_size = self.size or size
         key = (slide, size, level, None if math.isnan(mpp) else mpp, out_size)
         return self.pool.get(key, lambda: self._open(group))
 
-    def _open(self, group: int) -> _Handle:
+    def _open(self, group: int) -> Handle:
         slide, size, level, mpp = self._readers[group]
         out_size = self.size or size
         read_mpp = self.mpp if self.mpp is not None else mpp
@@ -263,8 +287,8 @@ class SlidePatchDataset(Dataset):
         try:
             row = int(np.flatnonzero(self._groups == group)[0])
             p = self.patches
-            shift = centring_shift(p.size[row], p.size[row], p.mpp[row], int(p.level[row]),
-                                   self.size, self.mpp, reader)
+            shift = centring_shift(p.size[row], p.mpp[row], int(p.level[row]), self.size,
+                                   self.mpp, reader)
             slot = self._slots.setdefault((slide, reader.level), len(self._slots))
             geometry = ReadGeometry(
                 level=reader.level, downsample=reader.downsample, scale=reader.scale,
@@ -273,14 +297,14 @@ class SlidePatchDataset(Dataset):
                 grid=tuple(reader.tiles.tile_grid(reader.level)) if reader.uses_tiles
                 else None, slot=slot)
             self._geometry[group] = geometry
-            return _Handle(reader, geometry)
+            return Handle(reader, geometry)
         except BaseException:
             reader.close()
             raise
 
-    def _state(self) -> _ProcessState:
+    def _state(self) -> Assembler:
         if self._process is None or self._process.pid != os.getpid():
-            self._process = _ProcessState(self.tile_cache_bytes)
+            self._process = Assembler(self.tile_cache_bytes)
         return self._process
 
     def tile_cache(self):
@@ -301,110 +325,6 @@ class SlidePatchDataset(Dataset):
         state = dict(self.__dict__)
         state["_process"] = None
         return state
-
-
-class _ProcessState:
-    """The per-process part of a dataset: the tile cache and the decode buffers."""
-
-    def __init__(self, cache_bytes: int):
-        from exaslide.data.batch_memory import BatchMemory
-        from exaslide.data.tile_decode import TileBuffers
-        from exaslide.slides.tile_cache import TileCache
-
-        self.pid = os.getpid()
-        self.batches = BatchMemory()
-        self.buffers = TileBuffers(keep_bytes=cache_bytes)
-        self.cache = TileCache(cache_bytes, on_drop=self.buffers.give)
-        self.decodes = 0
-        self._scratch: np.ndarray | None = None
-
-    def fill(self, handle: _Handle, out: np.ndarray, x0: int, y0: int, x1: int,
-             y1: int) -> None:
-        """Assemble box ``x0, y0, x1, y1`` of the handle's level into ``out`` (resampled
-        to ``out``'s size when the geometry scales), as ``PatchReader.read`` does."""
-        g = handle.geometry
-        target = out if g.scale == 1.0 else self._region(y1 - y0, x1 - x0)
-        (tw, th), (lw, lh) = g.grid, g.level_size
-        if x0 < 0 or y0 < 0 or x1 > lw or y1 > lh:
-            target[...] = 255
-        cache, used = self.cache, []
-        for ty in range(max(0, y0) // th, (min(y1, lh) - 1) // th + 1):
-            for tx in range(max(0, x0) // tw, (min(x1, lw) - 1) // tw + 1):
-                key = g.key(tx, ty)
-                tile = cache.get(key)
-                if tile is None:
-                    tile = self._decode(handle, tx, ty)
-                    if not cache.put(key, tile):
-                        used.append(tile)  # not cached: its buffer comes back below
-                sx0, sy0 = tx * tw, ty * th
-                ax0, ay0 = max(x0, sx0), max(y0, sy0)
-                ax1, ay1 = min(x1, sx0 + tile.shape[1]), min(y1, sy0 + tile.shape[0])
-                target[ay0 - y0 : ay1 - y0, ax0 - x0 : ax1 - x0] = \
-                    tile[ay0 - sy0 : ay1 - sy0, ax0 - sx0 : ax1 - sx0]
-                cache.release(key)
-        for tile in used:
-            self.buffers.give(tile)
-        if g.scale != 1.0:
-            import cv2
-
-            interp = cv2.INTER_AREA if g.scale >= 1.0 else cv2.INTER_LINEAR
-            cv2.resize(target, (g.size, g.size), dst=out, interpolation=interp)
-
-    def fill_batch(self, handle: _Handle, out: np.ndarray, where: np.ndarray,
-                   x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray) -> None:
-        """Assemble unscaled boxes into ``out[where]``, tile by tile: each tile the batch
-        needs is looked up (or decoded) once and copied into every patch it overlaps."""
-        g = handle.geometry
-        (tw, th), (lw, lh) = g.grid, g.level_size
-        outside = (x0 < 0) | (y0 < 0) | (x1 > lw) | (y1 > lh)
-        for i in where[outside].tolist():
-            out[i] = 255
-        patch, tx, ty = g.tile_pairs(x0, y0, x1, y1)
-        keys = g.keys(tx, ty)
-        order = np.argsort(keys, kind="stable")
-        patch, tx, ty, keys = patch[order], tx[order], ty[order], keys[order]
-        sx0, sy0 = tx * tw, ty * th
-        ax0, ay0 = np.maximum(x0[patch], sx0), np.maximum(y0[patch], sy0)
-        ax1 = np.maximum(np.minimum(x1[patch], np.minimum(sx0 + tw, lw)), ax0)
-        ay1 = np.maximum(np.minimum(y1[patch], np.minimum(sy0 + th, lh)), ay0)
-        columns = (where[patch], keys, tx, ty, ay0 - y0[patch], ay1 - y0[patch],
-                   ax0 - x0[patch], ax1 - x0[patch], ay0 - sy0, ay1 - sy0, ax0 - sx0,
-                   ax1 - sx0)
-        cache, last, tile, uses, spare = self.cache, None, None, 0, []
-        for i, key, x, y, oy0, oy1, ox0, ox1, ty0, ty1, tx0, tx1 in zip(
-                *(c.tolist() for c in columns), strict=True):
-            if key != last:
-                if last is not None:
-                    cache.release(last, uses)
-                tile, last, uses = cache.get(key), key, 0
-                if tile is None:
-                    tile = self._decode(handle, x, y)
-                    if not cache.put(key, tile):
-                        spare.append(tile)  # not cached: its buffer comes back below
-            out[i, oy0:oy1, ox0:ox1] = tile[ty0:ty1, tx0:tx1]
-            uses += 1
-        if last is not None:
-            cache.release(last, uses)
-        for tile in spare:
-            self.buffers.give(tile)
-
-    def _decode(self, handle: _Handle, tx: int, ty: int) -> np.ndarray:
-        g = handle.geometry
-        (tw, th), (lw, lh) = g.grid, g.level_size
-        self.decodes += 1
-        if handle.jpeg is not None:
-            buffer = self.buffers.take((th, tw, 3))
-            if handle.jpeg.decode_into(tx, ty, buffer):
-                return buffer[: min(th, lh - ty * th), : min(tw, lw - tx * tw)]
-            self.buffers.give(buffer)
-        return handle.reader.tiles.read_tile(g.level, tx, ty)
-
-    def _region(self, height: int, width: int) -> np.ndarray:
-        """A scratch array for a region to be resampled (reused while large enough)."""
-        if self._scratch is None or self._scratch.shape[0] < height or \
-                self._scratch.shape[1] < width:
-            self._scratch = np.empty((max(height, 1), max(width, 1), 3), np.uint8)
-        return self._scratch[:height, :width]
 
 
 def _reader_groups(p: PatchTable) -> tuple[list[tuple[int, int, int, float]], np.ndarray]:

@@ -159,6 +159,12 @@ class TileCache:
             array = self._lru.pop(key)
         self._dropped(array)
 
+    def keeps(self, key: Hashable, uses: int) -> bool:
+        """Whether a tile about to be read ``uses`` times is worth caching: always
+        without a plan (or with :attr:`keep_spent`), else only when planned uses remain
+        after these."""
+        return not self._uses or self.keep_spent or self._uses.get(key, 0) > uses
+
     def planned(self, key: Hashable) -> int:
         """Planned uses of ``key`` still to come (0 when none or never declared)."""
         return self._uses.get(key, 0)
