@@ -5,6 +5,7 @@ redo on changed options or inputs, failures, foreign folders, unsafe output name
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,7 +232,9 @@ CUTS: list = []  # the shapes the driver cut slides for (cut runs in this proces
 
 
 def _sum_plan(entry, options):
-    return entry.slide_id, ["ignored: cut replaces the plan's tasks"]
+    import os
+
+    return os.getpid(), ["ignored: cut replaces the plan's tasks"]
 
 
 def _sum_cut(state, options, shape):
@@ -246,7 +249,7 @@ def _sum_task(entry, options, task, partial):
 def _sum_finish(entry, options, state, results, ctx):
     with ctx.output(f"sums/{entry.slide_id}.txt") as tmp:
         tmp.write_text(str(sum(results)))
-    return {"tasks": len(results)}
+    return {"tasks": len(results), "planned_by": state}
 
 
 def _sum_fingerprint(options):
@@ -276,6 +279,8 @@ def test_split_stage_is_cut_for_the_workers_and_slides_left(synth_slide, tmp_pat
     assert [o.result["tasks"] for o in dask] == [4, 4, 4]
     assert sorted((s.workers, s.slides_left) for s in CUTS) == [(2, 1), (2, 2), (2, 3)]
     assert (tmp_path / "dask" / "sums" / "c.txt").read_text() == "6"
+    # planned here while the LocalCluster started (these plans take no time)
+    assert {o.result["planned_by"] for o in dask} == {os.getpid()}
 
 
 def test_fingerprint_and_upgrade_status_decide_what_a_rerun_compares(synth_slide, tmp_path):

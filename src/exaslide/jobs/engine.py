@@ -363,13 +363,44 @@ def _execute(run: _Run, todo: list[_Slide], workers, scheduler) -> None:
         for slide in todo:  # in this process, with progress from inside the slide
             _process_inline(run, slide)
         return
-    executor = make_executor(workers, scheduler)
+    planned: dict = {}
+    if run.stage.split and scheduler is None:
+        executor = _start_while_planning(run, todo, workers, planned)
+    else:
+        executor = make_executor(workers, scheduler)
     if run.stage.warm and hasattr(executor, "warm"):
         executor.warm(run.stage.warm)
     try:
-        _drive(run, executor, todo)
+        _drive(run, executor, todo, planned)
     finally:
         executor.close()
+
+
+def _start_while_planning(run: _Run, todo: list[_Slide], workers, planned: dict):
+    """Start a LocalCluster in a thread and plan slides here meanwhile (a single slide's
+    plan then costs no time: the cluster takes longer to start); their ``(error,
+    result)`` go into ``planned``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from exaslide.jobs.executors import make_executor
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="exaslide-cluster")
+    starting = pool.submit(make_executor, workers, None)
+    try:
+        for slide in todo:
+            if starting.done():
+                break
+            try:
+                planned[slide.entry.slide_id] = (None, plan_task(run.stage, slide.entry))
+            except Exception as exc:  # reported with the slide, as from a worker
+                planned[slide.entry.slide_id] = (exc, None)
+        return starting.result()
+    except BaseException:  # e.g. Ctrl-C: the cluster must not outlive the run
+        with contextlib.suppress(Exception):
+            starting.result().close()
+        raise
+    finally:
+        pool.shutdown(wait=False)
 
 
 def _process_inline(run: _Run, slide: _Slide) -> None:
@@ -383,28 +414,45 @@ def _process_inline(run: _Run, slide: _Slide) -> None:
         run.failed(entry.slide_id, exc, slide.expected)
 
 
-def _drive(run: _Run, executor, todo: list[_Slide]) -> None:
+def _drive(run: _Run, executor, todo: list[_Slide], planned: dict | None = None) -> None:
     """Keep at most two slides per worker in flight, so the driver's memory does not grow
-    with the cohort; collect their tasks as they finish."""
+    with the cohort; collect their tasks as they finish. ``planned`` holds the ``(error,
+    result)`` of slides already planned in this process."""
+    planned = dict(planned or {})
     waiting = deque(todo)
     window = 2 * executor.workers
     slides: dict[str, _Slide] = {}
     tags: dict = {}
+    ready: deque = deque()  # (slide_id, task_no, error, value) known without a future
     stage = run.stage
 
     def start_next() -> None:
         while waiting and len(slides) < window:
             slide = waiting.popleft()
             slides[slide.entry.slide_id] = slide
+            if slide.entry.slide_id in planned:
+                ready.append((slide.entry.slide_id, None,
+                              *planned.pop(slide.entry.slide_id)))
+                continue
             fn, args = (plan_task, (stage, slide.entry)) if stage.split else \
                 (process_task, (stage, slide.entry, str(run.out)))
             tags[executor.submit(fn, *args)] = (slide.entry.slide_id, None)
 
-    start_next()
-    for future in executor.completed():
-        slide_id, task_no = tags.pop(future)
+    def events():
+        start_next()
+        while True:
+            while ready:
+                yield ready.popleft()
+            if not tags:
+                return
+            for future in executor.completed():
+                slide_id, task_no = tags.pop(future)
+                yield (slide_id, task_no, *_collect(executor, future))
+                while ready:
+                    yield ready.popleft()
+
+    for slide_id, task_no, error, value in events():
         slide = slides[slide_id]
-        error, value = _collect(executor, future)
         if task_no is not None:
             slide.running -= 1
         if error is not None:
