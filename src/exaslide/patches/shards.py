@@ -195,9 +195,10 @@ class RowShardWriter:
     not written. A shard whose rows all lie in ``[start, stop)`` is written whole; one
     that the range covers only in part is written as a part
     (``<shard>.<first row>.part``, no end-of-archive blocks) for :func:`join_parts`.
-    Files are written under temporary names and renamed when complete. They are not
-    flushed to disk here: a worker waiting on the disk leaves its core idle; the job
-    engine flushes them when it moves them into place, in the driver.
+    Files are written under temporary names and renamed when complete, and flushed to
+    disk by a background thread while the next ones are encoded (the job engine's flush
+    when it moves them into place then has nothing left to wait for); :meth:`close`
+    waits for those flushes and raises their errors.
     """
 
     def __init__(self, directory: str | Path, prefix: str, shard_size: int, start: int,
@@ -212,6 +213,8 @@ class RowShardWriter:
         self._shard = -1
         self._whole = False
         self._size = 0
+        self._pool = None
+        self._flushes: list = []
 
     def add(self, row: int, data: bytes) -> str:
         """Append the members of plan row ``row`` (rows in increasing order); returns the
@@ -240,17 +243,36 @@ class RowShardWriter:
         if self._whole:
             self._file.write(tar_end(self._size))
         self._file.close()
-        os.replace(self._tmp, self.directory / self._name)
+        target = self.directory / self._name
+        os.replace(self._tmp, target)
         self.written.append(self._name)
         self._file = self._tmp = None
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="exaslide-flush")
+        self._flushes.append(self._pool.submit(_flush_file, target))
+
+    def _wait(self) -> None:
+        """Wait for the background flushes; raise the first error."""
+        flushes, self._flushes = self._flushes, []
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        for flush in flushes:
+            flush.result()
 
     def close(self) -> list[str]:
-        """Finish the last file; returns the names written (shards and parts)."""
+        """Finish the last file and wait until all are on disk; returns the names
+        written (shards and parts)."""
         self._finish()
+        self._wait()
         return self.written
 
     def abort(self) -> None:
         """Delete the file being written and those already written (on error)."""
+        with contextlib.suppress(OSError):
+            self._wait()
         if self._file is not None:
             self._file.close()
             self._tmp.unlink(missing_ok=True)
@@ -258,6 +280,14 @@ class RowShardWriter:
         for name in self.written:
             with contextlib.suppress(FileNotFoundError):
                 (self.directory / name).unlink()
+
+
+def _flush_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def join_parts(directory: str | Path, name: str, parts: list[str]) -> Path:
