@@ -23,8 +23,8 @@ from exaslide.infer.cohort import InferOptions
 @click.option("--device", default="cpu", show_default=True,
               help="cpu, cuda or cuda:N (under torchrun, cuda is each rank's GPU).")
 @click.option("--workers", type=int, default=None,
-              help="Patch-reading threads per slide [1 on cpu; on cuda the CPUs' share, "
-                   "up to 4].")
+              help="Patch-reading processes per slide [0 on cpu: read in this process; "
+                   "on cuda the cores of this process's share less one, up to 16].")
 @field_option(InferOptions, "min_tissue", "--min-tissue",
               help="Smallest tissue share of a patch for its cell to be computed.")
 @field_option(InferOptions, "class_name", "--class", "class_name",
