@@ -97,3 +97,30 @@ def test_augment_section_has_a_known_shape(augment, message):
     with pytest.raises(TrainingError) as info:
         TrainConfig(augment=augment)
     assert message in str(info.value)
+
+
+def test_shuffle_and_window_default_to_a_full_shuffle_and_are_checked(tmp_path):
+    config = TrainConfig()
+    assert (config.shuffle, config.window) == ("full", 1024)
+    path = tmp_path / "c.yaml"
+    path.write_text("shuffle: blocks\nwindow: '256'\n")
+    assert (load_config(path).shuffle, load_config(path).window) == ("blocks", 256)
+    for values, message in [
+        ({"shuffle": 3}, "shuffle: expected one of 'full', 'blocks', got 3"),
+        ({"shuffle": "block"}, "shuffle: expected one of 'full', 'blocks', got 'block'"),
+        ({"window": "big"}, "window: expected an integer, got 'big'"),
+        ({"window": True}, "window: expected an integer, got true"),
+        ({"window": 2.5}, "window: expected an integer, got 2.5"),
+        ({"window": 0}, "window: expected a value >= 1, got 0"),
+        ({"source": "shards", "shuffle": "blocks"},
+         "shuffle: expected 'full' with source 'shards'"),
+    ]:
+        with pytest.raises(TrainingError) as info:
+            TrainConfig(**values)
+        assert message in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(TrainingError, match="--set: shuffle: expected 'full' with source"):
+        load_config(None, {}, ["source=shards", "shuffle=blocks"])
+    config.shuffle = "blocks"
+    config.source = "shards"  # assigned one by one: train() validates the whole again
+    with pytest.raises(TrainingError, match="with source 'shards'"):
+        config.validate()

@@ -173,10 +173,11 @@ Augment = Annotated[AugmentConfig, AfterValidator(AugmentConfig.to_dict),
                     PlainSerializer(lambda value: value)]  # held as a plain mapping
 Source = Literal["slides", "shards"]
 Decode = Literal["auto", "gpu", "cpu", "off"]
+Shuffle = Literal["full", "blocks"]
 Optimizer = Literal["adamw", "sgd"]
 Scheduler = Literal["cosine", "none"]
 SOURCES, OPTIMIZERS, SCHEDULERS = get_args(Source), get_args(Optimizer), get_args(Scheduler)
-DECODES = get_args(Decode)
+DECODES, SHUFFLES = get_args(Decode), get_args(Shuffle)
 
 
 class TrainConfig(BaseModel):
@@ -197,6 +198,13 @@ class TrainConfig(BaseModel):
     #: workers (SlidePatchDataset); "auto": gpu on a CUDA device with JPEG-tiled slides,
     #: else off.
     decode: Decode = "auto"
+    #: slides source: the training order (docs/data.md). "full": every epoch a full
+    #: shuffle; "blocks": locality-aware, the patches of neighbouring tiles read together
+    #: by one loader worker and shuffled within windows of ``window`` patches (each tile
+    #: decoded about once per epoch, batches mix fewer slides).
+    shuffle: Shuffle = "full"
+    window: PositiveInt = 1024  #: patches per shuffle window of ``shuffle: blocks``
+    #: (1024: exaslide.data.sampler.DEFAULT_WINDOW; the tile cache holds one window)
     train_split: Name = "train"
     val_split: Name = "val"
     val_fraction: Annotated[Number, Field(ge=0, lt=1)] = 0.2  #: held out without val_split
@@ -253,6 +261,14 @@ class TrainConfig(BaseModel):
             raise ValueError("expected 'auto' or 'off' with source 'shards' (tiles are "
                              "decoded in the training process only when reading slides)")
         return decode
+
+    @field_validator("shuffle")
+    @classmethod
+    def _blocks_need_slides(cls, shuffle: str, info: ValidationInfo) -> str:
+        if shuffle == "blocks" and info.data.get("source") == "shards":
+            raise ValueError("expected 'full' with source 'shards' (shards are shuffled "
+                             "through a buffer of their own)")
+        return shuffle
 
     @field_validator("device", mode="before")
     @classmethod
