@@ -241,7 +241,7 @@ def work_ceiling(path: Path, index: Path, quality: int = 90, repeats: int = 3):
     import tifffile
 
     from exaslide.patches import PatchReader, PatchSpec
-    from exaslide.patches.reader import _empty_tile
+    from exaslide.slides.jpeg_tiles import aligned_empty
 
     table = pq.read_table(index, columns=["x", "y", "size"])
     x, y = table["x"].to_numpy(), table["y"].to_numpy()
@@ -259,7 +259,7 @@ def work_ceiling(path: Path, index: Path, quality: int = 90, repeats: int = 3):
                 fh.seek(page.dataoffsets[i])
                 blobs.append(fh.read(page.databytecounts[i]))
         tables = page.jpegtables
-    tile, patch = _empty_tile((th, tw, 3)), _empty_tile((size, size, 3))
+    tile, patch = aligned_empty((th, tw, 3)), aligned_empty((size, size, 3))
     decode = encode = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()

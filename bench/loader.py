@@ -176,7 +176,7 @@ def run_ceiling(inputs: dict) -> dict:
     import imagecodecs
 
     from exaslide.data import SlidePatchDataset
-    from exaslide.data.tile_decode import BUFFER_OFFSET
+    from exaslide.slides.jpeg_tiles import DECODE_OFFSET
 
     dataset = SlidePatchDataset(inputs["index"], slides={"bench": inputs["slide"]})
     p = dataset.patches
@@ -185,12 +185,11 @@ def run_ceiling(inputs: dict) -> dict:
     jpeg = handle.jpeg
     keys = np.unique(geometry.tile_keys(p.x, p.y))
     tiles = [(int(k) & 0xFFFFF, (int(k) >> 20) & 0xFFFFF) for k in keys]
-    index = [ty * jpeg.across + tx for tx, ty in tiles]
-    data = [jpeg._pread(int(jpeg.counts[i]), int(jpeg.offsets[i])) for i in index]
+    data = [jpeg.raw(tx, ty) for tx, ty in tiles]
     options = {"tables": jpeg.tables, "colorspace": jpeg.colorspace,
                "outcolorspace": jpeg.outcolorspace}
     raw = np.empty(256 * 256 * 3 + 64, np.uint8)
-    start = (BUFFER_OFFSET - raw.ctypes.data) % 32
+    start = (DECODE_OFFSET - raw.ctypes.data) % 32
     out = raw[start : start + 256 * 256 * 3].reshape(256, 256, 3)
 
     def best(decode) -> float:

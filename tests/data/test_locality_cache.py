@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exaslide.data.tile_decode import BUFFER_OFFSET, TileBuffers
+from exaslide.data.tile_decode import TileBuffers
+from exaslide.slides.jpeg_tiles import DECODE_OFFSET
 from exaslide.slides.tile_cache import TileCache
 
 
@@ -62,7 +63,7 @@ def test_buffers_are_recycled_and_placed_off_the_32_byte_boundary():
     buffers = TileBuffers(keep_bytes=8 << 20)
     first = buffers.take((64, 64, 3))
     assert first.flags.writeable and first.shape == (64, 64, 3)
-    assert first.ctypes.data % 32 == BUFFER_OFFSET
+    assert first.ctypes.data % 32 == DECODE_OFFSET
     address = first.ctypes.data
     buffers.give(first[:10, :20])  # a crop of it (as an edge tile is) gives it back
     again = buffers.take((64, 64, 3))

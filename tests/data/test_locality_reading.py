@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from exaslide.data import PatchSampler, SlidePatchDataset, make_loader
-from exaslide.data.tile_decode import JpegTiles
 from exaslide.patches.index import make_table
 from exaslide.patches.reader import PatchReader
 from exaslide.patches.spec import PatchSpec
+from exaslide.slides.jpeg_tiles import jpeg_tiles
 from exaslide.slides.tifffile_backend import TiffFileSlide
 from exaslide.synth import SynthSpec, write_synthetic_slide
 
@@ -126,7 +126,7 @@ def test_jpeg_tiles_decode_like_read_tile(slide, tmp_path):
 
     with TiffFileSlide(slide) as tiles:
         for level in range(tiles.level_count):
-            jpeg = JpegTiles.of(tiles, level)
+            jpeg = jpeg_tiles(tiles, level)
             assert jpeg is not None
             tw, th = tiles.tile_grid(level)
             lw, lh = tiles.level_dimensions[level]
@@ -142,13 +142,13 @@ def test_jpeg_tiles_decode_like_read_tile(slide, tmp_path):
     tifffile.imwrite(rgb, image, tile=(64, 64), photometric="rgb", compression="jpeg")
     tifffile.imwrite(lzw, image, tile=(64, 64), photometric="rgb", compression="lzw")
     with TiffFileSlide(str(rgb)) as tiles:
-        jpeg = JpegTiles.of(tiles, 0)
+        jpeg = jpeg_tiles(tiles, 0)
         out = np.empty((64, 64, 3), np.uint8)
         assert jpeg is not None and jpeg.decode_into(2, 1, out)
         np.testing.assert_array_equal(out, tiles.read_tile(0, 2, 1))
         assert not jpeg.decode_into(99, 99, out)
     with TiffFileSlide(str(lzw)) as tiles:
-        assert JpegTiles.of(tiles, 0) is None
+        assert jpeg_tiles(tiles, 0) is None
     xs, ys = np.array([0, 30, 236, 100]), np.array([0, 50, 136, 150])
     dataset = SlidePatchDataset(_table(xs, ys, size=64), slides={"s": str(lzw)})
     images = dataset.__getitems__([0, 1, 2, 3]).images

@@ -118,7 +118,7 @@ def _split_tables(data: bytes) -> tuple[bytes, bytes]:
 def test_direct_jpeg_decode_equals_read_tile(tmp_path, photometric, tables):
     """Tiles decoded straight into offset buffers are read_tile's pixels, edge tiles
     cropped, a tile without bytes painted by read_tile."""
-    from exaslide.patches.reader import TILE_OFFSET
+    from exaslide.slides.jpeg_tiles import DECODE_OFFSET
     from exaslide.slides.tifffile_backend import TiffFileSlide
 
     rng = np.random.default_rng(3)
@@ -131,7 +131,7 @@ def test_direct_jpeg_decode_equals_read_tile(tmp_path, photometric, tables):
                 tile = reader._decode(tx, ty)
                 np.testing.assert_array_equal(tile, slide.read_tile(0, tx, ty))
                 if (tx, ty) != (2, 0):  # the sparse tile: read_tile's
-                    assert tile.ctypes.data % 32 == TILE_OFFSET
+                    assert tile.ctypes.data % 32 == DECODE_OFFSET
         assert reader.read(280, 190).shape == (64, 64, 3)  # past the edge: padded white
 
 

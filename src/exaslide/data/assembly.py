@@ -36,10 +36,10 @@ class Handle:
     direct decoder of its tiles."""
 
     def __init__(self, reader, geometry: ReadGeometry):
-        from exaslide.data.tile_decode import JpegTiles
+        from exaslide.slides.jpeg_tiles import jpeg_tiles
 
         self.reader, self.geometry = reader, geometry
-        self.jpeg = JpegTiles.of(reader.tiles, reader.level) if reader.uses_tiles else None
+        self.jpeg = jpeg_tiles(reader.tiles, reader.level) if reader.uses_tiles else None
 
     def close(self) -> None:
         self.reader.close()
@@ -201,10 +201,9 @@ class Assembler:
     def _hot_buffer(self, height: int, width: int) -> np.ndarray:
         buffer = self._hot.get((height, width))
         if buffer is None:
-            from exaslide.data.tile_decode import TileBuffers
+            from exaslide.slides.jpeg_tiles import aligned_empty
 
-            buffer = self._hot[height, width] = TileBuffers(keep_bytes=0).take(
-                (height, width, 3))
+            buffer = self._hot[height, width] = aligned_empty((height, width, 3))
         return buffer
 
     def _region(self, height: int, width: int) -> np.ndarray:

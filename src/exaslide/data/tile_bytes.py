@@ -28,9 +28,8 @@ import logging
 import struct
 from dataclasses import dataclass
 
-import numpy as np
-
 from exaslide.errors import SlideReadError
+from exaslide.slides.jpeg_tiles import PHOTOMETRIC_RGB, JpegTiles, jpeg_tiles
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +39,6 @@ APP0, APP14 = 0xE0, 0xEE
 SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 #: Markers that stand alone, without a length field.
 BARE_MARKERS = frozenset([0x01, *range(0xD0, 0xD8)])
-TIFF_JPEG = 7  #: TIFF Compression tag value of "new-style" JPEG
-PHOTOMETRIC_RGB, PHOTOMETRIC_YCBCR = 2, 6
 
 
 def adobe_marker(transform: int) -> bytes:
@@ -166,35 +163,9 @@ def standalone_jpeg_colour(tile: bytes, tables: bytes | None,
                      tile[header.scan_start:]]), colour
 
 
-class JpegLevel:
-    """The stored JPEG tiles of one pyramid level of a tifffile-read slide.
-
-    Attributes:
-        tile_size: ``(width, height)`` of the stored tiles.
-        level_size: ``(width, height)`` of the level.
-        grid: ``(columns, rows)`` of tiles.
-    """
-
-    def __init__(self, slide, level: int, page):
-        self.slide, self.level = slide, level
-        self.name = f"{slide.path} level {level}"
-        self.tile_size = (int(page.tilewidth), int(page.tilelength))
-        self.level_size = tuple(slide.level_dimensions[level])
-        self.grid = (-(-self.level_size[0] // self.tile_size[0]),
-                     -(-self.level_size[1] // self.tile_size[1]))
-        self.photometric = int(page.photometric)
-        self.tables = getattr(page.keyframe, "jpegtables", None)
-        self.offsets = np.asarray(page.dataoffsets, dtype=np.int64)
-        self.counts = np.asarray(page.databytecounts, dtype=np.int64)
-        self._pread = slide._source.pread  # the slide's byte source
-
-    def index(self, tx: int, ty: int) -> int:
-        """The stored-tile index of tile column ``tx``, row ``ty``."""
-        return ty * self.grid[0] + tx
-
-    def stored(self, tx: int, ty: int) -> bool:
-        """False for a sparse tile (no bytes stored: the reader paints it itself)."""
-        return bool(self.counts[self.index(tx, ty)])
+class JpegLevel(JpegTiles):
+    """:class:`~exaslide.slides.jpeg_tiles.JpegTiles` that also gives each tile as a
+    standalone JPEG stream (the compressed batch path ships these)."""
 
     def stream(self, tx: int, ty: int) -> tuple[bytes, str]:
         """The standalone JPEG stream of tile ``(tx, ty)`` and its colour space
@@ -203,10 +174,8 @@ class JpegLevel:
         Raises:
             TileDecodeError: the stored bytes are not a parseable JPEG stream.
         """
-        i = self.index(tx, ty)
-        data = self._pread(int(self.counts[i]), int(self.offsets[i]))
         try:
-            return standalone_jpeg_colour(data, self.tables, self.photometric)
+            return standalone_jpeg_colour(self.raw(tx, ty), self.tables, self.photometric)
         except ValueError as exc:
             raise TileDecodeError(f"{self.name}: stored tile ({tx}, {ty}) is a damaged "
                                   f"JPEG stream: {exc}") from exc
@@ -215,35 +184,8 @@ class JpegLevel:
 def jpeg_level(slide, level: int) -> JpegLevel | None:
     """A :class:`JpegLevel` for ``level`` of ``slide``, or ``None`` when the level is not
     stored as 8-bit, 3-sample, chunky, tiled JPEG (its patches then come from the CPU
-    reader). ``slide`` is a :class:`~exaslide.slides.tifffile_backend.TiffFileSlide`
-    (anything else gives ``None``)."""
-    page = stored_page(slide, level)
-    if page is None:
-        return None
-    key = page.keyframe
-    if not (key.compression == TIFF_JPEG and key.is_tiled and key.samplesperpixel == 3
-            and key.bitspersample == 8 and key.planarconfig == 1 and not key.extrasamples
-            and int(key.photometric) in (PHOTOMETRIC_RGB, PHOTOMETRIC_YCBCR)
-            and np.dtype(key.dtype) == np.uint8):
-        return None
-    if len(page.dataoffsets) < -(-key.imagewidth // key.tilewidth) * \
-            -(-key.imagelength // key.tilelength):
-        return None
-    return JpegLevel(slide, level, page)
-
-
-def stored_page(slide, level: int):
-    """The TIFF page (or frame) holding ``level`` of a tifffile-read slide, or ``None``
-    for other slides and for levels stored as several pages (channel planes).
-
-    Uses the :class:`TiffFileSlide`'s level table (``_levels``), so the series and the
-    level are the ones its ``read_tile`` decodes."""
-    from exaslide.slides.tifffile_backend import TiffFileSlide
-
-    if not isinstance(slide, TiffFileSlide) or getattr(slide, "_composite", True):
-        return None
-    pages = slide._levels[level].pages  # see the docstring
-    return pages[0] if len(pages) == 1 else None
+    reader); see :func:`~exaslide.slides.jpeg_tiles.jpeg_tiles`."""
+    return jpeg_tiles(slide, level, cls=JpegLevel)
 
 
 def is_jpeg_tiled(path, backend: str | None = None) -> bool:

@@ -1,4 +1,4 @@
-"""Decoding stored JPEG tiles into recycled buffers: the loaders' hot path.
+"""Recycled tile decode buffers: the loaders' hot path.
 
 Two facts measured on the project's 2-core machine (``bench/loader.py`` prints them again)
 make a tile decode cost about half when the output buffer is chosen with care:
@@ -9,24 +9,15 @@ make a tile decode cost about half when the output buffer is chosen with care:
   tile out of the cache for the copy that follows.
 
 :class:`TileBuffers` hands out buffers whose address is 16 bytes past a 32-byte boundary
-and takes them back when the tile cache lets go of a tile; :class:`JpegTiles` decodes a
-level's stored tiles into such buffers with exactly the colour handling of tifffile (the
-pixels are those of :meth:`TiffFileSlide.read_tile <exaslide.slides.tifffile_backend.
-TiffFileSlide.read_tile>`, tested). Levels that are not 8-bit, 3-sample, chunky JPEG tiles
-are decoded by ``read_tile`` itself.
+and takes them back when the tile cache lets go of a tile;
+:class:`~exaslide.slides.jpeg_tiles.JpegTiles` decodes stored tiles into them.
 """
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
-logger = logging.getLogger(__name__)
-
-TIFF_JPEG = 7  #: TIFF Compression tag value of "new-style" JPEG
-#: Where a decode buffer starts relative to a 32-byte boundary (see the module doc).
-BUFFER_OFFSET = 16
+from exaslide.slides.jpeg_tiles import DECODE_OFFSET
 
 
 class TileBuffers:
@@ -69,7 +60,7 @@ class TileBuffers:
         stride = -(-nbytes // 64) * 64
         count = max(1, min(self.ARENA_BYTES, self.keep_bytes) // stride)
         raw = np.empty(count * stride + 64, np.uint8)
-        start = (BUFFER_OFFSET - raw.ctypes.data) % 32
+        start = (DECODE_OFFSET - raw.ctypes.data) % 32
         self.allocated += count
         return [raw[start + i * stride : start + i * stride + nbytes] for i in range(count)]
 
@@ -87,66 +78,3 @@ class TileBuffers:
         """Release the free buffers."""
         self._free.clear()
         self.free_bytes = 0
-
-
-class JpegTiles:
-    """The stored JPEG tiles of one level of a :class:`TiffFileSlide`, decoded into given
-    buffers. Build with :meth:`of`, which returns ``None`` for levels it cannot decode
-    this way."""
-
-    def __init__(self, tiles, level: int, page):
-        from tifffile.tifffile import jpeg_decode_colorspace
-
-        key = page.keyframe
-        self.tiles, self.level = tiles, level
-        self.tile_size = (int(key.tilewidth), int(key.tilelength))
-        self.offsets = np.asarray(page.dataoffsets, dtype=np.int64)
-        self.counts = np.asarray(page.databytecounts, dtype=np.int64)
-        self.across = -(-int(key.imagewidth) // self.tile_size[0])
-        self.tables = getattr(key, "jpegtables", None)
-        self.colorspace, self.outcolorspace = jpeg_decode_colorspace(
-            key.photometric, key.planarconfig, key.extrasamples, key.is_jfif)
-        self._pread = tiles._source.pread  # the slide's byte source
-
-    @classmethod
-    def of(cls, tiles, level: int) -> JpegTiles | None:
-        """A decoder for ``level`` of ``tiles`` (a ``TiffFileSlide``), or ``None`` when
-        the level is not stored as 8-bit RGB/YCbCr chunky JPEG tiles in one page."""
-        from exaslide.slides.tifffile_backend import TiffFileSlide
-
-        if not isinstance(tiles, TiffFileSlide) or getattr(tiles, "_composite", True):
-            return None
-        pages = tiles._levels[level].pages  # the levels read_tile decodes
-        if len(pages) != 1:
-            return None
-        page = pages[0]
-        key = page.keyframe
-        if not (key.compression == TIFF_JPEG and key.is_tiled and key.samplesperpixel == 3
-                and key.bitspersample == 8 and key.planarconfig == 1
-                and not key.extrasamples and int(key.photometric) in (2, 6)
-                and np.dtype(key.dtype) == np.uint8):
-            return None
-        try:
-            return cls(tiles, level, page)
-        except Exception as exc:  # e.g. an unexpected tag layout: read_tile decodes
-            logger.debug("%s level %d: no direct JPEG decode: %s", tiles.path, level, exc)
-            return None
-
-    def decode_into(self, tx: int, ty: int, out: np.ndarray) -> bool:
-        """Decode stored tile ``(tx, ty)`` into ``out`` (``tile_height x tile_width x 3``);
-        False when the tile has no stored bytes or does not decode to that shape (the
-        caller then uses ``read_tile``, which paints sparse tiles and names errors)."""
-        index = ty * self.across + tx
-        if index >= len(self.counts) or not self.counts[index]:
-            return False
-        import imagecodecs
-
-        data = self._pread(int(self.counts[index]), int(self.offsets[index]))
-        try:
-            imagecodecs.jpeg_decode(data, tables=self.tables, colorspace=self.colorspace,
-                                    outcolorspace=self.outcolorspace, out=out)
-        except Exception as exc:  # damaged or odd tile: read_tile reports it properly
-            logger.debug("%s level %d tile (%d, %d): direct decode failed: %s",
-                         self.tiles.path, self.level, tx, ty, exc)
-            return False
-        return True

@@ -12,12 +12,9 @@ as OpenSlide's ``read_region`` (both decode the same JPEG tiles with libjpeg-tur
 Every other format falls back to :meth:`Slide.read_region` per patch (OpenSlide).
 
 Stored JPEG tiles (8-bit RGB or YCbCr, the usual whole-slide case) are decoded by
-libjpeg-turbo directly into a fresh buffer that starts 16 bytes past a 32-byte boundary:
-libjpeg-turbo writes 32-byte-aligned rows with non-temporal (cache-bypassing) stores,
-which made a decode about 1.6x slower on the project's machines and left the tile out of
-the cache for the JPEG encoder that reads it next (``exaslide.data.tile_decode``
-measured the same). The pixels are those of ``TiffFileSlide.read_tile`` (tested), which
-decodes every other tile.
+libjpeg-turbo directly into buffers that start 16 bytes past a 32-byte boundary
+(:mod:`exaslide.slides.jpeg_tiles` says why); the pixels are those of
+``TiffFileSlide.read_tile`` (tested), which decodes every other tile.
 
 A patch is *blank* (see :func:`is_blank`) when at least ``blank_fraction`` (90%) of its
 pixels are white (``min(R,G,B) > 220``: glass) or black (``max(R,G,B) < 25``), or when it
@@ -42,14 +39,12 @@ from exaslide.lru import LRU
 from exaslide.patches.spec import PatchSpec
 from exaslide.slides import open_slide
 from exaslide.slides.base import Slide
+from exaslide.slides.jpeg_tiles import DECODE_OFFSET, jpeg_tiles
 
 logger = logging.getLogger(__name__)
 
 WHITE, BLACK, FLAT_STD = 220, 25, 2.0
 TILE_CACHE_BYTES = 128 << 20
-TIFF_JPEG = 7  #: the TIFF Compression value of (new-style) JPEG
-#: Where a decoded tile starts relative to a 32-byte boundary (see the module doc).
-TILE_OFFSET = 16
 
 
 #: The blank test samples at least this many rows and this many pixels of a patch.
@@ -118,8 +113,7 @@ class PatchReader:
         self.downsample = self.slide.level_downsamples[self.level]
         self._level_size = self.slide.level_dimensions[self.level]
         self._grid = self.tiles.tile_grid(self.level) if self.tiles is not None else None
-        self._jpeg = _JpegLevel.of(self.tiles, self.level) if self.tiles is not None \
-            else None
+        self._jpeg = jpeg_tiles(self.tiles, self.level) if self.tiles is not None else None
         self._buffers = _Buffers()
         self._cache = LRU(TILE_CACHE_BYTES, size_of=operator.attrgetter("nbytes"),
                           keep_newest=True, threadsafe=False)  # one reader, one thread
@@ -256,7 +250,11 @@ class PatchReader:
         return tile
 
     def _decode(self, tx: int, ty: int, buffers: _Buffers | None = None) -> np.ndarray:
-        tile = self._jpeg.decode(tx, ty, buffers) if self._jpeg is not None else None
+        tile = None
+        if self._jpeg is not None:
+            tw, th = self._jpeg.tile_size
+            tile = self._jpeg.decode(tx, ty, None if buffers is None else
+                                     buffers.take((th, tw, 3)))
         if tile is None:
             tile = self.tiles.read_tile(self.level, tx, ty)
         tile.flags.writeable = False  # shared by the cache and the patches returned
@@ -285,20 +283,12 @@ class PatchReader:
         self.close()
 
 
-def _empty_tile(shape: tuple[int, int, int]) -> np.ndarray:
-    """An uninitialised uint8 array starting :data:`TILE_OFFSET` bytes past a 32-byte
-    boundary."""
-    nbytes = shape[0] * shape[1] * shape[2]
-    raw = np.empty(nbytes + 32, np.uint8)
-    start = (TILE_OFFSET - raw.__array_interface__["data"][0]) % 32
-    return raw[start : start + nbytes].reshape(shape)
-
-
 class _Buffers:
-    """Decode buffers (see :func:`_empty_tile`) used again once nothing outside holds
-    them: a buffer whose only reference is this ring's (the arrays handed out are views
-    that keep it referenced) is free. Writing a tile into a buffer still in the cache is
-    much faster than into new memory (~30 us of a 256-px tile here)."""
+    """Decode buffers (see :func:`~exaslide.slides.jpeg_tiles.aligned_empty`) used again
+    once nothing outside holds them: a buffer whose only reference is this ring's (the
+    arrays handed out are views that keep it referenced) is free. Writing a tile into a
+    buffer still in the cache is much faster than into new memory (~30 us of a 256-px
+    tile here)."""
 
     FREE = 3  #: references of a free buffer: the ring, the loop variable, getrefcount's
 
@@ -319,71 +309,8 @@ class _Buffers:
             self._ring.append(raw)
             if len(self._ring) > self.size:
                 self._ring.popleft()  # its holder keeps it alive, and frees it later
-        start = (TILE_OFFSET - raw.__array_interface__["data"][0]) % 32
+        start = (DECODE_OFFSET - raw.__array_interface__["data"][0]) % 32
         return raw[start : start + nbytes].reshape(shape)
-
-
-class _JpegLevel:
-    """Direct decoding of one level's stored JPEG tiles (see the module doc); build with
-    :meth:`of`, which gives ``None`` for levels stored otherwise."""
-
-    def __init__(self, tiles, level: int, page):
-        from tifffile.tifffile import jpeg_decode_colorspace
-
-        key = page.keyframe
-        self.tiles, self.level = tiles, level
-        self.tile_size = (int(key.tilelength), int(key.tilewidth))
-        self.level_size = tiles.level_dimensions[level]
-        self.across = -(-self.level_size[0] // self.tile_size[1])
-        self.offsets, self.counts = page.dataoffsets, page.databytecounts
-        self.tables = getattr(key, "jpegtables", None)
-        self.colorspace, self.outcolorspace = jpeg_decode_colorspace(
-            key.photometric, key.planarconfig, key.extrasamples, key.is_jfif)
-        self._pread = tiles._source.pread  # the slide's byte source (private)
-
-    @classmethod
-    def of(cls, tiles, level: int) -> _JpegLevel | None:
-        """The decoder of ``level`` of ``tiles`` (a ``TiffFileSlide``), or ``None`` unless
-        the level is one page of 8-bit, 3-sample, chunky RGB/YCbCr JPEG tiles."""
-        from exaslide.slides.tifffile_backend import TiffFileSlide
-
-        if not isinstance(tiles, TiffFileSlide) or getattr(tiles, "_composite", True):
-            return None
-        try:
-            pages = tiles._levels[level].pages  # what read_tile decodes (private)
-            key = pages[0].keyframe
-            if len(pages) != 1 or not (
-                    key.compression == TIFF_JPEG and key.is_tiled and key.samplesperpixel == 3
-                    and key.bitspersample == 8 and key.planarconfig == 1
-                    and not key.extrasamples and int(key.photometric) in (2, 6)
-                    and np.dtype(key.dtype) == np.uint8):
-                return None
-            return cls(tiles, level, pages[0])
-        except Exception as exc:  # an unexpected layout: read_tile decodes
-            logger.debug("%s level %d: no direct JPEG decode: %s", tiles.path, level, exc)
-            return None
-
-    def decode(self, tx: int, ty: int, buffers: _Buffers | None = None) -> np.ndarray | None:
-        """Tile ``(tx, ty)`` cropped at the level's edge (in a buffer from ``buffers`` when
-        given), or ``None`` when it has no stored bytes or does not decode (``read_tile``
-        then paints it or names the error)."""
-        import imagecodecs
-
-        index = ty * self.across + tx
-        if index >= len(self.counts) or not self.counts[index]:
-            return None
-        th, tw = self.tile_size
-        out = _empty_tile((th, tw, 3)) if buffers is None else buffers.take((th, tw, 3))
-        data = self._pread(int(self.counts[index]), int(self.offsets[index]))
-        try:
-            imagecodecs.jpeg_decode(data, tables=self.tables, colorspace=self.colorspace,
-                                    outcolorspace=self.outcolorspace, out=out)
-        except Exception as exc:
-            logger.debug("%s level %d tile (%d, %d): direct decode failed: %s",
-                         self.tiles.path, self.level, tx, ty, exc)
-            return None
-        w, h = self.level_size
-        return out[: min(th, h - ty * th), : min(tw, w - tx * tw)]
 
 
 def _tiled_source(slide: Slide, path, backend: str | None):

@@ -71,6 +71,18 @@ class SampledPatches:
         return {c: int((self.label == c).sum()) for c in CLASSES}
 
 
+def _integral(flags: np.ndarray) -> np.ndarray:
+    """The summed-area table of a boolean mask, padded with a zero row and column
+    (OpenCV's ``integral``, ~4x the two NumPy cumsums; NumPy where counts could pass
+    int32)."""
+    if flags.size < 2**31 - 1 and max(flags.shape) < 2**30:
+        import cv2
+
+        return cv2.integral(flags.view(np.uint8), sdepth=cv2.CV_32S)
+    return np.pad(flags.cumsum(0, dtype=np.int64).cumsum(1, dtype=np.int64),
+                  ((1, 0), (1, 0)))
+
+
 class _Coverage:
     """Integral images of the label mask: tissue and tumour fractions of any box."""
 
@@ -78,11 +90,8 @@ class _Coverage:
         self.labels = mask.labels
         self.d = mask.downsample
         self.f = footprint
-        pad = ((1, 0), (1, 0))
-        kind = np.int32 if mask.labels.size < 2**31 else np.int64
-        self.tissue = np.pad((mask.labels > 0).cumsum(0, dtype=kind).cumsum(1, dtype=kind), pad)
-        self.tumour = np.pad((mask.labels == TUMOUR).cumsum(0, dtype=kind)
-                             .cumsum(1, dtype=kind), pad)
+        self.tissue = _integral(mask.labels > 0)
+        self.tumour = _integral(mask.labels == TUMOUR)
 
     def _box(self, x: np.ndarray, y: np.ndarray):
         h, w = self.labels.shape

@@ -348,6 +348,22 @@ class TiffFileSlide(Slide):
         return to_rgb(series.asarray())
 
     # ------------------------------------------------------------------------- reading
+    @property
+    def byte_source(self):
+        """The file's byte source (:mod:`exaslide.storage.source`): ``pread(count,
+        offset)`` returns stored bytes, locally or through the remote block cache."""
+        return self._source
+
+    def stored_page(self, level: int):
+        """The tifffile page (or frame) that holds ``level``, the one :meth:`read_tile`
+        decodes; ``None`` for composite slides (channel planes) and for levels stored
+        as several pages."""
+        self.check_level(level)
+        if self._composite:
+            return None
+        pages = self._levels[level].pages
+        return pages[0] if len(pages) == 1 else None
+
     def tile_grid(self, level: int) -> tuple[int, int]:
         """``(width, height)`` of the stored segments (tiles, or full-width strips) of a
         level: reading a region aligned to this grid decodes each segment once."""
