@@ -327,8 +327,13 @@ def _datasets(config: TrainConfig, context: Context):
     if config.source == "slides":
         train_set = SlidePatchDataset(config.data, filter=train_filter, size=config.patch_size,
                                       **common)
+        locality = {}
+        if config.shuffle == "blocks":  # docs/data.md: the locality-aware order
+            locality = {"blocks": train_set.blocks(), "window": config.window}
+            train_set.close()  # blocks() opened the slides here: none open at the fork
         sampler = PatchSampler(train_set.labels, balance=config.balance, seed=config.seed,
-                               rank=context.rank, world_size=context.world_size)
+                               rank=context.rank, world_size=context.world_size,
+                               **locality)
     else:
         train_set = ShardDataset(config.data, filter=train_filter, seed=config.seed,
                                  rank=context.rank, world_size=context.world_size, **common)
@@ -355,6 +360,13 @@ class _Subset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         return self.dataset[self.indices[i]]
+
+    def __getitems__(self, indices):
+        """A batch, assembled in place by the dataset when it can (``__getitems__``, the
+        batch protocol of PyTorch's fetcher), else item by item."""
+        rows = [self.indices[i] for i in indices]
+        getitems = getattr(self.dataset, "__getitems__", None)
+        return getitems(rows) if getitems is not None else [self.dataset[r] for r in rows]
 
 
 def _held_out(slides: list[str], fraction: float, seed: int) -> list[str]:
