@@ -1,12 +1,18 @@
 """The training order and the loaders around it: ``shuffle: blocks`` gives the sampler the
 dataset's locality blocks and its order reaches the loader workers; validation batches
-are assembled in place."""
+are assembled in place; loader processes end with a run that fails."""
 
 from __future__ import annotations
 
+import json
+import multiprocessing
+import shutil
+
 import numpy as np
+import pytest
 import torch
 
+from exaslide.errors import SlideOpenError
 from exaslide.train import TrainConfig, train
 
 
@@ -86,3 +92,17 @@ def test_validation_batches_are_assembled_in_place_with_the_same_pixels(extracte
     assert torch.equal(torch.cat([b[0] for b in got]),
                        torch.stack([subset[i][0] for i in range(len(subset))]))
 
+
+def test_a_failing_run_leaves_no_loader_process(extracted, tmp_path):
+    data = tmp_path / "out"  # the index and status files, whose slides are gone
+    shutil.copytree(extracted, data, ignore=shutil.ignore_patterns("shards"))
+    for path in (data / "status").glob("*.json"):
+        status = json.loads(path.read_text())
+        status["inputs"]["slide"]["path"] = str(tmp_path / "gone.tif")
+        path.write_text(json.dumps(status))
+    before = set(multiprocessing.active_children())
+    with pytest.raises(SlideOpenError, match=r"gone\.tif") as info:  # kept, and its frames
+        train(_config(extracted, tmp_path / "run", data=str(data), workers=1),
+              progress=False)
+    assert info.value is not None
+    assert set(multiprocessing.active_children()) - before == set()

@@ -108,46 +108,50 @@ def _train(config: TrainConfig, context: Context, resume: bool,
     writer = _tensorboard(config, out, start) if context.is_main else None
     loader, val_loader = _loaders(config, context, train_set, sampler, val_set,
                                   _decode_mode(config, context, train_set))
-    loss_fn = torch.nn.CrossEntropyLoss()
-    positive = config.classes.index("tumour") if "tumour" in config.classes else 1
-    stopped = _patience_spent(config, best)  # a resumed run that had already stopped
-    for epoch in range(start, config.epochs if not stopped else start):
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        else:
-            train_set.set_epoch(epoch)
-        # per rank: ranks see different patches and must not share augmentation draws
-        generator = torch.Generator().manual_seed(
-            (config.seed * 100_003 + epoch) * 1_009 + context.rank)
-        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-        row.update(_train_epoch(config, context, model, loader, optimizer, loss_fn, augment,
-                                generator, epoch, progress, to_device, to_float))
-        if scheduler is not None:
-            scheduler.step()
-        _sync_buffers(model, context)  # BatchNorm statistics: rank 0's on every rank
-        if val_loader is not None:
-            row.update(_validate(config, context, _unwrap(model), val_loader, to_device,
-                                 to_float, positive))
-        history.append(row)
-        improved = _update_best(best, row)
-        if context.is_main:
-            if improved:
-                _save_model(config, model, out / "model.pt", train_set.classes)
-            _write_metrics(out / "metrics.csv", history)
-            _add_scalars(writer, row)
-        states = all_gather_objects(context, rng_state())
-        if context.is_main:
-            save_training_state(checkpoint, {
-                "epoch": epoch, "model": _unwrap(model).state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "history": history, "best": best, "rng": states,
-                "config": config.to_dict()})
-        if _patience_spent(config, best):
-            stopped = True
-            break
-    if writer is not None:
-        writer.close()
+    try:
+        loss_fn = torch.nn.CrossEntropyLoss()
+        positive = config.classes.index("tumour") if "tumour" in config.classes else 1
+        stopped = _patience_spent(config, best)  # a resumed run that had already stopped
+        for epoch in range(start, config.epochs if not stopped else start):
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            else:
+                train_set.set_epoch(epoch)
+            # per rank: ranks see different patches and must not share augmentation draws
+            generator = torch.Generator().manual_seed(
+                (config.seed * 100_003 + epoch) * 1_009 + context.rank)
+            row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+            row.update(_train_epoch(config, context, model, loader, optimizer, loss_fn,
+                                    augment, generator, epoch, progress, to_device,
+                                    to_float))
+            if scheduler is not None:
+                scheduler.step()
+            _sync_buffers(model, context)  # BatchNorm statistics: rank 0's on every rank
+            if val_loader is not None:
+                row.update(_validate(config, context, _unwrap(model), val_loader, to_device,
+                                     to_float, positive))
+            history.append(row)
+            improved = _update_best(best, row)
+            if context.is_main:
+                if improved:
+                    _save_model(config, model, out / "model.pt", train_set.classes)
+                _write_metrics(out / "metrics.csv", history)
+                _add_scalars(writer, row)
+            states = all_gather_objects(context, rng_state())
+            if context.is_main:
+                save_training_state(checkpoint, {
+                    "epoch": epoch, "model": _unwrap(model).state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "history": history, "best": best, "rng": states,
+                    "config": config.to_dict()})
+            if _patience_spent(config, best):
+                stopped = True
+                break
+    finally:  # now, also on an error: no loader process outlives the run
+        _close_loaders(loader, val_loader)
+        if writer is not None:
+            writer.close()
     return TrainResult(out, out / "model.pt", best["epoch"], best["auc"], history, stopped,
                        weights_digest(_unwrap(model)), resumed_from)
 
@@ -188,6 +192,28 @@ def _loaders(config: TrainConfig, context: Context, train_set, sampler, val_set,
                              device=str(context.device), seed=config.seed) \
         if val_set is not None else None
     return loader, val_loader
+
+
+def _close_loaders(*loaders) -> None:
+    """Shut down the worker processes of the loaders (persistent: they live as long as
+    their ``DataLoader``), the decoding threads of compressed ones and close the slides
+    their datasets opened in this process, now rather than whenever the garbage collector
+    meets them: an exception's traceback keeps the loaders alive, and a process forked
+    meanwhile would inherit them."""
+    for loader in loaders:
+        if loader is None:
+            continue
+        inner = getattr(loader, "loader", loader)  # a DecodedLoader's DataLoader
+        shutdown = getattr(getattr(inner, "_iterator", None), "_shutdown_workers", None)
+        if shutdown is not None:  # PyTorch has no public call for it
+            shutdown()
+        decoder = getattr(loader, "decoder", None)
+        if decoder is not None:
+            decoder.close()
+        dataset = getattr(inner, "dataset", None)
+        close = getattr(getattr(dataset, "dataset", dataset), "close", None)
+        if close is not None:  # slides opened in this process (workers: 0)
+            close()
 
 
 def _decode_mode(config: TrainConfig, context: Context, train_set) -> str | None:
