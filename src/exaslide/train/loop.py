@@ -1,9 +1,10 @@
 """The training loop: one function for 1 CPU, 1 GPU and many GPUs under ``torchrun``.
 
-Per epoch: shuffle by ``(seed, epoch)`` (class-balanced by default), augment the uint8
-batch on the device with per-sample parameters from a ``(seed, epoch)`` generator,
-normalise, forward under bf16 autocast on CUDA, step; validate (loss, accuracy, ROC AUC
-over all ranks' predictions); write ``metrics.csv``, TensorBoard scalars and
+Per epoch: shuffle by ``(seed, epoch)`` (class-balanced by default; ``shuffle: blocks``:
+locality-aware, see :mod:`exaslide.data.sampler`), augment the uint8 batch on the device
+with per-sample parameters from a ``(seed, epoch)`` generator, normalise, forward under
+bf16 autocast on CUDA, step; validate (loss, accuracy, ROC AUC over all ranks'
+predictions); write ``metrics.csv``, TensorBoard scalars and
 ``checkpoints/last.pt`` (atomically); save ``model.pt`` when validation AUC improves; stop
 early after ``patience`` epochs without improvement.
 
@@ -211,7 +212,9 @@ def _close_loaders(*loaders) -> None:
         if decoder is not None:
             decoder.close()
         dataset = getattr(inner, "dataset", None)
-        close = getattr(getattr(dataset, "dataset", dataset), "close", None)
+        if isinstance(dataset, _Subset):
+            dataset = dataset.dataset
+        close = getattr(dataset, "close", None)
         if close is not None:  # slides opened in this process (workers: 0)
             close()
 
