@@ -10,6 +10,10 @@ import click
 from exaslide.cli.options import backend_option, field_option
 from exaslide.infer.cohort import InferOptions
 
+#: ``--decode`` settings (:data:`exaslide.infer.decoded.DECODE_MODES`, kept here so that
+#: ``--help`` does not import torch).
+DECODE_CHOICES = ("auto", "gpu", "cpu", "off")
+
 
 @click.command("infer")
 @click.argument("model", type=click.Path(dir_okay=False))
@@ -25,6 +29,11 @@ from exaslide.infer.cohort import InferOptions
 @click.option("--workers", type=int, default=None,
               help="Patch-reading processes per slide [0 on cpu: read in this process; "
                    "on cuda the cores of this process's share less one, up to 16].")
+@click.option("--decode", type=click.Choice(DECODE_CHOICES), default="auto", show_default=True,
+              help="Where stored JPEG tiles are decoded: off (in the reading processes), "
+                   "cpu (the readers ship compressed tiles, libjpeg-turbo threads decode "
+                   "them here: the same heatmap as off), gpu (nvJPEG on the CUDA device); "
+                   "auto: gpu on CUDA for a JPEG-tiled slide, else off (docs/decode.md).")
 @field_option(InferOptions, "min_tissue", "--min-tissue",
               help="Smallest tissue share of a patch for its cell to be computed.")
 @field_option(InferOptions, "class_name", "--class", "class_name",
@@ -33,7 +42,7 @@ from exaslide.infer.cohort import InferOptions
 @click.option("--overwrite", is_flag=True,
               help="Redo slides already done with the same MODEL file, slide and settings.")
 @backend_option
-def command(model, slides, out_dir, stride, batch_size, device, workers, min_tissue,
+def command(model, slides, out_dir, stride, batch_size, device, workers, decode, min_tissue,
             class_name, no_amp, overwrite, backend) -> None:
     """Write a tumour-probability heatmap of SLIDES (one slide, or a manifest CSV with
     slide_id,path,...) with MODEL (a file written by training / save_model) into --out.
@@ -56,7 +65,8 @@ def command(model, slides, out_dir, stride, batch_size, device, workers, min_tis
     bar = progress_bar(None, "slides")
     try:
         outcomes = infer_cohort(model, slides, out_dir, stride=stride, batch_size=batch_size,
-                                device=device, workers=workers, amp=not no_amp,
+                                device=device, workers=workers, decode=decode,
+                                amp=not no_amp,
                                 min_tissue=min_tissue, class_name=class_name,
                                 backend=backend, overwrite=overwrite,
                                 on_result=lambda _: bar.update(1))

@@ -1,0 +1,63 @@
+"""``exaslide infer --decode`` and ``exaslide embed patches --decode / --workers``: the
+compressed batch path decoded on the CPU gives what the pixel path gives, the heatmap
+records the decode used, and bad settings are usage errors (exit code 2)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from exaslide.cli.main import cli
+from exaslide.evaluate.heatmap import read_heatmap
+from exaslide.models import create_model, save_model
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def small_cnn(tmp_path_factory):
+    """A small-cnn with seeded random weights: 32-pixel patches at level 2 (30 cells of
+    the 3072 x 2304 synthetic slide)."""
+    torch.manual_seed(0)
+    return save_model(tmp_path_factory.mktemp("model") / "model.pt",
+                      create_model("small-cnn", num_classes=2),
+                      {"classes": ["normal", "tumour"],
+                       "patch": {"size": 32, "level": 2, "mpp": None},
+                       "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]})
+
+
+def test_decode_choices_are_the_inference_modes():
+    from exaslide.cli.infer import DECODE_CHOICES
+    from exaslide.infer.decoded import DECODE_MODES
+
+    assert DECODE_CHOICES == DECODE_MODES
+
+
+def test_infer_decode_cpu_gives_the_heatmap_of_decode_off(tmp_path, synth_slide, small_cnn,
+                                                          one_torch_thread):
+    heatmaps = {}
+    for decode in ("off", "cpu", "auto"):
+        out = tmp_path / decode
+        done = invoke("infer", small_cnn, synth_slide.path, "--out", out, "--workers", 0,
+                      "--batch-size", 8, "--decode", decode)
+        assert done.exit_code == 0, done.output
+        heatmaps[decode] = read_heatmap(out, "slide")
+    assert heatmaps["off"].shape == (5, 6)
+    assert np.isfinite(heatmaps["off"].probabilities).sum() >= 5  # tissue cells computed
+    np.testing.assert_array_equal(heatmaps["cpu"].probabilities,
+                                  heatmaps["off"].probabilities)
+    assert heatmaps["cpu"].meta["decode"] == "cpu"
+    assert heatmaps["off"].meta["decode"] == "off"
+    assert heatmaps["auto"].meta["decode"] == "off"  # auto on the CPU: off
+
+
+def test_infer_bad_decode_is_a_usage_error(tmp_path, synth_slide, small_cnn):
+    bogus = invoke("infer", small_cnn, synth_slide.path, "--out", tmp_path, "--decode",
+                   "bogus")
+    assert bogus.exit_code == 2 and "'bogus' is not one of" in bogus.output
+    gpu = invoke("infer", small_cnn, synth_slide.path, "--out", tmp_path, "--decode", "gpu")
+    assert gpu.exit_code == 2 and "decode 'gpu' needs a CUDA device" in gpu.output
