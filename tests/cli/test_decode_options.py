@@ -61,3 +61,47 @@ def test_infer_bad_decode_is_a_usage_error(tmp_path, synth_slide, small_cnn):
     assert bogus.exit_code == 2 and "'bogus' is not one of" in bogus.output
     gpu = invoke("infer", small_cnn, synth_slide.path, "--out", tmp_path, "--decode", "gpu")
     assert gpu.exit_code == 2 and "decode 'gpu' needs a CUDA device" in gpu.output
+
+
+@pytest.fixture(scope="module")
+def embed_model(tmp_path_factory):
+    """A small-cnn model file reading 64-pixel level-0 patches (those of ``extracted``)."""
+    torch.manual_seed(0)
+    return save_model(tmp_path_factory.mktemp("embed") / "model.pt", create_model("small-cnn"),
+                      {"classes": ["normal", "tumour"],
+                       "patch": {"size": 64, "level": 0, "mpp": None},
+                       "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]})
+
+
+def _sorted_vectors(store) -> np.ndarray:
+    from exaslide.retrieval.store import read_embeddings
+
+    emb = read_embeddings(store)
+    order = np.argsort(emb.table["key"].to_numpy(zero_copy_only=False))
+    return np.asarray(emb.vectors)[order]
+
+
+def test_embed_decode_cpu_gives_the_vectors_of_decode_off(tmp_path, extracted, embed_model,
+                                                          one_torch_thread):
+    vectors = {}
+    for decode, workers in (("off", ()), ("cpu", ("--workers", 1))):
+        store = tmp_path / decode
+        done = invoke("embed", "patches", embed_model, extracted, "--out", store, "--split",
+                      "val", "--batch-size", 32, "--decode", decode, *workers)
+        assert done.exit_code == 0, done.output
+        vectors[decode] = _sorted_vectors(store)
+    assert len(vectors["off"]) > 10
+    np.testing.assert_array_equal(vectors["cpu"], vectors["off"])
+
+
+def test_embed_bad_decode_or_workers_is_a_usage_error(tmp_path, extracted, embed_model):
+    def run(*options):
+        return invoke("embed", "patches", embed_model, extracted, "--out", tmp_path / "s",
+                      *options)
+
+    bogus = run("--decode", "bogus")
+    assert bogus.exit_code == 2 and "'bogus' is not one of" in bogus.output
+    negative = run("--workers", -1)
+    assert negative.exit_code == 2 and "--workers" in negative.output
+    gpu = run("--decode", "gpu")
+    assert gpu.exit_code == 2 and "decode 'gpu' needs a CUDA device" in gpu.output

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from exaslide.cli.infer import DECODE_CHOICES
+
 
 def _summary(outcomes, what: str, unit: str, count: int, out_dir, seconds: float,
              status: str, prefix: str = "") -> None:
@@ -27,8 +29,15 @@ def _summary(outcomes, what: str, unit: str, count: int, out_dir, seconds: float
               help="Patches per forward pass.")
 @click.option("--device", default="cpu", show_default=True,
               help="cpu, cuda or cuda:N (under torchrun, cuda is each rank's GPU).")
-@click.option("--workers", type=int, default=2, show_default=True,
-              help="Patch-loading processes (0: load in the main process).")
+@click.option("--workers", type=int, default=None,
+              help="Patch-loading processes (0: load in the main process) [default: 0 on "
+                   "cpu; on cuda the cores less one, up to 16].")
+@click.option("--decode", type=click.Choice(DECODE_CHOICES), default="auto", show_default=True,
+              help="Where stored JPEG tiles are decoded: off (in the loading processes), "
+                   "cpu (the loaders ship compressed tiles, libjpeg-turbo threads decode "
+                   "them here: the same vectors as off), gpu (nvJPEG on the CUDA device); "
+                   "auto: gpu on CUDA when the first slide is JPEG-tiled, else off "
+                   "(docs/decode.md).")
 @click.option("--size", type=int, default=None,
               help="Read SIZE x SIZE pixels centred on each patch [the model's patch size, "
                    "else the indexed size].")
@@ -44,7 +53,7 @@ def _summary(outcomes, what: str, unit: str, count: int, out_dir, seconds: float
 @click.option("--hf-cache", type=click.Path(file_okay=False), default=None,
               help="Hugging Face hub cache holding the --encoder's weights [huggingface_hub's"
                    " default]; never downloaded from.")
-def command(model, extract_dir, out_dir, split, batch_size, device, workers, size,
+def command(model, extract_dir, out_dir, split, batch_size, device, workers, decode, size,
             pretrained, encoder, weights, hf_cache) -> None:
     """Embed the patches of EXTRACT_DIR (an `exaslide extract` output) with MODEL (a file
     written by training / save_model, or a registered model name such as small-cnn or
@@ -60,7 +69,7 @@ def command(model, extract_dir, out_dir, split, batch_size, device, workers, siz
                                         pretrained)
     if batch_size < 1:
         raise click.BadParameter("must be at least 1", param_hint="--batch-size")
-    if workers < 0:
+    if workers is not None and workers < 0:
         raise click.BadParameter("must be at least 0", param_hint="--workers")
     if size is not None and size < 8:
         raise click.BadParameter("must be at least 8", param_hint="--size")
@@ -82,7 +91,7 @@ def command(model, extract_dir, out_dir, split, batch_size, device, workers, siz
         embed_patches(model, extract_dir, out_dir, filter=filter, batch_size=batch_size,
                       device=device, workers=workers, size=size, pretrained=pretrained,
                       encoder=encoder, weights=weights, hf_cache=hf_cache,
-                      on_result=on_result)
+                      on_result=on_result, decode=decode)
     finally:
         bar.close()
     _summary(outcomes, "embeddings", "patches", sum(o.patches for o in outcomes), out_dir,
