@@ -10,14 +10,23 @@ table always prints):
     from slides with ``decode=gpu`` and ``decode=cpu``, 3 loader workers, and the
     per-item path ``decode=off`` with 12 workers), data/model ratios and the CPU cores the
     whole process tree kept busy during the measured window;
-  - inference cells/s (``exaslide.infer.infer_cohort`` on the same slides).
+  - inference cells/s (``exaslide.infer.infer_cohort`` on the same slides);
+  - inference reading (``bench/infer.py --device cuda --workers 4,8,15 --batch 256
+    --configs 224:56:model,224:224:model --cells 40000 --model-cells 40000``, on its own
+    12,288-px slide): cells/s per reading setup (in the model's process, N threads, N
+    processes, compressed tiles decoded on the CPU), alone and with small-cnn, as rows
+    of the table; its own tables follow the table.
 
 Inputs are built here in parallel (synthetic 40x-like JPEG-tiled slides, 224-px tissue
 grid patches), in well under a minute on 16 cores. ``--cpu-smoke`` runs every row on the
 CPU at toy sizes (a check that the script works end to end, not a measurement).
 
 Usage: ``python bench/device.py [--cpu-smoke] [--budget 450] [--keep DIR]``; see
-``bench/device.sh`` for the one-command run on a fresh GPU node.
+``bench/device.sh`` for the one-command run on a fresh GPU node. The budget bounds the
+run: a row gets at most the seconds left (rows that do not fit are skipped). Estimated on
+a 16-core, 1-GPU node (not yet measured): inputs ~30 s, decode ~20 s, 8 training rows
+~20-25 s each, ``infer_cohort`` ~20 s, ``bench/infer.py`` ~90 s (at most 180): about 6
+minutes. ``--cpu-smoke``: about 70 s on 2 cores.
 """
 
 from __future__ import annotations
@@ -39,6 +48,13 @@ SIZE = 224
 GOALS = {"small-cnn": 0.9, "resnet50": 0.95}
 INFER_GOAL = 20_000
 MAX_BUSY_CORES = 4
+BENCH = Path(__file__).resolve().parent
+#: ``bench/infer.py`` on a GPU node (docs/inference.md), and its CPU-smoke twin.
+INFER_BENCH = ["--device", "cuda", "--workers", "4,8,15", "--batch", "256", "--configs",
+               "224:56:model,224:224:model", "--cells", "40000", "--model-cells", "40000"]
+INFER_BENCH_SMOKE = ["--device", "cpu", "--workers", "1", "--batch", "16", "--configs",
+                     "64:64:model", "--cells", "512", "--model-cells", "128", "--repeat",
+                     "1", "--side", "4096"]
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -307,23 +323,15 @@ def _rows(args) -> list[str]:
     rows = ["decode"]
     for model in args.models.split(","):
         rows += [f"train:{model}:{mode}" for mode in ("model", "gpu", "cpu", "off")]
-    return [*rows, "infer"]
+    return [*rows, "infer", "infer-bench"]
 
 
-def run_child(row: str, inputs_file: Path, args, timeout: float) -> dict:
-    """Run one row in a fresh process group; its result, or ``{"error": ...}``.
-
-    The child writes its result to a file and its output to a log (no pipes: processes
-    it leaves behind, e.g. loader workers, could hold a pipe open); its whole process
-    group is killed afterwards."""
+def _run_logged(command: list[str], log_file: Path, timeout: float) -> int:
+    """Run ``command`` in a fresh process group, its output into ``log_file`` (no pipes:
+    processes it leaves behind, e.g. loader workers, could hold a pipe open); the whole
+    group is killed afterwards. Returns the exit code (``-SIGKILL`` when it timed out)."""
     import signal
 
-    name = row.replace(":", "_")
-    result_file = inputs_file.parent / f"{name}.result.json"
-    log_file = inputs_file.parent / f"{name}.log"
-    result_file.unlink(missing_ok=True)
-    command = [sys.executable, __file__, "--row", row, "--inputs", str(inputs_file),
-               "--result", str(result_file), *args.passthrough]
     with open(log_file, "w") as log:
         child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                  start_new_session=True)
@@ -335,13 +343,83 @@ def run_child(row: str, inputs_file: Path, args, timeout: float) -> dict:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(child.pid, signal.SIGKILL)
             child.wait()
+    return child.returncode
+
+
+def run_child(row: str, inputs_file: Path, args, timeout: float) -> dict:
+    """Run one row in a fresh process group; its result, or ``{"error": ...}``.
+
+    The child writes its result to a file and its output to a log; its whole process
+    group is killed afterwards."""
+    import signal
+
+    name = row.replace(":", "_")
+    result_file = inputs_file.parent / f"{name}.result.json"
+    log_file = inputs_file.parent / f"{name}.log"
+    result_file.unlink(missing_ok=True)
+    command = [sys.executable, __file__, "--row", row, "--inputs", str(inputs_file),
+               "--result", str(result_file), *args.passthrough]
+    code = _run_logged(command, log_file, timeout)
     if result_file.exists():
         return json.loads(result_file.read_text())
-    if child.returncode == -signal.SIGKILL:
+    if code == -signal.SIGKILL:
         return {"error": f"timed out after {timeout:.0f} s (log: {log_file.name})"}
     lines = [line for line in log_file.read_text(errors="replace").splitlines()
              if line.strip()]
-    return {"error": (lines[-1] if lines else f"exit code {child.returncode}")[:200]}
+    return {"error": (lines[-1] if lines else f"exit code {code}")[:200]}
+
+
+def run_infer_bench(folder: Path, args, timeout: float) -> dict:
+    """``bench/infer.py`` (:data:`INFER_BENCH`) in its own process group: its tables,
+    parsed, and its output. Tables it printed before a timeout are kept."""
+    import signal
+
+    log_file = folder / "infer-bench.log"
+    options = INFER_BENCH_SMOKE if args.cpu_smoke else INFER_BENCH
+    started = time.perf_counter()
+    code = _run_logged([sys.executable, str(BENCH / "infer.py"), *options], log_file,
+                       timeout)
+    output = log_file.read_text(errors="replace")
+    result = {"tables": parse_infer_tables(output), "output": output,
+              "seconds": time.perf_counter() - started,
+              "command": "python bench/infer.py " + " ".join(options)}
+    if code != 0:
+        lines = [line for line in output.splitlines() if line.strip()]
+        why = f"timed out after {timeout:.0f} s" if code == -signal.SIGKILL else \
+            (lines[-1] if lines else f"exit code {code}")[:200]
+        result["error"] = why + (" (tables printed before it are kept)"
+                                 if result["tables"] else "")
+    return result
+
+
+def parse_infer_tables(output: str) -> list[dict]:
+    """The tables ``bench/infer.py`` prints: ``{"title", "ceiling", "rows"}`` each,
+    ``rows`` a list of ``{column header: cell text}`` (the second of two columns with
+    one header gets `` 2``: ``"x thread 2"`` is the model's)."""
+    tables: list[dict] = []
+    header: list[str] | None = None
+    for line in output.splitlines():
+        if line.startswith("## "):
+            tables.append({"title": line[3:].strip(), "ceiling": "", "rows": []})
+            header = None
+        elif not tables:
+            continue
+        elif line.startswith("decode ceiling:"):
+            tables[-1]["ceiling"] = line.strip()
+        elif line.startswith("|") and not line.startswith("|---"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if header is None:  # a repeated header ("x thread" of the model) gets " 2"
+                header = [c if c not in cells[:i] else f"{c} 2" for i, c in enumerate(cells)]
+            else:
+                tables[-1]["rows"].append(dict(zip(header, cells, strict=False)))
+    return tables
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(str(text).replace(",", ""))
+    except ValueError:
+        return None
 
 
 def _fmt(value, unit: str = "") -> str:
@@ -374,6 +452,38 @@ def print_table(results: dict, args, inputs: dict, built_s: float) -> None:
         print(f"| inference (infer_cohort, small-cnn) | {_fmt(r['rate'], ' cells/s')} | "
               f"| | >= {INFER_GOAL:,} cells/s{met} | | {r['cells']:,} cells; "
               f"{_fmt(r['wall_rate'])} cells/s with start-up |")
+    _print_infer_bench(results.get("infer-bench") or {"error": "not run"})
+
+
+def _print_infer_bench(r: dict) -> None:
+    """One table row per ``bench/infer.py`` setup: reading cells/s (marginal) against
+    the thread path with as many readers, the busy cores, and the rate with the model."""
+    if not r.get("tables"):
+        print(f"| inference reading (bench/infer.py) | error | | | | | "
+              f"{r.get('error', 'no table printed')} |")
+        return
+    for table in r["tables"]:
+        title = table["title"].split(" (")[0].replace("-px patches at stride ", "/")
+        for row in table["rows"]:
+            name = row.get("setup", "?")
+            rate = _number(row.get("reading cells/s (marginal)"))
+            cpu_us = _number(row.get("CPU us/cell"))
+            busy = f"{rate * cpu_us / 1e6:.1f}" if rate and cpu_us else ""
+            twin = name.replace("process", "thread") if name.startswith("process") else ""
+            reference = f"{twin} (same readers)" if twin else ""
+            model = _number(row.get("with model cells/s"))
+            goal = ""
+            if model is not None and name != "inline" and not name.startswith("thread"):
+                goal = f">= {INFER_GOAL:,} with model" + \
+                    (" MET" if model >= INFER_GOAL else " not met")
+            note = f"ceiling x {row.get('x ceiling', '')}"
+            if model is not None:
+                note += (f"; with small-cnn {_fmt(model, ' cells/s')} (x model "
+                         f"{row.get('x model', '')})")
+            print(f"| inference reading {title}, {name} | {_fmt(rate, ' cells/s')} | "
+                  f"{reference} | {row.get('x thread', '')} | {goal} | {busy} | {note} |")
+    if "error" in r:
+        print(f"| inference reading (bench/infer.py) | partial | | | | | {r['error']} |")
 
 
 def _print_decode(d: dict, args) -> None:
@@ -440,7 +550,7 @@ def _parse(argv=None):
         "decode_threads": 1 if smoke else max(1, cores - 4),
         "tiles": 256 if smoke else 4096, "decode_batch": 256,
         "infer_slides": 1 if smoke else 4, "infer_batch": 16 if smoke else 256,
-        "row_timeout": 120 if smoke else 75,
+        "row_timeout": 120 if smoke else 75, "infer_bench_timeout": 120 if smoke else 180,
     }
     for key, value in settings.items():
         setattr(args, key, value)
@@ -499,10 +609,20 @@ def main() -> None:
                 results[row] = {"error": "skipped: out of the time budget"}
                 continue
             row_start = time.perf_counter()
-            results[row] = run_child(row, inputs_file, args, min(args.row_timeout, left))
-            print(f"{row}: {results[row]} ({time.perf_counter() - row_start:.0f} s)",
-                  flush=True)
+            if row == "infer-bench":
+                results[row] = run_infer_bench(folder, args,
+                                               min(args.infer_bench_timeout, left))
+                shown = {k: len(v) if k == "tables" else v
+                         for k, v in results[row].items() if k != "output"}
+            else:
+                results[row] = shown = run_child(row, inputs_file, args,
+                                                 min(args.row_timeout, left))
+            print(f"{row}: {shown} ({time.perf_counter() - row_start:.0f} s)", flush=True)
         print_table(results, args, inputs, built)
+        bench = results.get("infer-bench") or {}
+        if bench.get("output"):
+            print(f"\n### {bench['command']} ({bench['seconds']:.0f} s)\n")
+            print(bench["output"].rstrip())
         print(f"\ntotal {time.perf_counter() - start:.0f} s")
 
 

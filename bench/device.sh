@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command for the GPU-node benchmark of issue 12, section 4 (bench/device.py):
-#   bash bench/device.sh            # on a node with an NVIDIA GPU (about 5-7 minutes)
+#   bash bench/device.sh            # on a node with an NVIDIA GPU (about 6 minutes; at
+#                                   # most bench/device.py's --budget 450 s plus the checks)
 #   bash bench/device.sh --cpu-smoke  # anywhere: toy sizes on the CPU, checks the script
 # It needs the project's own dependencies only (pyproject.toml: torch, torchvision with
 # nvJPEG, imagecodecs, tifffile, opencv, shapely, openslide-bin...). When they are not
