@@ -61,6 +61,9 @@ def test_no_training_split_and_mismatched_resume_are_clear_errors(extracted, tmp
     with pytest.raises(TrainingError, match="checkpoint has model"):
         train(TrainConfig(**_config(extracted, tmp_path / "b", model="resnet18")),
               resume=True, progress=False)
+    with pytest.raises(TrainingError, match="checkpoint has shuffle='full'"):
+        train(TrainConfig(**_config(extracted, tmp_path / "b", epochs=1, shuffle="blocks")),
+              resume=True, progress=False)
 
 
 def _run_cli(config_path, *extra):

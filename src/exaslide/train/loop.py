@@ -432,14 +432,19 @@ def _optimizer(config: TrainConfig, model: torch.nn.Module):
 
 #: Settings a resumed run must share with its checkpoint (they decide what each epoch does).
 RESUME_KEYS = ("model", "classes", "data", "source", "seed", "batch_size", "epochs",
-               "optimizer", "scheduler", "train_split", "val_split", "patch_size")
+               "optimizer", "scheduler", "train_split", "val_split", "patch_size",
+               "shuffle")
+#: Values of resume keys that checkpoints written before the key existed were run with.
+#: With ``shuffle: blocks`` the window and the loader workers shape the order too.
+RESUME_DEFAULTS = {"shuffle": "full", "window": 1024}
 
 
 def _check_compatible(state: dict, config: TrainConfig, path: Path,
                       context: Context) -> None:
     saved = state.get("config", {})
-    for key in RESUME_KEYS:
-        if saved.get(key) != getattr(config, key):
+    keys = RESUME_KEYS + (("window", "workers") if config.shuffle == "blocks" else ())
+    for key in keys:
+        if saved.get(key, RESUME_DEFAULTS.get(key)) != getattr(config, key):
             raise TrainingError(f"{path}: checkpoint has {key}={saved.get(key)!r} but the "
                                 f"config says {getattr(config, key)!r}; use another out "
                                 "folder or the same settings")
