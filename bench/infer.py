@@ -7,7 +7,8 @@ the others, best of ``--repeat``:
   - ``thread-N``: N reading threads (``readers="threads"``, the path before issue 12);
   - ``process-N``: N reading processes (the default now);
   - ``decode-cpu-N``: N processes shipping compressed tiles, decoded in the model's
-    process by libjpeg-turbo threads (``decode="cpu"``, the CPU twin of ``decode="gpu"``).
+    process by libjpeg-turbo threads (``decode="cpu"``, the CPU twin of ``decode="gpu"``);
+  - ``decode-gpu-N`` (CUDA only): the same, decoded by nvJPEG (``decode="gpu"``).
 Two rates per setup: *reading* alone (the batches the readers deliver, no model: the most
 they can feed a GPU), as a marginal rate (the cells of a ``--cells`` run beyond those of a
 run of a quarter as many, over the extra time: start-up cancels and is reported as
@@ -183,12 +184,14 @@ def model_alone(model, inputs, spec, batch: int, device: torch.device, cells: in
         return rounds * batch / (time.perf_counter() - start)
 
 
-def setups(workers: list[int]) -> list[tuple[str, tuple]]:
+def setups(workers: list[int], device: torch.device) -> list[tuple[str, tuple]]:
     rows = [("inline", ("processes", 0, "off"))]
     for w in workers:
         rows += [(f"thread-{w}", ("threads", w, "off")),
                  (f"process-{w}", ("processes", w, "off"))]
     rows.append((f"decode-cpu-{workers[-1]}", ("processes", workers[-1], "cpu")))
+    if device.type == "cuda":
+        rows.append((f"decode-gpu-{workers[-1]}", ("processes", workers[-1], "gpu")))
     return rows
 
 
@@ -202,7 +205,7 @@ def measure(path, config: str, args, device: torch.device) -> None:
     small_grid = plan(path, int(size), int(stride), max(1, args.cells // 4))[1]
     model_grid = plan(path, int(size), int(stride), args.model_cells)[1]
     ceiling = decode_ceiling(path, spec, grid)
-    rows = setups(args.workers)
+    rows = setups(args.workers, device)
     best: dict[tuple[str, str], dict] = {}
     meta = {"classes": ["normal", "tumour"], "patch": {"size": spec.size, "level": 0}}
     inputs = model_inputs(meta)
