@@ -99,3 +99,17 @@ def test_slide_stem_goes_through_the_same_rule():
     for bad in ("/x/.hidden.tif", "/x/" + "a" * 250 + ".tif", "/x/a\nb.svs"):
         with pytest.raises(SlideIdError, match="rename the file"):
             slide_stem(bad)
+
+
+def test_a_slide_given_as_manifest_is_named_not_read(tmp_path, synth_slide, monkeypatch):
+    """A slide passed where a manifest goes is refused by its magic bytes, and a file
+    too large for a manifest before it is read into memory."""
+    import exaslide.manifest as manifest
+
+    with pytest.raises(ManifestError, match=r"is a TIFF \(slide\) file, not a manifest"):
+        read_manifest(synth_slide.path)
+    big = tmp_path / "big.csv"
+    big.write_text("slide_id,path,annotation,label,split\n" + "a,b.tif,,,\n" * 100)
+    monkeypatch.setattr(manifest, "MAX_MANIFEST_BYTES", 500)
+    with pytest.raises(ManifestError, match="too large for a manifest"):
+        read_manifest(big)

@@ -78,15 +78,41 @@ def _read_text(path: str | os.PathLike) -> tuple[str, Path | str, str]:
             raise ManifestError(message) from exc
     local = Path(to_local(path))
     try:
-        data = local.read_bytes()
+        with open(local, "rb") as fh:
+            _check_not_binary(fh.read(8), str(local))
+            size = os.fstat(fh.fileno()).st_size
+            if size > MAX_MANIFEST_BYTES:
+                raise ManifestError(f"{local}: {size:,} bytes is too large for a manifest "
+                                    f"(at most {MAX_MANIFEST_BYTES:,}); is it a slide?")
+            fh.seek(0)
+            data = fh.read()
     except OSError as exc:
         raise ManifestError(f"{local}: cannot read manifest: {exc.strerror or exc}") from exc
     return _decode(data, str(local)), local.parent, str(local)
 
 
+#: The largest manifest read (a million-slide manifest is ~100 MB): a slide given where a
+#: manifest goes is refused before it is read into memory.
+MAX_MANIFEST_BYTES = 256 << 20
+#: Leading bytes of files that are slides or archives, not CSV text.
+BINARY_MAGIC = {b"II*\x00": "a TIFF (slide) file", b"MM\x00*": "a TIFF (slide) file",
+                b"II+\x00": "a BigTIFF (slide) file", b"MM\x00+": "a BigTIFF (slide) file",
+                b"\xff\xd8\xff": "a JPEG image", b"\x89PNG": "a PNG image",
+                b"PK\x03\x04": "a zip archive"}
+
+
+def _check_not_binary(head: bytes, name: str) -> None:
+    for magic, what in BINARY_MAGIC.items():
+        if head.startswith(magic):
+            raise ManifestError(f"{name}: this is {what}, not a manifest: give a CSV with "
+                                "columns slide_id,path,annotation,label,split listing the "
+                                "slides (docs/formats.md)")
+
+
 def _decode(data: bytes, name: str) -> str:
     """UTF-8 text (a leading byte-order mark is dropped). Anything else is refused rather
     than guessed: a mis-decoded slide path would point at another file."""
+    _check_not_binary(data[:8], name)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
