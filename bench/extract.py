@@ -127,20 +127,30 @@ def engine_rate(path: Path, x, y) -> float:
         return len(x) / (time.perf_counter() - start)
 
 
-def decode_ceiling(path: Path, x, y) -> float:
-    import imagecodecs
+def tile_blobs(path: Path, x, y, size: int) -> tuple[list[bytes], bytes, tuple[int, int]]:
+    """The stored bytes of every level-0 tile that ``size``-px patches at ``(x, y)``
+    touch (once each), the JPEG tables, and the tile size."""
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
-        tw, th, across = page.tilewidth, page.tilelength, -(-page.imagewidth // page.tilewidth)
-        needed = sorted({(yy // th) * across + xx // tw for xx, yy in zip(x, y, strict=True)})
+        tw, th = page.tilewidth, page.tilelength
+        across = -(-page.imagewidth // tw)
+        needed = sorted({ty * across + tx for xx, yy in zip(x, y, strict=True)
+                         for ty in range(yy // th, (yy + size - 1) // th + 1)
+                         for tx in range(xx // tw, (xx + size - 1) // tw + 1)})
         with open(path, "rb") as fh:
             blobs = []
             for i in needed:
                 fh.seek(page.dataoffsets[i])
                 blobs.append(fh.read(page.databytecounts[i]))
-        tables = page.jpegtables
+        return blobs, page.jpegtables, (tw, th)
+
+
+def decode_ceiling(path: Path, x, y) -> float:
+    import imagecodecs
+
+    blobs, tables, _ = tile_blobs(path, x, y, 1)
     start = time.perf_counter()
     for blob in blobs:
         imagecodecs.jpeg8_decode(blob, tables=tables)
@@ -238,7 +248,6 @@ def work_ceiling(path: Path, index: Path, quality: int = 90, repeats: int = 3):
     (untimed) into one buffer, so the encoder reads it from the cache."""
     import imagecodecs
     import pyarrow.parquet as pq
-    import tifffile
 
     from exaslide.patches import PatchReader, PatchSpec
     from exaslide.slides.jpeg_tiles import aligned_empty
@@ -246,19 +255,7 @@ def work_ceiling(path: Path, index: Path, quality: int = 90, repeats: int = 3):
     table = pq.read_table(index, columns=["x", "y", "size"])
     x, y = table["x"].to_numpy(), table["y"].to_numpy()
     size = int(table["size"][0].as_py())
-    with tifffile.TiffFile(path) as tif:
-        page = tif.pages[0]
-        tw, th = page.tilewidth, page.tilelength
-        across = -(-page.imagewidth // tw)
-        needed = sorted({ty * across + tx for xx, yy in zip(x.tolist(), y.tolist(), strict=True)
-                         for ty in range(yy // th, (yy + size - 1) // th + 1)
-                         for tx in range(xx // tw, (xx + size - 1) // tw + 1)})
-        with open(path, "rb") as fh:
-            blobs = []
-            for i in needed:
-                fh.seek(page.dataoffsets[i])
-                blobs.append(fh.read(page.databytecounts[i]))
-        tables = page.jpegtables
+    blobs, tables, (tw, th) = tile_blobs(path, x.tolist(), y.tolist(), size)
     tile, patch = aligned_empty((th, tw, 3)), aligned_empty((size, size, 3))
     decode = encode = float("inf")
     for _ in range(repeats):
