@@ -31,7 +31,7 @@ def small_cnn(tmp_path_factory):
 
 
 def test_decode_choices_are_the_inference_modes():
-    from exaslide.cli.infer import DECODE_CHOICES
+    from exaslide.cli.options import DECODE_CHOICES
     from exaslide.infer.decoded import DECODE_MODES
 
     assert DECODE_CHOICES == DECODE_MODES

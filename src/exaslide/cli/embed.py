@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from exaslide.cli.infer import DECODE_CHOICES
+from exaslide.cli.options import decode_option
 
 
 def _summary(outcomes, what: str, unit: str, count: int, out_dir, seconds: float,
@@ -32,12 +32,7 @@ def _summary(outcomes, what: str, unit: str, count: int, out_dir, seconds: float
 @click.option("--workers", type=int, default=None,
               help="Patch-loading processes (0: load in the main process) [default: 0 on "
                    "cpu; on cuda the cores less one, up to 16].")
-@click.option("--decode", type=click.Choice(DECODE_CHOICES), default="auto", show_default=True,
-              help="Where stored JPEG tiles are decoded: off (in the loading processes), "
-                   "cpu (the loaders ship compressed tiles, libjpeg-turbo threads decode "
-                   "them here: the same vectors as off), gpu (nvJPEG on the CUDA device); "
-                   "auto: gpu on CUDA when the first slide is JPEG-tiled, else off "
-                   "(docs/decode.md).")
+@decode_option("loading processes", "vectors", "when the first slide is JPEG-tiled")
 @click.option("--size", type=int, default=None,
               help="Read SIZE x SIZE pixels centred on each patch [the model's patch size, "
                    "else the indexed size].")

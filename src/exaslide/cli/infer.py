@@ -7,12 +7,8 @@ from pathlib import Path
 
 import click
 
-from exaslide.cli.options import backend_option, field_option
+from exaslide.cli.options import backend_option, decode_option, field_option
 from exaslide.infer.cohort import InferOptions
-
-#: ``--decode`` settings (:data:`exaslide.infer.decoded.DECODE_MODES`, kept here so that
-#: ``--help`` does not import torch).
-DECODE_CHOICES = ("auto", "gpu", "cpu", "off")
 
 
 @click.command("infer")
@@ -29,11 +25,7 @@ DECODE_CHOICES = ("auto", "gpu", "cpu", "off")
 @click.option("--workers", type=int, default=None,
               help="Patch-reading processes per slide [0 on cpu: read in this process; "
                    "on cuda the cores of this process's share less one, up to 16].")
-@click.option("--decode", type=click.Choice(DECODE_CHOICES), default="auto", show_default=True,
-              help="Where stored JPEG tiles are decoded: off (in the reading processes), "
-                   "cpu (the readers ship compressed tiles, libjpeg-turbo threads decode "
-                   "them here: the same heatmap as off), gpu (nvJPEG on the CUDA device); "
-                   "auto: gpu on CUDA for a JPEG-tiled slide, else off (docs/decode.md).")
+@decode_option("reading processes", "heatmap", "for a JPEG-tiled slide")
 @field_option(InferOptions, "min_tissue", "--min-tissue",
               help="Smallest tissue share of a patch for its cell to be computed.")
 @field_option(InferOptions, "class_name", "--class", "class_name",

@@ -39,6 +39,22 @@ def field_option(cls, name: str, *decls: str, help: str, choices=None, **kwargs)
     return click.option(*decls, default=default, help=help, **kwargs)
 
 
+#: ``--decode`` settings (:data:`exaslide.infer.decoded.DECODE_MODES`, kept here so that
+#: ``--help`` does not import torch).
+DECODE_CHOICES = ("auto", "gpu", "cpu", "off")
+
+
+def decode_option(where: str, same: str, auto: str):
+    """``--decode``: where stored JPEG tiles are decoded (``where``: the processes that
+    read; ``same``: what ``cpu`` gives the same as ``off``; ``auto``: when it picks gpu)."""
+    return click.option(
+        "--decode", type=click.Choice(DECODE_CHOICES), default="auto", show_default=True,
+        help=f"Where stored JPEG tiles are decoded: off (in the {where}), cpu (they ship "
+             "compressed tiles, libjpeg-turbo threads decode them here: the same "
+             f"{same} as off), gpu (nvJPEG on the CUDA device); auto: gpu on CUDA {auto}, "
+             "else off (docs/decode.md).")
+
+
 def workers_option(default_help: str):
     """``--workers N`` (Dask ``LocalCluster`` processes) with ``default_help`` saying what
     happens without it."""
