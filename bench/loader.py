@@ -11,13 +11,19 @@ workers, interleaved, best of ``--repeat``:
   (c) ``SlidePatchDataset``, warm: third epoch on the same persistent workers;
   (d) ``ShardDataset`` over JPEG (quality 90) and PNG shards of the same patches;
   (e) ``SlidePatchDataset``, cold, locality-aware order
-      (``PatchSampler(blocks=dataset.blocks())``).
+      (``PatchSampler(blocks=dataset.blocks())``);
+  (f) the same loader's second epoch;
+  (g) the loader's fixed start-up: (e) delivering one patch per worker (processes forked
+      and started, slide opened, one tile decoded); printed with (e) less it per patch,
+      the marginal cost, as ``bench/extract.py`` excludes its start-up.
 Every loader shuffles (a seeded ``PatchSampler``; the shard buffer for (d)). Reported:
 patches/s, the ratio to (a) with the same workers, CPU per image of every process of the
 loader (the main process and its workers, ``/proc/<pid>/stat``), the efficiency (the
 ceiling's CPU per patch / that), peak RSS of the main process and of the largest worker,
 file bytes read per patch (``rchar``: all ``read``/``pread`` bytes, page-cache hits
-included) and the tile-cache hit rate of the measured epoch (0 workers).
+included), the tile-cache hit rate of the measured epoch (0 workers) and the minor page
+faults per patch of all the loader's processes (memory touched for the first time: one
+per 4 KiB page, or per 2 MiB where the kernel gives a transparent huge page).
 
 The ceiling is measured in the same run, in its own process: the compressed bytes of every
 stored tile the patches need, read into memory, each decoded once with
@@ -38,7 +44,9 @@ batch and label mixing (``exaslide.data.mixing``) for the benchmark's patches an
 synthetic 32-slide cohort, full shuffle against locality-aware, 2 workers' streams.
 
 Usage: ``python bench/loader.py [--side 20000] [--patches 2048] [--repeat 3]
-[--setups naive,cold,...] [--keep DIR]``.
+[--setups naive,cold,...] [--keep DIR] [--tile-cache MiB]``. A 20,000-px slide has about
+2,090 grid patches of tissue; ``--side 40000 --patches 8192`` gives an epoch four times
+longer, over which the fixed and first-touch costs spread thinner.
 """
 
 from __future__ import annotations
@@ -154,17 +162,26 @@ def _children() -> list[str]:
     return found
 
 
+def _faults(pid: int | str) -> int:
+    """Minor page faults of a process so far (memory touched for the first time)."""
+    return int(_proc(pid, "stat").rsplit(")", 1)[1].split()[7])
+
+
 def _loader_stats() -> dict:
-    """CPU seconds, ``rchar`` and peak RSS of this process and of its children."""
+    """CPU seconds, ``rchar``, minor page faults and peak RSS of this process and of its
+    children."""
     stats = {"cpu": time.process_time(), "rchar": _field(_proc("self", "io"), "rchar"),
+             "faults": _faults("self"),
              "rss": _field(_proc("self", "status"), "VmHWM") / 1024, "worker_rss": 0.0,
              "workers": 0}
     for pid in _children():
         try:
             cpu, io, status = _cpu_seconds(pid), _proc(pid, "io"), _proc(pid, "status")
+            faults = _faults(pid)
         except OSError:
             continue
         stats["cpu"] += cpu
+        stats["faults"] += faults
         stats["rchar"] += _field(io, "rchar")
         stats["worker_rss"] = max(stats["worker_rss"], _field(status, "VmHWM") / 1024)
         stats["workers"] += 1
@@ -219,21 +236,28 @@ def run_one(setup: str, workers: int, inputs: dict) -> dict:
         return run_ceiling(inputs)
     torch.set_num_threads(1)
     epochs = {"warm": 3, "local2": 2}.get(setup, 1)
-    slides = setup in ("cold", "warm", "local", "local2")
+    slides = setup in ("cold", "warm", "local", "local2", "start")
     if setup == "naive":
         dataset = NaiveOpenSlideDataset(inputs["slide"], inputs["index"])
     elif slides:
-        dataset = SlidePatchDataset(inputs["index"], slides={"bench": inputs["slide"]})
+        options = {"tile_cache_bytes": inputs["tile_cache"] << 20} \
+            if inputs.get("tile_cache") else {}
+        dataset = SlidePatchDataset(inputs["index"], slides={"bench": inputs["slide"]},
+                                    **options)
     else:
         dataset = ShardDataset(inputs["shards"][setup], seed=0, shuffle_buffer=256,
                                rank=0, world_size=1)
     blocks = None
-    if setup in ("local", "local2"):
+    if setup in ("local", "local2", "start"):
         blocks = dataset.blocks()
         dataset.close()  # the main process opened the slide for its tile grid
     sampler = None if setup in ("jpeg", "png") else \
         PatchSampler(len(dataset), seed=0, rank=0, world_size=1, blocks=blocks)
-    loader = make_loader(dataset, batch_size=BATCH, workers=workers, sampler=sampler)
+    batch_size = BATCH
+    if setup == "start":  # one patch per worker: the loader's fixed cost
+        sampler = _FirstBatches(sampler, max(1, workers))
+        batch_size = 1
+    loader = make_loader(dataset, batch_size=batch_size, workers=workers, sampler=sampler)
     for epoch in range(epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
@@ -248,6 +272,8 @@ def run_one(setup: str, workers: int, inputs: dict) -> dict:
     after = _loader_stats()
     result = {"setup": setup, "workers": workers, "patches": n, "seconds": seconds,
               "rate": n / seconds, "cpu_per_image": (after["cpu"] - before["cpu"]) / n,
+              "cpu": after["cpu"] - before["cpu"],
+              "faults_per_patch": (after["faults"] - before["faults"]) / n,
               "main_rss": after["rss"], "worker_rss": after["worker_rss"],
               "bytes_per_patch": (after["rchar"] - before["rchar"]) / n, "hit_rate": None,
               "decodes_per_patch": None}
@@ -258,6 +284,23 @@ def run_one(setup: str, workers: int, inputs: dict) -> dict:
     return result
 
 
+class _FirstBatches:
+    """The first ``count`` batches of a ``PatchSampler``'s order (setup ``start``)."""
+
+    def __init__(self, sampler, count: int):
+        self.sampler, self.count = sampler, count
+        self.locality, self.window = sampler.locality, sampler.window
+
+    def __len__(self) -> int:
+        return self.count
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def batches(self, batch_size: int, streams: int = 1, drop_last: bool = False):
+        return self.sampler.batches(batch_size, streams, drop_last)[: self.count]
+
+
 SETUPS = [("ceiling", "decode ceiling (each needed tile once, from memory)"),
           ("naive", "(a) naive OpenSlide read_region"),
           ("cold", "(b) SlidePatchDataset, cold, full shuffle"),
@@ -265,7 +308,8 @@ SETUPS = [("ceiling", "decode ceiling (each needed tile once, from memory)"),
           ("jpeg", "(d) ShardDataset, JPEG shards"),
           ("png", "(d) ShardDataset, PNG shards"),
           ("local", "(e) SlidePatchDataset, cold, locality-aware"),
-          ("local2", "(f) SlidePatchDataset, 2nd epoch, locality-aware")]
+          ("local2", "(f) SlidePatchDataset, 2nd epoch, locality-aware"),
+          ("start", "(g) fixed start-up: one patch per worker, cold")]
 
 
 def mixing_tables(inputs: dict, streams: int = 2) -> list[tuple[str, str, dict]]:
@@ -330,10 +374,11 @@ def print_tables(results: dict, inputs: dict) -> None:
               f"{ceiling['plain_cpu_per_image'] * 1e3:.3f}, one reused buffer: "
               f"{ceiling['tuned_cpu_per_image'] * 1e3:.3f})\n")
     print("| setup | workers | patches/s | × (a) | CPU ms/image | efficiency "
-          "| peak RSS MB main / worker | bytes read/patch | decodes/patch | tile-cache hits |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| peak RSS MB main / worker | bytes read/patch | decodes/patch | tile-cache hits "
+          "| page faults/patch |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for (setup, workers), r in results.items():
-        if setup == "ceiling":
+        if setup in ("ceiling", "start"):
             continue
         naive = results.get(("naive", workers))
         ratio = f"{r['rate'] / naive['rate']:.1f}" if naive else ""
@@ -346,7 +391,17 @@ def print_tables(results: dict, inputs: dict) -> None:
         worker_rss = f"{r['worker_rss']:.0f}" if workers else "-"
         print(f"| {dict(SETUPS)[setup]} | {workers} | {r['rate']:,.0f} | {ratio} "
               f"| {r['cpu_per_image'] * 1e3:.3f} | {eff} | {r['main_rss']:.0f} / {worker_rss} "
-              f"| {r['bytes_per_patch']:,.0f} | {decodes} | {hits} |")
+              f"| {r['bytes_per_patch']:,.0f} | {decodes} | {hits} "
+              f"| {r['faults_per_patch']:,.1f} |")
+    for (setup, workers), r in results.items():
+        cold = results.get(("local", workers))
+        if setup != "start" or not cold:
+            continue
+        marginal = (cold["cpu"] - r["cpu"]) / max(1, cold["patches"] - r["patches"])
+        eff = f", efficiency {ceiling['cpu_per_image'] / marginal:.2f}" if ceiling else ""
+        print(f"\n{workers} workers: fixed start-up {r['cpu'] * 1e3:.0f} ms CPU (processes "
+              f"started, slide opened, one patch each); (e) without it: "
+              f"{marginal * 1e3:.3f} ms CPU/image{eff}")
     best = max(workers for _, workers in results)
     for setup in ("cold", "warm", "jpeg", "local"):
         if (setup, best) in results and best:
@@ -376,6 +431,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--setups", default=",".join(name for name, _ in SETUPS))
     parser.add_argument("--keep", type=Path, help="folder to keep inputs between runs")
+    parser.add_argument("--tile-cache", type=int, default=0,
+                        help="tile cache of SlidePatchDataset in MiB (default: its default)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -390,6 +447,7 @@ def main() -> None:
         folder = args.keep or Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
         inputs = make_inputs(folder, args.side, args.patches)
+        inputs["tile_cache"] = args.tile_cache
         workers = [int(w) for w in args.workers.split(",")]
         results = _measure(setups, workers, args.repeat, inputs)
         print_tables(results, inputs)

@@ -201,6 +201,35 @@ def test_locality_decodes_each_tile_once_with_a_cache_far_smaller_than_the_epoch
     assert _epoch_decodes(full, PatchSampler(len(xs), seed=0, rank=0, world_size=1)) > tiles
 
 
+def test_tiles_are_kept_for_the_next_epoch_only_where_it_will_read_them(slide):
+    from exaslide.data.loader import StreamBatches
+
+    xs, ys = _grid(2560, 2048)
+    table = _table(xs, ys)
+    dataset = SlidePatchDataset(table, slides={"s": slide})
+    tiles = len(np.unique(dataset.geometry(0).tile_keys(xs, ys)))
+    local = PatchSampler(len(xs), seed=0, rank=0, world_size=1, blocks=dataset.blocks())
+    full = PatchSampler(len(xs), seed=0, rank=0, world_size=1)
+    for sampler, streams, keep in ((local, 1, True), (local, 2, False), (full, 2, True)):
+        first = next(iter(StreamBatches(sampler, 16, streams)))
+        assert first.complete and first.keep is keep
+    # one stream, the epoch's tiles fit: the second epoch decodes nothing, and as every
+    # tile is cached anyway, no batch is assembled ahead (memory touched for nothing)
+    assert _epoch_decodes(dataset, local) == tiles
+    assert dataset.tile_cache().keep_spent and not dataset._state().ahead
+    assert len(dataset.tile_cache()) == tiles
+    local.set_epoch(1)
+    assert _epoch_decodes(dataset, local) == 0
+    # a plan that will not be read here again: nothing kept, tiles decoded once
+    other = SlidePatchDataset(table, slides={"s": slide})
+    rows = np.concatenate(local.batches(16, 1))
+    other.expect(rows, reset=True, complete=True, keep=False)
+    assert not other.tile_cache().keep_spent
+    for start in range(0, len(rows), 16):
+        other.__getitems__(rows[start : start + 16].tolist())
+    assert other.tile_decodes == tiles and len(other.tile_cache()) == 0
+
+
 def test_workers_deliver_the_in_process_batches_even_when_all_are_held(slide, monkeypatch):
     from exaslide.data import batch_memory
 

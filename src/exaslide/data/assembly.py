@@ -71,11 +71,17 @@ class Assembler:
 
     # ------------------------------------------------------------------ the plan
     def follow(self, plan: np.ndarray, reset: bool, window: int | None) -> None:
-        """Record planned rows (a new epoch's first segment when ``reset``)."""
+        """Record planned rows (a new epoch's first segment when ``reset``). When the
+        tile cache keeps every tile of the plan (``keep_spent``), batches are assembled
+        one at a time: a tile is then decoded once whatever the order, and batches made
+        ahead would only cost memory touched for the first time (in a worker, shared
+        memory at ~1.7 µs per 4 KiB page on the project's machine)."""
         if reset or self.stream is None:
             self.drop_ahead()
             self.stream, self.pos = np.asarray(plan, np.int64), 0
             self.span = int(window) if window else DEFAULT_SPAN
+            if self.cache.keep_spent and self.cache.planned_count():
+                self.span = 1
         else:
             self.stream = np.concatenate([self.stream[self.pos :], plan])
             self.pos = 0

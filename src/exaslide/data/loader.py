@@ -42,6 +42,13 @@ class PlannedBatch(list):
         ring: ``(flags, token)`` of the worker's batch-memory ring
             (:mod:`exaslide.data.batch_memory`), with the first batch of an epoch.
         window: the shuffle window of the plan (patches), ``None`` for a full shuffle.
+        keep: whether the tiles of this plan are worth keeping for the next epoch once
+            read (when they fit in the cache): not when the order is locality-aware and
+            split over several streams (workers or ranks), since a stream then gets
+            other blocks in the next epoch (1 in ``streams`` of its tiles again), while
+            keeping costs every tile a buffer touched for the first time and a slower
+            decode than into the one buffer that stays in the CPU cache (measured in
+            ``docs/data.md``).
     """
 
     plan: np.ndarray | None = None
@@ -49,6 +56,7 @@ class PlannedBatch(list):
     complete: bool = False
     ring: tuple | None = None
     window: int | None = None
+    keep: bool = True
 
 
 class StreamBatches(Sampler):
@@ -87,6 +95,8 @@ class StreamBatches(Sampler):
         from exaslide.data.batch_memory import poll_released
 
         window = self.sampler.window if getattr(self.sampler, "locality", False) else None
+        keep = window is None or \
+            self.streams * getattr(self.sampler, "world_size", 1) == 1
         planned = [0] * self.streams  # indices of each stream sent in plans so far
         read = [0] * self.streams  # indices of each stream read before this batch
         sequences = [np.concatenate(batches[w :: self.streams]) if batches[w:] else
@@ -104,6 +114,7 @@ class StreamBatches(Sampler):
                 planned[w] += len(batch.plan)
                 batch.complete = batch.reset and planned[w] == len(sequences[w])
                 batch.window = window
+                batch.keep = keep
             read[w] += len(indices)
             yield batch
 

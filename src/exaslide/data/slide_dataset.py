@@ -145,7 +145,8 @@ class SlidePatchDataset(Dataset):
         plan = getattr(indices, "plan", None)
         if plan is not None:
             reset = getattr(indices, "reset", False)
-            self.expect(plan, reset=reset, complete=getattr(indices, "complete", False))
+            self.expect(plan, reset=reset, complete=getattr(indices, "complete", False),
+                        keep=getattr(indices, "keep", True))
             state.follow(plan, reset, getattr(indices, "window", None))
         ring = getattr(indices, "ring", None)
         if ring is not None:
@@ -170,13 +171,14 @@ class SlidePatchDataset(Dataset):
 
     # ------------------------------------------------------------------ planning
     def expect(self, rows: Sequence[int] | np.ndarray, *, reset: bool = False,
-               complete: bool = False) -> None:
+               complete: bool = False, keep: bool = True) -> None:
         """Declare that this process will read the patches ``rows`` (in any order), so
         its tile cache keeps each tile until its last planned read and evicts spent
         tiles first. ``reset`` forgets the previous plan (a new epoch); ``complete``
         says ``rows`` is the whole epoch of this process: when its tiles all fit in the
-        cache, spent tiles are kept for the next epoch, otherwise they are dropped at
-        once and their buffers reused."""
+        cache and ``keep`` (the next epoch will read them here again, see
+        :class:`~exaslide.data.loader.PlannedBatch`), spent tiles are kept for the next
+        epoch, otherwise they are dropped at once and their buffers reused."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1) % len(self.patches)
         keys = [self.geometry(int(g)).tile_keys(self.patches.x[r], self.patches.y[r])
                 for g, r in _split_by(self._groups[rows], rows)]
@@ -186,7 +188,8 @@ class SlidePatchDataset(Dataset):
         if reset:
             tile_bytes = max((math.prod(g.grid) * 3 for g in self._geometry.values()
                               if g.grid is not None), default=0)
-            cache.keep_spent = complete and len(unique) * tile_bytes <= cache.max_bytes
+            cache.keep_spent = complete and keep and \
+                len(unique) * tile_bytes <= cache.max_bytes
         cache.expect(dict(zip(unique.tolist(), counts.tolist(), strict=True)), reset=reset)
 
     def blocks(self, patches: int = DEFAULT_BLOCK_PATCHES) -> np.ndarray:

@@ -165,6 +165,10 @@ class TileCache:
         after these."""
         return not self._uses or self.keep_spent or self._uses.get(key, 0) > uses
 
+    def planned_count(self) -> int:
+        """Keys with planned uses still to come."""
+        return len(self._uses)
+
     def planned(self, key: Hashable) -> int:
         """Planned uses of ``key`` still to come (0 when none or never declared)."""
         return self._uses.get(key, 0)
