@@ -15,15 +15,11 @@ import pytest
 import torch
 from colour_model import colour_meta
 
+from exaslide.data.worker_errors import unwrap_worker_error
 from exaslide.errors import InferenceError, SlideError
 from exaslide.evaluate.heatmap import read_heatmap
 from exaslide.infer import default_workers, infer_cohort, infer_slide
-from exaslide.infer.batches import (
-    _process_batches,
-    _Ring,
-    iter_batches,
-    unwrap_worker_error,
-)
+from exaslide.infer.batches import _process_batches, _Ring, iter_batches
 from exaslide.manifest import write_manifest
 from exaslide.models import create_model
 from exaslide.patches.spec import PatchSpec

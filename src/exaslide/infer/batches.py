@@ -25,7 +25,6 @@ import math
 import multiprocessing
 import pickle
 import queue
-import re
 import threading
 import traceback
 from collections.abc import Callable, Iterator
@@ -206,28 +205,6 @@ def reader_death(exc: BaseException) -> InferenceError | None:
                           "rerun the slide; if it happens again, lower --workers (each "
                           "process holds its own batches: the system may be out of memory "
                           "or of shared memory in /dev/shm)")
-
-
-def unwrap_worker_error(exc: BaseException) -> BaseException:
-    """A reader process's exception as the DataLoader re-raises it (``"Caught X in
-    DataLoader worker process N. Original Traceback ..."``) back as ``X`` with its own
-    one-line message (the traceback as a note); any other exception as it is."""
-    text = str(exc)
-    if not text.startswith("Caught ") or "Original Traceback" not in text:
-        return exc
-    head = re.compile(rf"^(?:[\w.]+\.)?{re.escape(type(exc).__name__)}: ")
-    lines = text.splitlines()
-    starts = [(i, m.end()) for i, line in enumerate(lines) if (m := head.match(line))]
-    if not starts:
-        return exc
-    first, skip = starts[-1]
-    message = "\n".join(lines[first:])[skip:]
-    try:
-        clean = type(exc)(message)
-    except Exception:  # an exception type that wants other arguments
-        return exc
-    clean.add_note("in reading process:\n" + text)
-    return clean
 
 
 def iter_batches(path, spec: PatchSpec, xs: np.ndarray, ys: np.ndarray, batch_size: int,

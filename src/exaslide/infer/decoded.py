@@ -84,7 +84,8 @@ def iter_decoded_batches(path, spec: PatchSpec, xs: np.ndarray, ys: np.ndarray,
 
     from exaslide.data.batch_decode import BatchDecoder, DecodedLoader
     from exaslide.data.compressed_dataset import CompressedPatchDataset, identity
-    from exaslide.infer.batches import reader_death, unwrap_worker_error
+    from exaslide.data.worker_errors import unwrap_worker_error
+    from exaslide.infer.batches import reader_death
 
     if len(xs) == 0:
         return

@@ -149,6 +149,13 @@ def _train(config: TrainConfig, context: Context, resume: bool,
             if _patience_spent(config, best):
                 stopped = True
                 break
+    except Exception as exc:  # a loader worker's error as its own one-line message
+        from exaslide.data.worker_errors import unwrap_worker_error
+
+        clean = unwrap_worker_error(exc)
+        if clean is exc:
+            raise
+        raise clean from None
     finally:  # now, also on an error: no loader process outlives the run
         _close_loaders(loader, val_loader)
         if writer is not None:
