@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import numpy.ma  # np.unique imports it on first use (~10 ms CPU): once, before workers fork
 import torch
 from torch.utils.data import Dataset
 
@@ -229,7 +230,10 @@ class SlidePatchDataset(Dataset):
     def _out_side(self, rows: np.ndarray) -> int:
         if self.size is not None:
             return self.size
-        sizes = np.unique(self.patches.size[rows])
+        sizes = self.patches.size[rows]
+        if (sizes == sizes[0]).all():
+            return int(sizes[0])
+        sizes = np.unique(sizes)
         if len(sizes) > 1:
             raise ValueError(f"a batch mixes patch sizes {sizes.tolist()}: give size= to "
                              "read them all at one size")
