@@ -38,9 +38,13 @@ from exaslide.patches.reader import PatchReader
 from exaslide.patches.spec import PatchSpec
 from exaslide.slides.pool import DEFAULT_MAX_OPEN, HandlePool
 
-#: Byte limit of the decoded-tile cache shared by all readers of one worker process
-#: (with PyTorch imported, about 600 MB more make a loader process's resident size).
-DEFAULT_TILE_CACHE_BYTES = 256 << 20
+#: Byte limit of the decoded-tile cache shared by all readers of one process. Importing
+#: PyTorch alone makes a process ~710 MiB resident, so 128 MiB keeps every loader process
+#: of ``bench/loader.py`` under 1 GiB (256 MiB: 1.14 GiB in-process with a full shuffle);
+#: the locality-aware order needs only the tiles read again in a later window (a few MiB)
+#: and a larger cache pays only where a process's whole epoch of tiles fits in it
+#: (``docs/data.md``: the measurement behind this choice).
+DEFAULT_TILE_CACHE_BYTES = 128 << 20
 #: Default side of a locality block, in patches (see :meth:`SlidePatchDataset.blocks`).
 DEFAULT_BLOCK_PATCHES = 8
 
