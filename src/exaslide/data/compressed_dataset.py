@@ -351,18 +351,12 @@ def make_compressed_loader(dataset: CompressedPatchDataset, *, batch_size: int =
     """
     from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
-    from exaslide.data.loader import StreamBatches
+    from exaslide.data.loader import StreamBatches, loader_options
 
     sampler = sampler if sampler is not None else SequentialSampler(range(len(dataset)))
     if callable(getattr(sampler, "batches", None)):
         batches = StreamBatches(sampler, batch_size, workers, drop_last, plan=False)
     else:
         batches = BatchSampler(sampler, batch_size, drop_last)
-    pin = device is not None and torch.device(device).type == "cuda"
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    options: dict[str, Any] = {}
-    if workers > 0:
-        options.update(prefetch_factor=prefetch_factor, persistent_workers=True)
-    return DataLoader(dataset, batch_size=None, sampler=batches, num_workers=workers,
-                      pin_memory=pin, generator=generator, collate_fn=identity, **options)
+    return DataLoader(dataset, batch_size=None, sampler=batches, collate_fn=identity,
+                      **loader_options(workers, device, prefetch_factor, seed))

@@ -146,6 +146,19 @@ def collate_patches(batch: list) -> tuple[torch.Tensor, torch.Tensor, dict]:
     return stacked, default_collate(labels), default_collate(metadata)
 
 
+def loader_options(workers: int, device, prefetch_factor: int, seed: int) -> dict[str, Any]:
+    """The ``DataLoader`` keywords every exaslide loader shares: workers (persistent,
+    with ``prefetch_factor``), pinned memory for CUDA devices, a seeded generator."""
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    options: dict[str, Any] = {
+        "num_workers": workers, "generator": generator,
+        "pin_memory": device is not None and torch.device(device).type == "cuda"}
+    if workers > 0:
+        options.update(prefetch_factor=prefetch_factor, persistent_workers=True)
+    return options
+
+
 def make_loader(dataset, *, batch_size: int = 64, workers: int = 2, sampler=None,
                 device: str | torch.device | None = None, prefetch_factor: int = 4,
                 drop_last: bool = False, seed: int = 0) -> DataLoader:
@@ -169,23 +182,16 @@ def make_loader(dataset, *, batch_size: int = 64, workers: int = 2, sampler=None
     if sampler is not None and isinstance(dataset, IterableDataset):
         raise ValueError("a ShardDataset orders itself: use its seed and set_epoch, "
                          "not a sampler")
-    pin = device is not None and torch.device(device).type == "cuda"
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    options: dict[str, Any] = {}
-    if workers > 0:
-        options.update(prefetch_factor=prefetch_factor, persistent_workers=True)
+    options = loader_options(workers, device, prefetch_factor, seed)
     plans = callable(getattr(dataset, "expect", None))
     if sampler is None and plans:
         sampler = _IndexOrder(len(dataset))
     if sampler is not None and callable(getattr(sampler, "batches", None)):
         batches = StreamBatches(sampler, batch_size, workers, drop_last, plan=plans,
                                 rings=plans and workers > 0)
-        return DataLoader(dataset, batch_sampler=batches, num_workers=workers,
-                          pin_memory=pin, generator=generator, collate_fn=collate_patches,
+        return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_patches,
                           **options)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      pin_memory=pin, drop_last=drop_last, generator=generator,
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                       collate_fn=collate_patches, **options)
 
 
