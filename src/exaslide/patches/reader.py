@@ -18,10 +18,15 @@ libjpeg-turbo directly into buffers that start 16 bytes past a 32-byte boundary
 
 A patch is *blank* (see :func:`is_blank`) when at least ``blank_fraction`` (90%) of its
 pixels are white (``min(R,G,B) > 220``: glass) or black (``max(R,G,B) < 25``), or when it
-is flat (standard deviation below 2 in every channel: scanner fill). All three are
-measured on evenly spaced whole rows of the patch: every ``s``-th row from the first,
-with ``s`` the largest step that keeps at least 16 rows and 4,096 pixels (every 16th row
-of a 256-px patch, every 11th of a 224-px one, every row of a patch of 64 px or less).
+is flat (standard deviation below 2 in every channel: scanner fill), counted over all its
+pixels. To stay cheap for tissue, the test first looks at evenly spaced whole rows (every
+``s``-th row from the first, ``s`` the largest step that keeps at least 16 rows and 4,096
+pixels: every 16th row of a 256-px patch); these rows only ever *keep* a patch without
+looking further: when they prove it is not flat (a sample's variance bounds the whole
+patch's from below) and hold less than ``blank_fraction - 0.1`` white and black pixels.
+Anything else is decided on every pixel, so a patch with tissue is never called blank
+because the rows missed it; a patch that is just over 90% glass but whose sampled rows
+show under 80% is kept.
 """
 
 from __future__ import annotations
@@ -47,42 +52,56 @@ WHITE, BLACK, FLAT_STD = 220, 25, 2.0
 TILE_CACHE_BYTES = 128 << 20
 
 
-#: The blank test samples at least this many rows and this many pixels of a patch.
+#: The blank test's row sample holds at least this many rows and this many pixels.
 BLANK_ROWS, BLANK_PIXELS = 16, 4096
+#: The row sample keeps a patch on its own when its white (or black) share is this much
+#: below ``blank_fraction``; closer, every pixel is counted.
+BLANK_MARGIN = 0.1
 
 
 def blank_rows(height: int, width: int) -> int:
-    """The row step of :func:`is_blank`: the largest that keeps at least
+    """The row step of :func:`is_blank`'s sample: the largest that keeps at least
     :data:`BLANK_ROWS` rows and :data:`BLANK_PIXELS` pixels (1 for small patches)."""
     rows = max(BLANK_ROWS, -(-BLANK_PIXELS // max(width, 1)))
     return max(1, height // rows)
 
 
 def is_blank(patch: np.ndarray, blank_fraction: float = 0.9) -> bool:
-    """True for patches that are mostly glass, mostly black, or flat, measured on evenly
-    spaced rows (see the module doc)."""
+    """True for patches that are mostly glass, mostly black, or flat, over all their
+    pixels; a row sample only ever skips the full count for tissue (see the module
+    doc)."""
     import cv2
 
     step = blank_rows(patch.shape[0], patch.shape[1])
     sample = np.ascontiguousarray(patch[::step])  # whole rows: a few memcpy
     mean, std = cv2.meanStdDev(sample)
-    if std.max() < FLAT_STD:
+    # the whole patch's variance is at least the sample's times its share of the pixels
+    share = sample.shape[0] / patch.shape[0]
+    if std.max() ** 2 * share < FLAT_STD ** 2 and cv2.meanStdDev(patch)[1].max() < FLAT_STD:
         return True
-    # exact bounds: a fraction f of pixels above WHITE in every channel puts every
-    # channel's mean at f * (WHITE + 1) or more; f below BLACK puts every channel's mean
-    # at f * (BLACK - 1) + (1 - f) * 255 or less. Most tissue passes both tests here.
-    f = blank_fraction
-    maybe_white = mean.min() >= f * (WHITE + 1) - 1e-6
-    maybe_black = mean.max() <= f * (BLACK - 1) + (1 - f) * 255 + 1e-6
-    if not (maybe_white or maybe_black):
-        return False
-    channels = 1 if sample.ndim == 2 else sample.shape[2]
-    limit = f * sample.shape[0] * sample.shape[1]
-    if maybe_white and cv2.countNonZero(
-            cv2.inRange(sample, (WHITE + 1,) * channels, (255,) * channels)) >= limit:
-        return True
-    return bool(maybe_black and cv2.countNonZero(
-        cv2.inRange(sample, (0,) * channels, (BLACK - 1,) * channels)) >= limit)
+    return _mostly(patch, sample, mean, blank_fraction)
+
+
+def _mostly(patch: np.ndarray, sample: np.ndarray, mean: np.ndarray, f: float) -> bool:
+    """At least a fraction ``f`` of the patch's pixels white, or black; decided on the
+    sample when it holds less than ``f - BLANK_MARGIN`` of either."""
+    import cv2
+
+    # exact bounds: a fraction g of pixels above WHITE in every channel puts every
+    # channel's mean at g * (WHITE + 1) or more; g below BLACK puts every channel's mean
+    # at g * (BLACK - 1) + (1 - g) * 255 or less. Most tissue passes both tests here.
+    g = max(f - BLANK_MARGIN, 0.0)
+    maybe_white = mean.min() >= g * (WHITE + 1) - 1e-6
+    maybe_black = mean.max() <= g * (BLACK - 1) + (1 - g) * 255 + 1e-6
+    channels = 1 if patch.ndim == 2 else patch.shape[2]
+    for maybe, low, high in ((maybe_white, WHITE + 1, 255), (maybe_black, 0, BLACK - 1)):
+        bounds = ((low,) * channels, (high,) * channels)
+        if maybe and cv2.countNonZero(cv2.inRange(sample, *bounds)) >= \
+                g * sample.shape[0] * sample.shape[1] and cv2.countNonZero(
+                    cv2.inRange(np.ascontiguousarray(patch), *bounds)) >= \
+                f * patch.shape[0] * patch.shape[1]:
+            return True
+    return False
 
 
 def _round(value: float) -> int:
