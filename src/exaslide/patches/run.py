@@ -27,7 +27,7 @@ from exaslide.patches.job import (
     patch_keys,
     plan_slide,
 )
-from exaslide.patches.shards import EXTENSIONS, join_parts, shard_name
+from exaslide.patches.shards import EXTENSIONS, group_parts, join_parts, shard_name
 
 logger = logging.getLogger(__name__)
 
@@ -84,16 +84,13 @@ def _shards(entry, options: ExtractOptions, keep: np.ndarray, results: list, ctx
     names = {k: shard_name(entry.slide_id, k) for k in np.unique(numbers[keep]).tolist()}
     shard[keep] = [names[k] for k in numbers[keep].tolist()]
     written = sorted(f for r in results for f in r["files"])
-    parts: dict[str, list[str]] = {}
-    for name in written:
-        if name.endswith(".part"):
-            parts.setdefault(name.split(".tar.")[0] + ".tar", []).append(name)
-    for name, pieces in parts.items():
-        join_parts(ctx.partial, name, pieces)  # in row order: the names sort by row
+    parts = group_parts(written)
     found = set(parts) | {f for f in written if not f.endswith(".part")}
-    if found != set(names.values()):
+    if found != set(names.values()):  # checked before any part is joined
         raise RuntimeError(f"{entry.slide_id}: the chunks wrote shards {sorted(found)}, "
                            f"expected {sorted(names.values())}")
+    for name, pieces in parts.items():
+        join_parts(ctx.partial, name, pieces)  # in row order: the names sort by row
     for name in sorted(found):
         ctx.adopt(ctx.partial / name, f"shards/{name}")
     return shard

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -185,6 +186,30 @@ def shard_name(prefix: str, number: int) -> str:
 def part_name(prefix: str, number: int, first_row: int) -> str:
     """The part of shard ``number`` that starts at plan row ``first_row``."""
     return f"{shard_name(prefix, number)}.{first_row:010d}.part"
+
+
+#: A part file's name: the shard's name, the first plan row (10 digits), ``.part``.
+_PART = re.compile(r"(?P<shard>.+\.tar)\.\d{10}\.part")
+
+
+def group_parts(names) -> dict[str, list[str]]:
+    """The part files among ``names`` (see :func:`part_name`), grouped by the shard they
+    belong to, each group sorted (in row order, as :func:`join_parts` wants them); other
+    names are left out. The shard's name is the part's name without its exact
+    ``.<first row>.part`` suffix, so a slide id containing ``.tar.`` is kept whole.
+
+    Raises:
+        ValueError: a name ending in ``.part`` that :func:`part_name` did not make.
+    """
+    parts: dict[str, list[str]] = {}
+    for name in sorted(names):
+        if not name.endswith(".part"):
+            continue
+        match = _PART.fullmatch(name)
+        if match is None:
+            raise ValueError(f"{name}: not a shard part (<shard>.tar.<10 digits>.part)")
+        parts.setdefault(match["shard"], []).append(name)
+    return parts
 
 
 class RowShardWriter:
