@@ -17,6 +17,8 @@ from exaslide.data import DatasetError, PatchSampler, SlidePatchDataset, make_lo
 from exaslide.data.batch_decode import BatchDecoder, DecodedLoader
 from exaslide.data.compressed_dataset import CompressedPatchDataset, make_compressed_loader
 from exaslide.data.loader import collate_patches
+from exaslide.patches.reader import PatchReader
+from exaslide.patches.spec import PatchSpec
 
 
 def _reference(table, slides, **options):
@@ -64,6 +66,30 @@ def test_level_patches_straddling_and_edge_tiles_are_identical(synth_slide, leve
     assert len(batch.fallback_position) == 0 and batch.stream_count > 0
     outside = (batch.box[:, 2:] > batch.level_size).any(1) | (batch.box[:, :2] < 0).any(1)
     assert 0 < int(outside.sum()) < len(xs)  # some patches leave the level
+
+
+@pytest.mark.parametrize("options", [{}, {"size": 24}, {"mpp": 0.75}])
+def test_patches_past_the_level_edge_in_its_last_partial_tile_are_identical(tmp_path,
+                                                                            options):
+    """200 px on 64-px tiles: the last tile (192..255) is partial, so a patch that starts
+    past the edge (x or y in 200..255) still falls in a tile of the grid; it reads white,
+    and no tile is shipped for a patch that does not touch the level."""
+    path = write_aperio_like(tmp_path / "edge.tif", texture(200, 200), tile=64)
+    xs = [210, 0, 210, 230, 100, 199, 180, 185, -40]
+    ys = [0, 210, 210, 100, 240, 0, 180, 199, -40]
+    table = index_table(xs, ys, size=32)
+    slides = {"s": path}
+    batch = _assert_same(table, slides, exact_torch=not options, **options)
+    assert len(batch.fallback_position) == 0
+    planned = batch.tiles[batch.position.argsort()]
+    outside = [i for i in range(len(xs)) if xs[i] >= 200 or ys[i] >= 200 or xs[i] <= -32]
+    assert all((planned[i] < 0).all() for i in outside)  # nothing shipped for them
+    if not options:  # the extraction engine reads the same pixels
+        images = _reference(table, slides)[0]
+        with PatchReader(path, PatchSpec(size=32, level=0)) as reader:
+            for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
+                assert np.array_equal(reader.read(x, y), images[i].permute(1, 2, 0).numpy())
+        assert (images[outside] == 255).all()
 
 
 def test_each_needed_stored_tile_is_shipped_once(synth_slide):

@@ -298,6 +298,8 @@ def _paste_tiles(region: np.ndarray, box, tile0, table: np.ndarray, tile_size, l
         ax0, ay0 = max(x0, sx0), max(y0, sy0)
         ax1 = min(x1, sx0 + tile.shape[1], lw)
         ay1 = min(y1, sy0 + tile.shape[0], lh)
+        if ax1 <= ax0 or ay1 <= ay0:
+            continue  # the tile holds none of the box's pixels inside the level
         region[ay0 - y0 : ay1 - y0, ax0 - x0 : ax1 - x0] = \
             tile[ay0 - sy0 : ay1 - sy0, ax0 - sx0 : ax1 - sx0]
 

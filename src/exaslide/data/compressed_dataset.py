@@ -234,7 +234,8 @@ class _BatchBuilder:
         cols, rows = (x1 - 1) // tw - tx0 + 1, (y1 - 1) // th - ty0 + 1
         table = np.full((rows, cols), -1, np.int64)
         inside = [(tx, ty) for ty in range(max(0, y0) // th, (min(y1, lh) - 1) // th + 1)
-                  for tx in range(max(0, x0) // tw, (min(x1, lw) - 1) // tw + 1)]
+                  for tx in range(max(0, x0) // tw, (min(x1, lw) - 1) // tw + 1)] \
+            if x0 < lw and y0 < lh and x1 > 0 and y1 > 0 else []  # else: all white
         if any(not jpeg.stored(tx, ty) for tx, ty in inside):
             return False  # a sparse tile: the CPU reader paints it as it does
         sid = self._source_id(source)

@@ -232,6 +232,8 @@ class PatchReader:
     def _tiles_of(self, x0: int, y0: int, x1: int, y1: int) -> Iterator[tuple[int, int]]:
         lw, lh = self._level_size
         tw, th = self._grid
+        if x0 >= lw or y0 >= lh or x1 <= 0 or y1 <= 0:
+            return  # the box misses the level (it may still lie in its last tile)
         for ty in range(max(0, y0) // th, (min(y1, lh) - 1) // th + 1):
             for tx in range(max(0, x0) // tw, (min(x1, lw) - 1) // tw + 1):
                 yield tx, ty
