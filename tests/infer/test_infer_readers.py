@@ -15,7 +15,7 @@ import pytest
 import torch
 from colour_model import colour_meta
 
-from exaslide.data.worker_errors import unwrap_worker_error
+from exaslide.data.loader_workers import unwrap_worker_error
 from exaslide.errors import InferenceError, SlideError
 from exaslide.evaluate.heatmap import read_heatmap
 from exaslide.infer import default_workers, infer_cohort, infer_slide

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from exaslide.data.loader_workers import shutdown_workers
 from exaslide.errors import ExaslideError, InferenceError
 from exaslide.patches.reader import PatchReader
 from exaslide.patches.spec import PatchSpec
@@ -290,9 +291,7 @@ def _process_batches(path, spec, backend, xs, ys, batch_size: int, workers: int,
             raise
         raise death from exc
     finally:  # now, not when the iterator is collected: no process outlives the slide
-        shutdown = getattr(batches, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
+        shutdown_workers(batches)
 
 
 def _thread_batches(path, spec, backend, ids, xs, ys, batch_size: int, workers: int,

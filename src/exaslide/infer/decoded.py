@@ -84,7 +84,7 @@ def iter_decoded_batches(path, spec: PatchSpec, xs: np.ndarray, ys: np.ndarray,
 
     from exaslide.data.batch_decode import BatchDecoder, DecodedLoader
     from exaslide.data.compressed_dataset import CompressedPatchDataset, identity
-    from exaslide.data.worker_errors import unwrap_worker_error
+    from exaslide.data.loader_workers import unwrap_worker_error
     from exaslide.infer.batches import reader_death
 
     if len(xs) == 0:
@@ -126,6 +126,6 @@ class _Started:
         return self.iterator
 
     def close(self) -> None:
-        shutdown = getattr(self.iterator, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
+        from exaslide.data.loader_workers import shutdown_workers
+
+        shutdown_workers(self.iterator)

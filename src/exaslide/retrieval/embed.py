@@ -201,6 +201,7 @@ def _batches(dataset, batch_size: int, workers: int, device, decode: str):
     processes are shut down when the slide ends, also on an error (not whenever the
     garbage collector meets the loader: in a process forked later, that fails)."""
     from exaslide.data import make_loader, to_device
+    from exaslide.data.loader_workers import shutdown_workers
 
     cuda = device.type == "cuda"
     if decode == "off":
@@ -225,9 +226,7 @@ def _batches(dataset, batch_size: int, workers: int, device, decode: str):
         yield from batches
     finally:
         batches.close()
-        iterator = getattr(loader, "_iterator", None)
-        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-            iterator._shutdown_workers()
+        shutdown_workers(loader)
         if decode != "off":
             decoder.close()
             loader.dataset.close()

@@ -150,7 +150,7 @@ def _train(config: TrainConfig, context: Context, resume: bool,
                 stopped = True
                 break
     except Exception as exc:  # a loader worker's error as its own one-line message
-        from exaslide.data.worker_errors import unwrap_worker_error
+        from exaslide.data.loader_workers import unwrap_worker_error
 
         clean = unwrap_worker_error(exc)
         if clean is exc:
@@ -208,13 +208,13 @@ def _close_loaders(*loaders) -> None:
     their datasets opened in this process, now rather than whenever the garbage collector
     meets them: an exception's traceback keeps the loaders alive, and a process forked
     meanwhile would inherit them."""
+    from exaslide.data.loader_workers import shutdown_workers
+
     for loader in loaders:
         if loader is None:
             continue
         inner = getattr(loader, "loader", loader)  # a DecodedLoader's DataLoader
-        shutdown = getattr(getattr(inner, "_iterator", None), "_shutdown_workers", None)
-        if shutdown is not None:  # PyTorch has no public call for it
-            shutdown()
+        shutdown_workers(inner)
         decoder = getattr(loader, "decoder", None)
         if decoder is not None:
             decoder.close()
