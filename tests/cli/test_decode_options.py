@@ -37,6 +37,17 @@ def test_decode_choices_are_the_inference_modes():
     assert DECODE_CHOICES == DECODE_MODES
 
 
+@pytest.mark.parametrize("command", [("infer",), ("embed", "patches")])
+def test_decode_defaults_to_off_until_nvjpeg_is_measured(command):
+    """Off by default, also on CUDA: auto is the documented setting for a GPU node."""
+    shown = invoke(*command, "--help")
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.output.split())
+    assert "Use auto on a GPU node" in text
+    option = text.split("--decode [auto|gpu|cpu|off]")[1].split(" --")[0]
+    assert option.endswith("[default: off]")
+
+
 def test_infer_decode_cpu_gives_the_heatmap_of_decode_off(tmp_path, synth_slide, small_cnn,
                                                           one_torch_thread):
     heatmaps = {}

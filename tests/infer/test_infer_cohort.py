@@ -99,6 +99,40 @@ def test_resume_compares_the_whole_fingerprint(tmp_path, synth_slide, colour_mod
     assert status(class_name="normal", min_tissue=0.5) == "done"
 
 
+def test_a_rerun_with_another_decode_redoes_the_slide(tmp_path, synth_slide,
+                                                      colour_model_file):
+    """The requested ``decode`` is part of the fingerprint: another setting recomputes
+    (``auto`` too, even where it resolves to ``off``) rather than mixing decoders."""
+    out = tmp_path / "out"
+
+    def status(**kwargs):
+        return infer_cohort(colour_model_file, synth_slide.path, out, stride=512,
+                            progress=False, **kwargs)[0].status
+
+    assert status() == "done"
+    assert status(decode="off") == "skipped"  # the default is off
+    assert status(decode="cpu") == "done"
+    assert read_heatmap(out, "slide").meta["decode"] == "cpu"
+    assert status(decode="cpu") == "skipped"
+    assert status(decode="auto") == "done"
+    assert status(decode="auto") == "skipped"
+
+
+def test_a_status_written_before_decode_was_recorded_is_read_as_off(tmp_path, synth_slide,
+                                                                    colour_model_file):
+    out = tmp_path / "out"
+    assert infer_cohort(colour_model_file, synth_slide.path, out, stride=512,
+                        progress=False)[0].status == "done"
+    path = out / "status" / "slide.json"
+    status = json.loads(path.read_text())
+    del status["options"]["decode"]  # as the previous release wrote it
+    path.write_text(json.dumps(status))
+    assert infer_cohort(colour_model_file, synth_slide.path, out, stride=512,
+                        progress=False)[0].status == "skipped"
+    assert infer_cohort(colour_model_file, synth_slide.path, out, stride=512,
+                        progress=False, decode="cpu")[0].status == "done"
+
+
 def test_replaced_model_file_recomputes_even_when_older(tmp_path, synth_slide,
                                                         colour_model_file):
     from colour_model import colour_meta

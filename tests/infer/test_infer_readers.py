@@ -262,3 +262,30 @@ def test_a_reader_error_keeps_its_type_and_message():
     assert type(clean) is SlideError and str(clean) == "s.tif level 1: tile (2, 3) is damaged"
     plain = ValueError("not from a worker")
     assert unwrap_worker_error(plain) is plain
+
+
+def test_one_decode_rule_for_training_inference_and_embedding(tmp_path, synth_slide):
+    """``auto`` is ``gpu`` on a CUDA device when each of the first 4 slides is
+    JPEG-tiled, else ``off`` (only the device's type is looked at: no GPU needed)."""
+    import cv2
+
+    from exaslide.infer.decoded import AUTO_SLIDES, resolve_decode
+
+    png = tmp_path / "a.png"
+    cv2.imwrite(str(png), np.full((64, 64, 3), 200, np.uint8))
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    jpeg = [synth_slide.path] * AUTO_SLIDES
+    assert AUTO_SLIDES == 4
+    assert resolve_decode("auto", cuda, jpeg) == "gpu"
+    assert resolve_decode("auto", cuda, [*jpeg, png]) == "gpu"  # the 5th is not looked at
+    assert resolve_decode("auto", cuda, [synth_slide.path, png]) == "off"
+    assert resolve_decode("auto", cuda, []) == "off"
+    assert resolve_decode("auto", cuda, [synth_slide.path], backend="openslide") == "off"
+    assert resolve_decode("auto", cpu, jpeg) == "off"
+    assert resolve_decode("off", cuda, jpeg) == "off"
+    assert resolve_decode("cpu", cpu) == "cpu" and resolve_decode("gpu", cuda) == "gpu"
+    with pytest.raises(ValueError, match="decode 'gpu' needs a CUDA device, but this "
+                                         "runs on cpu"):
+        resolve_decode("gpu", cpu)
+    with pytest.raises(ValueError, match="decode must be one of"):
+        resolve_decode("nvjpeg", cuda)

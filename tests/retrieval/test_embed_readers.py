@@ -87,3 +87,21 @@ def test_decode_settings_are_checked(extracted, model_file, tmp_path):
         with pytest.raises(RetrievalError, match="decode 'gpu' needs a CUDA device"):
             embed_patches(model_file, extracted, tmp_path / "b", filter=VAL, decode="gpu",
                           progress=False)
+
+
+def test_a_rerun_with_another_decode_redoes_the_slides(extracted, model_file, tmp_path):
+    """``decode`` is part of each slide's fingerprint (the requested setting): another
+    one redoes the slides rather than mixing decoders in one store."""
+    def statuses(**kwargs) -> set[str]:
+        outcomes = []
+        embed_patches(model_file, extracted, tmp_path / "store", filter=VAL, workers=0,
+                      progress=False, on_result=outcomes.append, **kwargs)
+        assert outcomes
+        return {o.status for o in outcomes}
+
+    assert statuses() == {"done"}
+    assert statuses(decode="off") == {"skipped"}  # the default is off
+    assert statuses(decode="cpu") == {"done"}
+    assert statuses(decode="cpu") == {"skipped"}
+    assert statuses(decode="auto") == {"done"}  # the request, not what it resolved to
+    assert statuses(decode="auto") == {"skipped"}

@@ -32,7 +32,7 @@ def _summary(outcomes, what: str, unit: str, count: int, out_dir, seconds: float
 @click.option("--workers", type=int, default=None,
               help="Patch-loading processes (0: load in the main process) [default: 0 on "
                    "cpu; on cuda the cores less one, up to 16].")
-@decode_option("loading processes", "vectors", "when the first slide is JPEG-tiled")
+@decode_option("loading processes", "vectors", "when the first 4 slides are JPEG-tiled")
 @click.option("--size", type=int, default=None,
               help="Read SIZE x SIZE pixels centred on each patch [the model's patch size, "
                    "else the indexed size].")

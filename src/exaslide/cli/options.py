@@ -46,13 +46,16 @@ DECODE_CHOICES = ("auto", "gpu", "cpu", "off")
 
 def decode_option(where: str, same: str, auto: str):
     """``--decode``: where stored JPEG tiles are decoded (``where``: the processes that
-    read; ``same``: what ``cpu`` gives the same as ``off``; ``auto``: when it picks gpu)."""
+    read; ``same``: what ``cpu`` gives the same as ``off``; ``auto``: when it picks gpu).
+    Default ``off`` until bench/device.sh has measured nvJPEG on a GPU."""
     return click.option(
-        "--decode", type=click.Choice(DECODE_CHOICES), default="auto", show_default=True,
+        "--decode", type=click.Choice(DECODE_CHOICES), default="off", show_default=True,
         help=f"Where stored JPEG tiles are decoded: off (in the {where}), cpu (they ship "
              "compressed tiles, libjpeg-turbo threads decode them here: the same "
              f"{same} as off), gpu (nvJPEG on the CUDA device); auto: gpu on CUDA {auto}, "
-             "else off (docs/decode.md).")
+             "else off. Use auto on a GPU node; off is the default until the nvJPEG path "
+             "is measured on a GPU (docs/decode.md). A rerun with another setting redoes "
+             "finished slides.")
 
 
 def workers_option(default_help: str):

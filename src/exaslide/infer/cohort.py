@@ -103,6 +103,10 @@ class InferOptions:
     min_tissue: float = 0.1
     stride: int | None = None
     backend: str | None = None
+    #: the requested ``decode`` setting (``auto`` as such, not what it resolved to for
+    #: the slide): ``gpu`` pixels differ from ``off`` ones by IDCT rounding, so a rerun
+    #: with another setting redoes the slides rather than mixing decoders.
+    decode: str = "off"
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,6 @@ class _Runner:
     workers: int
     amp: bool
     progress: bool
-    decode: str = "auto"
     readers: str = "processes"
 
 
@@ -138,7 +141,7 @@ def _process(runner: _Runner, entry, options: InferOptions, ctx) -> dict[str, An
                         workers=runner.workers, amp=runner.amp,
                         min_tissue=options.min_tissue, class_name=options.class_name,
                         backend=options.backend, progress=runner.progress,
-                        fingerprint=fingerprint, decode=runner.decode,
+                        fingerprint=fingerprint, decode=options.decode,
                         readers=runner.readers)
     for path in output_paths(ctx.partial, entry.slide_id).values():
         ctx.adopt(path, path.name)
@@ -156,7 +159,7 @@ def infer_cohort(model_path: str | os.PathLike, slides: str | os.PathLike | Iter
                  rank: int | None = None, world_size: int | None = None,
                  progress: bool = True,
                  on_result: Callable[[SlideOutcome], None] | None = None,
-                 decode: str = "auto", readers: str = "processes"
+                 decode: str = "off", readers: str = "processes"
                  ) -> list[SlideOutcome]:
     """Heatmaps of many slides with one model file (see :func:`infer_slide`), on the job
     engine (:func:`exaslide.jobs.run_stage`, stage ``infer``).
@@ -197,12 +200,13 @@ def infer_cohort(model_path: str | os.PathLike, slides: str | os.PathLike | Iter
     _check_reading(decode, readers, dev)  # fail once, not per slide
     runner = _Runner(model, meta, model_print, spec, dev, batch_size,
                      default_workers(dev.type, world_size) if workers is None else workers, amp,
-                     progress, decode, readers)
-    options = InferOptions(class_name, float(min_tissue), stride, backend)
+                     progress, readers)
+    options = InferOptions(class_name, float(min_tissue), stride, backend, decode)
     stage = Stage("infer", options, process=functools.partial(_process, runner),
                   inputs=lambda entry: [entry.path],
                   extra_fingerprint=lambda _e, _o: {"model": model_print, "patch": {
-                      "size": spec.size, "level": spec.level, "mpp": spec.mpp}})
+                      "size": spec.size, "level": spec.level, "mpp": spec.mpp}},
+                  upgrade_status=with_decode_off)
 
     def on_event(kind: str, value) -> None:
         if kind == "slide" and on_result is not None:
@@ -213,6 +217,17 @@ def infer_cohort(model_path: str | os.PathLike, slides: str | os.PathLike | Iter
     return [_outcome(o) for o in outcomes]
 
 
+def with_decode_off(status: dict) -> dict:
+    """A status written before ``decode`` was recorded among the options (of ``infer``
+    or ``embed``), in today's form: with ``decode: off``. Until then the default decoded
+    in the reader processes, except ``auto`` on CUDA, and no GPU had run the nvJPEG path,
+    so such outputs are those of ``off`` and are skipped by a rerun with it."""
+    options = status.get("options")
+    if isinstance(options, dict) and "decode" not in options:
+        return dict(status, options={**options, "decode": "off"})
+    return status
+
+
 def _check_reading(decode: str, readers: str, device) -> None:
     """Refuse an unknown ``readers`` or ``decode``, or ``decode="gpu"`` without CUDA."""
     from exaslide.infer.batches import READERS
@@ -220,8 +235,10 @@ def _check_reading(decode: str, readers: str, device) -> None:
 
     if readers not in READERS:
         raise InferenceError(f"readers must be one of {READERS}, got {readers!r}")
-    if decode != "auto":  # auto looks at each slide
-        resolve_decode(decode, device, None)
+    try:
+        resolve_decode(decode, device)  # auto on CUDA: each slide looked at in its turn
+    except ValueError as exc:
+        raise InferenceError(str(exc)) from None
 
 
 def _outcome(o) -> SlideOutcome:

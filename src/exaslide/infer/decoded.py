@@ -10,43 +10,54 @@ reader processes in the same batches.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-from exaslide.errors import InferenceError
 from exaslide.patches.spec import PatchSpec
 
 logger = logging.getLogger(__name__)
 
 #: ``decode`` settings: ``off`` (pixels decoded in the reader processes), ``cpu`` /
-#: ``gpu`` (compressed tiles decoded in this process), ``auto`` (``gpu`` on CUDA for a
-#: JPEG-tiled slide, else ``off``).
+#: ``gpu`` (compressed tiles decoded in this process), ``auto`` (see
+#: :func:`resolve_decode`). The default everywhere is ``off`` until bench/device.sh has
+#: measured the nvJPEG path on a GPU (``docs/decode.md``).
 DECODE_MODES = ("auto", "gpu", "cpu", "off")
 
+#: How many slides ``auto`` checks (the first ones given).
+AUTO_SLIDES = 4
 
-def resolve_decode(decode: str, device: torch.device, slide_path,
-                   backend: str | None = None) -> str:
-    """``"off"``, ``"cpu"`` or ``"gpu"`` for one slide (see :data:`DECODE_MODES`).
+
+def resolve_decode(decode: str, device, slides=(), backend: str | None = None) -> str:
+    """``"off"``, ``"cpu"`` or ``"gpu"`` for a ``decode`` setting on ``device`` (a
+    ``torch.device``): the one rule of training, inference and embedding.
+
+    ``auto`` is ``gpu`` when ``device`` is CUDA and each of the first
+    :data:`AUTO_SLIDES` of ``slides`` (paths; inference gives its one slide) is a
+    JPEG-tiled TIFF (:func:`~exaslide.data.tile_bytes.is_jpeg_tiled`), else ``off``;
+    slides are opened only then. Any other setting is returned as it is.
 
     Raises:
-        InferenceError: an unknown setting, or ``gpu`` without a CUDA device.
+        ValueError: an unknown setting, or ``gpu`` without a CUDA device (each caller
+            raises it as its own error type).
     """
     if decode not in DECODE_MODES:
-        raise InferenceError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
+        raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
     cuda = device.type == "cuda"
     if decode == "gpu" and not cuda:
-        raise InferenceError(f"decode 'gpu' needs a CUDA device, but inference runs on "
-                             f"{device}; use decode 'cpu', 'off' or 'auto'")
+        raise ValueError(f"decode 'gpu' needs a CUDA device, but this runs on {device}; "
+                         "use decode 'cpu', 'off' or 'auto'")
     if decode != "auto":
         return decode
     if not cuda:
         return "off"
     from exaslide.data.tile_bytes import is_jpeg_tiled
 
-    return "gpu" if is_jpeg_tiled(slide_path, backend) else "off"
+    paths = list(itertools.islice(slides, AUTO_SLIDES))
+    return "gpu" if paths and all(is_jpeg_tiled(p, backend) for p in paths) else "off"
 
 
 def cell_table(path, spec: PatchSpec, xs: np.ndarray, ys: np.ndarray):

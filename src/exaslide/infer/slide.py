@@ -116,7 +116,7 @@ def infer_slide(model: torch.nn.Module, meta: Mapping[str, Any], slide_path: str
                 min_tissue: float = 0.1, class_name: str = "tumour",
                 tissue: TissueParams | None = None, backend: str | None = None,
                 progress: bool = True, readers: str = "processes",
-                decode: str = "auto") -> Path:
+                decode: str = "off") -> Path:
     """Compute a slide's probability heatmap and write its files into ``out_dir``.
 
     Tissue is detected at low resolution; a grid of ``stride``-pixel cells covers the slide
@@ -147,10 +147,11 @@ def infer_slide(model: torch.nn.Module, meta: Mapping[str, Any], slide_path: str
         progress: show a progress bar over cells (on a terminal).
         readers: ``"processes"`` or ``"threads"`` (same cells and values; threads share
             the GIL and stop scaling near 4; a daemonic process uses threads).
-        decode: where stored JPEG tiles are decoded: ``"off"`` (in the readers, as
-            pixels), ``"cpu"`` (readers ship compressed tiles, libjpeg-turbo threads here:
-            the same values), ``"gpu"`` (nvJPEG on the device), ``"auto"`` (``gpu`` on CUDA
-            for a JPEG-tiled slide, else ``off``). See ``docs/decode.md``.
+        decode: where stored JPEG tiles are decoded: ``"off"`` (the default: in the
+            readers, as pixels), ``"cpu"`` (readers ship compressed tiles, libjpeg-turbo
+            threads here: the same values), ``"gpu"`` (nvJPEG on the device), ``"auto"``
+            (``gpu`` on CUDA for a JPEG-tiled slide, else ``off``: the setting for a GPU
+            node once bench/device.sh has measured nvJPEG there). See ``docs/decode.md``.
 
     Returns:
         The ``.heatmap.npy`` path.
@@ -170,7 +171,7 @@ def run_slide(model, meta, slide_path, out_dir, *, slide_id=None, stride=None,
               batch_size=64, device="cpu", workers=None, amp=True, min_tissue=0.1,
               class_name="tumour", tissue=None, backend=None, progress=True,
               fingerprint=None, readers="processes",
-              decode="auto") -> tuple[Path, dict[str, Any]]:
+              decode="off") -> tuple[Path, dict[str, Any]]:
     """:func:`infer_slide`, also returning the heatmap's JSON metadata; ``fingerprint``
     (see :func:`exaslide.infer.cohort.heatmap_fingerprint`) is stored in it when given."""
     from exaslide.heatmaps import write_heatmap
@@ -231,7 +232,10 @@ def _reading(device: torch.device, slide_path, backend, decode: str, workers: in
 
     if readers not in READERS:
         raise InferenceError(f"readers must be one of {READERS}, got {readers!r}")
-    decode = resolve_decode(decode, device, slide_path, backend)
+    try:
+        decode = resolve_decode(decode, device, [slide_path], backend)
+    except ValueError as exc:
+        raise InferenceError(str(exc)) from None
     return decode, default_workers(device.type) if workers is None else workers
 
 

@@ -246,7 +246,7 @@ def embed_patches(model, source, out_dir, *, filter=None, batch_size: int = 256,
                   rank: int | None = None, world_size: int | None = None,
                   progress: bool = True,
                   on_result: Callable[[EmbedOutcome], None] | None = None,
-                  decode: str = "auto") -> Path:
+                  decode: str = "off") -> Path:
     """Embed the patches of an extraction into the store ``out_dir`` (see module doc).
 
     Args:
@@ -271,11 +271,13 @@ def embed_patches(model, source, out_dir, *, filter=None, batch_size: int = 256,
         workers: loader processes per slide (0: read in this process; default
             :func:`exaslide.infer.default_workers`: none on the CPU, where the model is
             the bottleneck, the cores less one on a GPU).
-        decode: where stored JPEG tiles are decoded: ``"off"`` (in the loader processes),
-            ``"cpu"`` (the loader processes ship compressed tiles, libjpeg-turbo threads
-            decode them here: the same vectors), ``"gpu"`` (nvJPEG), ``"auto"``
-            (``gpu`` on CUDA when the first slide is JPEG-tiled, else ``off``). See
-            ``docs/decode.md``.
+        decode: where stored JPEG tiles are decoded: ``"off"`` (the default: in the
+            loader processes), ``"cpu"`` (the loader processes ship compressed tiles,
+            libjpeg-turbo threads decode them here: the same vectors), ``"gpu"``
+            (nvJPEG), ``"auto"`` (``gpu`` on CUDA when the first 4 slides are JPEG-tiled,
+            else ``off``: the setting for a GPU node once bench/device.sh has measured
+            nvJPEG there). Part of each slide's fingerprint: a rerun with another setting
+            redoes the slides. See ``docs/decode.md``.
         size: read ``size`` x ``size`` pixels centred on each patch (default: the
             model's trained patch size, else the indexed size; not with ``encoder``,
             whose input size is fixed).
@@ -294,6 +296,7 @@ def embed_patches(model, source, out_dir, *, filter=None, batch_size: int = 256,
         index's. DatasetError: slides without a known path.
     """
     from exaslide.infer.batches import default_workers
+    from exaslide.infer.cohort import with_decode_off
     from exaslide.jobs import SlideEntry, Stage, run_stage
     from exaslide.runtime import resolve_device
 
@@ -312,15 +315,17 @@ def embed_patches(model, source, out_dir, *, filter=None, batch_size: int = 256,
 
         module.to(memory_format=torch.channels_last)
     out = Path(out_dir)
+    resolved = _decode(decode, dev, paths, slide_ids)  # a bad setting: before writing
     options = _store_options(module, name, model_path, meta, table, size, source, filter,
-                             out)
+                             out, decode)
     runner = _Runner(module, table, dev, batch_size,
                      default_workers(dev.type, world_size) if workers is None else workers,
-                     _decode(decode, dev, paths, slide_ids))
+                     resolved)
     stage = Stage("embed", options, process=functools.partial(_process, runner),
                   inputs=lambda entry: [entry.path],
                   extra_fingerprint=lambda entry, _: {"patches": _keys_digest(table,
-                                                                             entry.slide_id)})
+                                                                             entry.slide_id)},
+                  upgrade_status=with_decode_off)
 
     def on_event(kind: str, value) -> None:
         if kind == "slide":
@@ -337,7 +342,7 @@ def embed_patches(model, source, out_dir, *, filter=None, batch_size: int = 256,
 
 
 def _store_options(module, name, model_path, meta, table, size, source, filter,
-                   out: Path) -> EmbedOptions:
+                   out: Path, decode: str) -> EmbedOptions:
     """The store's embedding space, written into (or checked against) its
     ``embeddings.json``, as the stage's options."""
     from exaslide.augment import IMAGENET_MEAN, IMAGENET_STD
@@ -355,7 +360,7 @@ def _store_options(module, name, model_path, meta, table, size, source, filter,
     write_info(out, {"kind": "patches", "dim": embedding_dim(module), "model": name,
                      "model_path": model_path, "weights": weights, "patch": patch,
                      "mean": mean, "std": std, "source": str(source)})
-    return EmbedOptions(name, model_path, weights, patch, mean, std, str(filter))
+    return EmbedOptions(name, model_path, weights, patch, mean, std, str(filter), decode)
 
 
 @dataclass(frozen=True)
@@ -369,6 +374,9 @@ class EmbedOptions:
     mean: list[float]
     std: list[float]
     filter: str
+    #: the requested ``decode`` setting (``auto`` as such): ``gpu`` pixels differ from
+    #: ``off`` ones by IDCT rounding, so another setting redoes the slides.
+    decode: str = "off"
 
 
 @dataclass(frozen=True)
@@ -382,18 +390,18 @@ class _Runner:
 
 
 def _decode(decode: str, device, paths: dict, slide_ids: list[str]) -> str:
-    """``off``, ``cpu`` or ``gpu`` for the run (``auto``: from the first slide).
+    """``off``, ``cpu`` or ``gpu`` for the whole run (``auto``: from the first slides, see
+    :func:`~exaslide.infer.decoded.resolve_decode`).
 
     Raises:
         RetrievalError: an unknown setting, or ``gpu`` without CUDA.
     """
-    from exaslide.errors import InferenceError
     from exaslide.infer.decoded import resolve_decode
 
     try:
-        return resolve_decode(decode, device, paths[slide_ids[0]])
-    except InferenceError as exc:
-        raise RetrievalError(str(exc)) from exc
+        return resolve_decode(decode, device, (paths[s] for s in slide_ids))
+    except ValueError as exc:
+        raise RetrievalError(str(exc)) from None
 
 
 def _keys_digest(table, slide_id: str) -> str:

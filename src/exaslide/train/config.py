@@ -192,12 +192,13 @@ class TrainConfig(BaseModel):
     data: Name = "out"  #: an ``exaslide extract`` output folder
     out: Name = "runs/train"  #: where checkpoints, metrics and the model go
     source: Source = "slides"  #: "slides" (SlidePatchDataset) or "shards" (ShardDataset)
-    #: slides source: where JPEG tiles are decoded (docs/decode.md). "gpu": loader workers
+    #: slides source: where JPEG tiles are decoded (docs/decode.md). "off" (the default):
+    #: patches decoded in the loader workers (SlidePatchDataset); "gpu": loader workers
     #: ship compressed tiles, nvJPEG decodes them on the GPU; "cpu": the same with
-    #: libjpeg threads in the training process; "off": patches decoded in the loader
-    #: workers (SlidePatchDataset); "auto": gpu on a CUDA device with JPEG-tiled slides,
-    #: else off.
-    decode: Decode = "auto"
+    #: libjpeg threads in the training process; "auto": gpu on a CUDA device when the
+    #: first 4 training slides are JPEG-tiled, else off (the setting for a GPU node once
+    #: bench/device.sh has measured nvJPEG there).
+    decode: Decode = "off"
     #: slides source: the training order (docs/data.md). "full": every epoch a full
     #: shuffle; "blocks": locality-aware, the patches of neighbouring tiles read together
     #: by one loader worker and shuffled within windows of ``window`` patches (each tile

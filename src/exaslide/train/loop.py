@@ -227,29 +227,25 @@ def _close_loaders(*loaders) -> None:
 
 
 def _decode_mode(config: TrainConfig, context: Context, train_set) -> str | None:
-    """``"gpu"``, ``"cpu"`` or ``None`` (the per-item path) for ``config.decode``.
+    """``"gpu"``, ``"cpu"`` or ``None`` (the per-item path) for ``config.decode``, by
+    :func:`~exaslide.infer.decoded.resolve_decode` (``auto``: the training set's first
+    slides; slides not JPEG-tiled among the others are read as pixels in the same
+    batches).
 
     Raises:
         TrainingError: ``decode: gpu`` without a CUDA device.
     """
-    if config.source != "slides" or config.decode == "off":
+    from exaslide.infer.decoded import resolve_decode
+
+    if config.source != "slides":
         return None
-    cuda = context.device.type == "cuda"
-    if config.decode == "gpu" and not cuda:
-        raise TrainingError(f"decode: gpu needs a CUDA device, but this run uses "
-                            f"{context.device}; set decode: cpu, off or auto")
-    if config.decode == "auto":
-        return "gpu" if cuda and _jpeg_tiled(train_set) else None
-    return config.decode
-
-
-def _jpeg_tiled(dataset, sample: int = 4) -> bool:
-    """True when the first ``sample`` slides of a dataset are JPEG-tiled TIFFs (others
-    in the cohort, if any, are read by the CPU reader inside the same batches)."""
-    from exaslide.data.tile_bytes import is_jpeg_tiled
-
-    paths = dataset.patches.paths[:sample]
-    return bool(paths) and all(is_jpeg_tiled(p, dataset.backend) for p in paths)
+    slides = train_set.patches.paths if train_set is not None else ()
+    try:
+        mode = resolve_decode(config.decode, context.device, slides,
+                              getattr(train_set, "backend", None))
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
+    return None if mode == "off" else mode
 
 
 def _compressed_loaders(config: TrainConfig, context: Context, train_set, sampler, val_set,
