@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 from exaslide.data.compressed_batch import AREA, LINEAR, NO_RESAMPLE, CompressedBatch
 from exaslide.data.sources import PatchTable, load_patches
 from exaslide.errors import DatasetError
+from exaslide.patches.geometry import centring_shift, level_box, tiles_of
 from exaslide.patches.reader import PatchReader
 from exaslide.patches.spec import PatchSpec
 from exaslide.slides.pool import DEFAULT_MAX_OPEN, HandlePool
@@ -155,17 +156,9 @@ class CompressedPatchDataset(Dataset):
         that a ``size`` crop or an ``mpp`` read is centred on the indexed patch (as
         :class:`SlidePatchDataset` reads it)."""
         p = self.patches
-        x, y = int(p.x[index]), int(p.y[index])
-        if self.mpp is not None:
-            side = p.size[index] * (p.mpp[index] / reader.slide.mpp[0]
-                                    if not math.isnan(p.mpp[index]) else
-                                    reader.slide.level_downsamples[int(p.level[index])])
-            shift = (side - reader.spec.size * reader.scale * reader.downsample) / 2
-            x, y = x + math.floor(shift + 0.5), y + math.floor(shift + 0.5)
-        elif self.size is not None and self.size != p.size[index]:
-            shift = (p.size[index] - self.size) / 2 * reader.scale * reader.downsample
-            x, y = x + math.floor(shift + 0.5), y + math.floor(shift + 0.5)
-        return x, y
+        shift = centring_shift(p.size[index], p.mpp[index], int(p.level[index]), self.size,
+                               self.mpp, reader)
+        return int(p.x[index]) + shift, int(p.y[index]) + shift
 
     def close(self) -> None:
         """Close this process's open slides."""
@@ -175,23 +168,6 @@ class CompressedPatchDataset(Dataset):
         state = dict(self.__dict__)
         state["_cache"] = None
         return state
-
-
-def level_box(x: int, y: int, downsample: float, scale: float,
-              size: int) -> tuple[int, int, int, int]:
-    """The source box ``(x0, y0, x1, y1)`` in pixels of the level read for a patch with
-    level-0 corner ``(x, y)``: the same rounding as
-    :class:`~exaslide.patches.reader.PatchReader` and ``Slide.read_region``."""
-
-    def rnd(value: float) -> int:
-        return math.floor(value + 0.5)
-
-    x0, y0 = rnd(x / downsample), rnd(y / downsample)
-    if scale == 1.0:
-        return x0, y0, x0 + size, y0 + size
-    x1 = max(x0 + 1, rnd(x / downsample + size * scale))
-    y1 = max(y0 + 1, rnd(y / downsample + size * scale))
-    return x0, y0, x1, y1
 
 
 class _BatchBuilder:
@@ -233,9 +209,7 @@ class _BatchBuilder:
         tx0, ty0 = x0 // tw, y0 // th
         cols, rows = (x1 - 1) // tw - tx0 + 1, (y1 - 1) // th - ty0 + 1
         table = np.full((rows, cols), -1, np.int64)
-        inside = [(tx, ty) for ty in range(max(0, y0) // th, (min(y1, lh) - 1) // th + 1)
-                  for tx in range(max(0, x0) // tw, (min(x1, lw) - 1) // tw + 1)] \
-            if x0 < lw and y0 < lh and x1 > 0 and y1 > 0 else []  # else: all white
+        inside = list(tiles_of(x0, y0, x1, y1, (tw, th), (lw, lh)))  # none: all white
         if any(not jpeg.stored(tx, ty) for tx, ty in inside):
             return False  # a sparse tile: the CPU reader paints it as it does
         sid = self._source_id(source)

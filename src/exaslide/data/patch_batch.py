@@ -11,13 +11,14 @@ collate function sees an ordinary sequence of ``(image, label, metadata)`` items
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+
+from exaslide.patches.geometry import level_box, level_boxes, tile_ranges
 
 #: Bits of a tile key for each tile coordinate (2**20 tiles of a level per axis).
 TILE_BITS = 20
@@ -52,34 +53,20 @@ class ReadGeometry:
 
     def boxes(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
         """``x0, y0, x1, y1`` boxes in level pixels of patches with level-0 corners
-        ``x, y`` (the rounding of :class:`~exaslide.patches.reader.PatchReader`)."""
-        xs = (np.asarray(x, np.int64) + self.shift) / self.downsample
-        ys = (np.asarray(y, np.int64) + self.shift) / self.downsample
-        x0 = np.floor(xs + 0.5).astype(np.int64)
-        y0 = np.floor(ys + 0.5).astype(np.int64)
-        if self.scale == 1.0:
-            return x0, y0, x0 + self.size, y0 + self.size
-        extent = self.size * self.scale
-        x1 = np.maximum(x0 + 1, np.floor(xs + extent + 0.5).astype(np.int64))
-        y1 = np.maximum(y0 + 1, np.floor(ys + extent + 0.5).astype(np.int64))
-        return x0, y0, x1, y1
+        ``x, y`` (:func:`~exaslide.patches.geometry.level_boxes` of the shifted corners)."""
+        return level_boxes(np.asarray(x, np.int64) + self.shift,
+                           np.asarray(y, np.int64) + self.shift, self.downsample,
+                           self.scale, self.size)
 
     def box(self, x: int, y: int) -> tuple[int, int, int, int]:
         """:meth:`boxes` for one patch, in Python numbers (the same float operations)."""
-        xs, ys = (x + self.shift) / self.downsample, (y + self.shift) / self.downsample
-        x0, y0 = math.floor(xs + 0.5), math.floor(ys + 0.5)
-        if self.scale == 1.0:
-            return x0, y0, x0 + self.size, y0 + self.size
-        extent = self.size * self.scale
-        return (x0, y0, max(x0 + 1, math.floor(xs + extent + 0.5)),
-                max(y0 + 1, math.floor(ys + extent + 0.5)))
+        return level_box(x + self.shift, y + self.shift, self.downsample, self.scale,
+                         self.size)
 
     def tile_ranges(self, x0, y0, x1, y1) -> tuple[np.ndarray, ...]:
-        """First and last tile column and row touched by each box (last < first: none)."""
-        tw, th = self.grid
-        lw, lh = self.level_size
-        return (np.maximum(x0, 0) // tw, np.maximum(y0, 0) // th,
-                (np.minimum(x1, lw) - 1) // tw, (np.minimum(y1, lh) - 1) // th)
+        """First and last tile column and row touched by each box inside the level
+        (last < first: none; see :func:`~exaslide.patches.geometry.tile_ranges`)."""
+        return tile_ranges(x0, y0, x1, y1, self.grid, self.level_size)
 
     def tile_pairs(self, x0, y0, x1, y1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(patch, tx, ty)``: one entry per box and stored tile it overlaps."""
@@ -110,23 +97,6 @@ class ReadGeometry:
     def key(self, tx: int, ty: int) -> int:
         """The tile cache key of tile ``(tx, ty)``."""
         return (self.slot << (2 * TILE_BITS)) | (ty << TILE_BITS) | tx
-
-
-def centring_shift(size, index_mpp, index_level: int, out_size: int | None,
-                   mpp: float | None, reader) -> int:
-    """Level-0 pixels to add to an indexed corner so the patch read by ``reader`` is
-    centred on the indexed one (0 when it reads the indexed patch itself). ``size``,
-    ``index_mpp``, ``index_level``: the index row's (as NumPy scalars, for the same
-    rounding as before)."""
-    if mpp is not None:
-        side = size * (index_mpp / reader.slide.mpp[0] if not math.isnan(index_mpp)
-                       else reader.slide.level_downsamples[index_level])
-        shift = (side - reader.spec.size * reader.scale * reader.downsample) / 2
-        return math.floor(shift + 0.5)
-    if out_size is not None and out_size != size:
-        shift = (size - out_size) / 2 * reader.scale * reader.downsample
-        return math.floor(shift + 0.5)
-    return 0
 
 
 class PatchBatch(Sequence):

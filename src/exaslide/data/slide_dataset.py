@@ -32,8 +32,9 @@ import torch
 from torch.utils.data import Dataset
 
 from exaslide.data.assembly import Assembler, Handle
-from exaslide.data.patch_batch import PatchBatch, ReadGeometry, batch_metadata, centring_shift
+from exaslide.data.patch_batch import PatchBatch, ReadGeometry, batch_metadata
 from exaslide.data.sources import PatchTable, load_patches
+from exaslide.patches.geometry import centring_shift
 from exaslide.patches.reader import PatchReader
 from exaslide.patches.spec import PatchSpec
 from exaslide.slides.pool import DEFAULT_MAX_OPEN, HandlePool

@@ -32,7 +32,6 @@ show under 80% is kept.
 from __future__ import annotations
 
 import logging
-import math
 import operator
 import sys
 from collections import Counter, deque
@@ -41,6 +40,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from exaslide.lru import LRU
+from exaslide.patches.geometry import level_box, level_boxes, tiles_of
 from exaslide.patches.spec import PatchSpec
 from exaslide.slides import open_slide
 from exaslide.slides.base import Slide
@@ -102,10 +102,6 @@ def _mostly(patch: np.ndarray, sample: np.ndarray, mean: np.ndarray, f: float) -
                 f * patch.shape[0] * patch.shape[1]:
             return True
     return False
-
-
-def _round(value: float) -> int:
-    return math.floor(value + 0.5)
 
 
 class PatchReader:
@@ -195,8 +191,7 @@ class PatchReader:
                 or not xs:
             return False
         tw, th = self._grid
-        x0 = np.floor(np.asarray(xs, np.float64) / self.downsample + 0.5).astype(np.int64)
-        y0 = np.floor(np.asarray(ys, np.float64) / self.downsample + 0.5).astype(np.int64)
+        x0, y0, _, _ = level_boxes(xs, ys, self.downsample, 1.0, self.spec.size)
         if (x0 % tw).any() or (y0 % th).any() or (x0 < 0).any() or (y0 < 0).any():
             return False
         return len(np.unique(y0 * (1 << 32) + x0)) == len(xs)
@@ -206,7 +201,7 @@ class PatchReader:
         never cached (padded with white where the tile is cut by the level's edge)."""
         tw, th = self._grid
         for x, y in zip(xs, ys, strict=True):
-            x0, y0 = _round(x / self.downsample), _round(y / self.downsample)
+            x0, y0, _, _ = level_box(x, y, self.downsample, 1.0, tw)
             if x0 >= self._level_size[0] or y0 >= self._level_size[1]:
                 yield self.read(x, y)  # outside the level: read() says so
                 continue
@@ -220,23 +215,11 @@ class PatchReader:
 
     def _level_box(self, x: int, y: int) -> tuple[int, int, int, int]:
         """The patch's source box in pixels of the level read (same rounding as
-        :meth:`Slide.read_region`)."""
-        size = self.spec.size
-        x0, y0 = _round(x / self.downsample), _round(y / self.downsample)
-        if self.scale == 1.0:
-            return x0, y0, x0 + size, y0 + size
-        x1 = max(x0 + 1, _round(x / self.downsample + size * self.scale))
-        y1 = max(y0 + 1, _round(y / self.downsample + size * self.scale))
-        return x0, y0, x1, y1
+        :meth:`Slide.read_region`; see :func:`~exaslide.patches.geometry.level_box`)."""
+        return level_box(x, y, self.downsample, self.scale, self.spec.size)
 
     def _tiles_of(self, x0: int, y0: int, x1: int, y1: int) -> Iterator[tuple[int, int]]:
-        lw, lh = self._level_size
-        tw, th = self._grid
-        if x0 >= lw or y0 >= lh or x1 <= 0 or y1 <= 0:
-            return  # the box misses the level (it may still lie in its last tile)
-        for ty in range(max(0, y0) // th, (min(y1, lh) - 1) // th + 1):
-            for tx in range(max(0, x0) // tw, (min(x1, lw) - 1) // tw + 1):
-                yield tx, ty
+        return tiles_of(x0, y0, x1, y1, self._grid, self._level_size)
 
     def _assemble(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         tw, th = self._grid
