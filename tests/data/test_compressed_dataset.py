@@ -90,6 +90,10 @@ def test_patches_past_the_level_edge_in_its_last_partial_tile_are_identical(tmp_
             for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
                 assert np.array_equal(reader.read(x, y), images[i].permute(1, 2, 0).numpy())
         assert (images[outside] == 255).all()
+        single = SlidePatchDataset(table, slides=slides)
+        for i in outside:  # single items decode no tile for them either
+            assert (single[i][0] == 255).all()
+        assert single.tile_decodes == 0
 
 
 def test_each_needed_stored_tile_is_shipped_once(synth_slide):

@@ -25,6 +25,7 @@ from collections import deque
 import numpy as np
 
 from exaslide.data.patch_batch import PatchBatch, ReadGeometry
+from exaslide.patches.geometry import tiles_of
 
 #: Patches assembled ahead at most when the plan gives no shuffle window (a full shuffle
 #: reuses few tiles within a span; the batches made ahead cost memory).
@@ -165,25 +166,24 @@ class Assembler:
         if x0 < 0 or y0 < 0 or x1 > lw or y1 > lh:
             target[...] = 255
         cache = self.cache
-        for ty in range(max(0, y0) // th, (min(y1, lh) - 1) // th + 1):
-            for tx in range(max(0, x0) // tw, (min(x1, lw) - 1) // tw + 1):
-                key = g.key(tx, ty)
-                tile = cache.get(key)
-                spare = None
-                if tile is None:
-                    keep = cache.keeps(key, 1)
-                    tile = self._decode(handle, tx, ty, keep)
-                    if keep and not cache.put(key, tile):
-                        spare = tile
-                cache.release(key)
-                sx0, sy0 = tx * tw, ty * th
-                ax0, ay0 = max(x0, sx0), max(y0, sy0)
-                ax1 = max(min(x1, sx0 + tile.shape[1]), ax0)
-                ay1 = max(min(y1, sy0 + tile.shape[0]), ay0)
-                target[ay0 - y0 : ay1 - y0, ax0 - x0 : ax1 - x0] = \
-                    tile[ay0 - sy0 : ay1 - sy0, ax0 - sx0 : ax1 - sx0]
-                if spare is not None:
-                    self.buffers.give(spare)
+        for tx, ty in tiles_of(x0, y0, x1, y1, g.grid, g.level_size):
+            key = g.key(tx, ty)
+            tile = cache.get(key)
+            spare = None
+            if tile is None:
+                keep = cache.keeps(key, 1)
+                tile = self._decode(handle, tx, ty, keep)
+                if keep and not cache.put(key, tile):
+                    spare = tile
+            cache.release(key)
+            sx0, sy0 = tx * tw, ty * th
+            ax0, ay0 = max(x0, sx0), max(y0, sy0)
+            ax1 = max(min(x1, sx0 + tile.shape[1]), ax0)
+            ay1 = max(min(y1, sy0 + tile.shape[0]), ay0)
+            target[ay0 - y0 : ay1 - y0, ax0 - x0 : ax1 - x0] = \
+                tile[ay0 - sy0 : ay1 - sy0, ax0 - sx0 : ax1 - sx0]
+            if spare is not None:
+                self.buffers.give(spare)
         if g.scale != 1.0:
             import cv2
 
