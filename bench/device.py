@@ -307,7 +307,7 @@ def row_infer(inputs: dict, args) -> dict:
     start = time.perf_counter()
     outcomes = infer_cohort(model_path, slides, folder / f"infer_{time.time_ns()}",
                             batch_size=args.infer_batch, device=args.device,
-                            progress=False, overwrite=True)
+                            decode="auto", progress=False, overwrite=True)
     wall = time.perf_counter() - start
     failed = [o for o in outcomes if o.status != "done"]
     if failed:
