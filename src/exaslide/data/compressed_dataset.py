@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from exaslide.data.compressed_batch import AREA, LINEAR, NO_RESAMPLE, CompressedBatch
-from exaslide.data.sources import PatchTable, load_patches
+from exaslide.data.sources import PatchTable, PatchTableDataset, load_patches
 from exaslide.errors import DatasetError
 from exaslide.patches.geometry import centring_shift, level_box, tiles_of
 from exaslide.patches.reader import PatchReader
@@ -55,7 +55,7 @@ class _Source:
         self.reader.close()
 
 
-class CompressedPatchDataset(Dataset):
+class CompressedPatchDataset(PatchTableDataset, Dataset):
     """Compressed batches of the patches of an index (see the module docstring).
 
     Args:
@@ -96,19 +96,6 @@ class CompressedPatchDataset(Dataset):
                              "the decoded batch on the device instead")
         return cls(dataset.patches, size=dataset.size, mpp=dataset.mpp,
                    backend=dataset.backend, **options)
-
-    @property
-    def classes(self) -> list[str]:
-        """Label names, in class-code order."""
-        return self.patches.classes
-
-    @property
-    def labels(self) -> np.ndarray:
-        """Class code of every patch (for :class:`~exaslide.data.sampler.PatchSampler`)."""
-        return self.patches.label
-
-    def __len__(self) -> int:
-        return len(self.patches)
 
     def __getitem__(self, indices) -> CompressedBatch:
         if isinstance(indices, (int, np.integer)):
@@ -159,10 +146,6 @@ class CompressedPatchDataset(Dataset):
         shift = centring_shift(p.size[index], p.mpp[index], int(p.level[index]), self.size,
                                self.mpp, reader)
         return int(p.x[index]) + shift, int(p.y[index]) + shift
-
-    def close(self) -> None:
-        """Close this process's open slides."""
-        self.pool.close()
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)

@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 
 from exaslide.data.assembly import Assembler, Handle
 from exaslide.data.patch_batch import PatchBatch, ReadGeometry, batch_metadata
-from exaslide.data.sources import PatchTable, load_patches
+from exaslide.data.sources import PatchTable, PatchTableDataset, load_patches
 from exaslide.patches.geometry import centring_shift
 from exaslide.patches.reader import PatchReader
 from exaslide.patches.spec import PatchSpec
@@ -50,7 +50,7 @@ DEFAULT_TILE_CACHE_BYTES = 128 << 20
 DEFAULT_BLOCK_PATCHES = 8
 
 
-class SlidePatchDataset(Dataset):
+class SlidePatchDataset(PatchTableDataset, Dataset):
     """Map-style dataset of ``(image, label, metadata)`` read from the slides.
 
     Args:
@@ -106,19 +106,6 @@ class SlidePatchDataset(Dataset):
         self._geometry: dict[int, ReadGeometry] = {}
         self._slots: dict[tuple[int, int], int] = {}
         self._process: Assembler | None = None
-
-    @property
-    def classes(self) -> list[str]:
-        """Label names, in class-code order."""
-        return self.patches.classes
-
-    @property
-    def labels(self) -> np.ndarray:
-        """Class code of every patch (for :class:`~exaslide.data.sampler.PatchSampler`)."""
-        return self.patches.label
-
-    def __len__(self) -> int:
-        return len(self.patches)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, dict[str, Any]]:
         p = self.patches
@@ -328,10 +315,6 @@ class SlidePatchDataset(Dataset):
     def tile_decodes(self) -> int:
         """Tiles decoded by this process so far (for tests and benchmarks)."""
         return self._state().decodes
-
-    def close(self) -> None:
-        """Close this process's open slides."""
-        self.pool.close()
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)

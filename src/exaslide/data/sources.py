@@ -46,6 +46,31 @@ class PatchTable:
         return len(self.x)
 
 
+class PatchTableDataset:
+    """What the map-style patch datasets share: a :class:`PatchTable` in ``patches`` and
+    a :class:`~exaslide.slides.pool.HandlePool` of open slides in ``pool`` (the
+    datasets are also ``torch.utils.data.Dataset``; this mixin imports no torch)."""
+
+    patches: PatchTable
+
+    @property
+    def classes(self) -> list[str]:
+        """Label names, in class-code order."""
+        return self.patches.classes
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Class code of every patch (for :class:`~exaslide.data.sampler.PatchSampler`)."""
+        return self.patches.label
+
+    def __len__(self) -> int:
+        return len(self.patches)
+
+    def close(self) -> None:
+        """Close this process's open slides."""
+        self.pool.close()
+
+
 def resolve_classes(labels: Sequence[str], classes: Sequence[str] | None) -> list[str]:
     """``classes`` if given (every label must be in it), else ``normal``, ``tumour`` and
     then any other label present, sorted: codes do not change with a row filter."""
