@@ -13,6 +13,7 @@ from colour_model import colour_meta
 from exaslide.errors import InferenceError
 from exaslide.evaluate.heatmap import read_heatmap
 from exaslide.infer import infer_slide, model_inputs, output_paths, plan_grid
+from exaslide.infer.outputs import tiff_values
 from exaslide.infer.slide import resolve_device
 from exaslide.models import create_model
 from exaslide.patches.spec import PatchSpec
@@ -72,8 +73,9 @@ def test_files_written_atomically(synth_slide, heatmap_dir):
         assert float(tif.properties["openslide.mpp-x"]) == pytest.approx(64.0)
         assert float(tif.properties["openslide.mpp-y"]) == pytest.approx(64.0)
         pixels = np.asarray(tif.read_region((0, 0), 0, (24, 18)).convert("L"))
-    expected = np.floor(np.nan_to_num(heat.probabilities) * 255 + 0.5).astype(np.uint8)
-    assert np.abs(pixels.astype(int) - expected).max() <= 1
+    expected = tiff_values(heat.probabilities)  # 1 + round(254 p), 0 where not computed
+    assert np.array_equal(pixels, expected)
+    assert ((pixels == 0) == np.isnan(heat.probabilities)).all()
     overlay = np.asarray(Image.open(paths["overlay"]))
     assert overlay.shape == (768, 1024, 3)
     meta = json.loads(paths["json"].read_text())

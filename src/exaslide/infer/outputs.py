@@ -1,5 +1,10 @@
 """Files of one slide's heatmap besides the ``.npy`` / ``.json`` pair: a colour overlay on
-a thumbnail and a pyramidal TIFF. Every file is written atomically."""
+a thumbnail and a pyramidal TIFF. Every file is written atomically.
+
+The TIFF stores ``1 + round(254 * p)`` (1-255) for a computed cell of probability ``p`` and
+0 (:data:`TIFF_NODATA`, also in the ``GDAL_NODATA`` tag) for a cell not computed, so that a
+probability of 0 and "not computed" differ in the file; :func:`tiff_probabilities` turns
+values back into probabilities (NaN where not computed)."""
 
 from __future__ import annotations
 
@@ -7,13 +12,18 @@ from pathlib import Path
 
 import numpy as np
 
+from exaslide.atomic import atomic_path
 from exaslide.heatmaps import JSON_SUFFIX, NPY_SUFFIX
-from exaslide.masks.outputs import save_png, save_pyramid_tiff
+from exaslide.masks.outputs import save_png
 
 #: Longest side of the overlay PNG.
 OVERLAY_SIDE = 1024
 #: Weight of the colour map where a cell was computed.
 OVERLAY_ALPHA = 0.5
+#: Value of a cell not computed in the heatmap TIFF (computed cells are 1-255).
+TIFF_NODATA = 0
+#: The GDAL_NODATA TIFF tag (ASCII), read by GDAL, QGIS and tifffile.
+GDAL_NODATA_TAG = 42113
 #: File name suffixes of one slide's outputs (the JSON, written last, marks completion).
 SUFFIXES = {"overlay": ".overlay.png", "tiff": ".heatmap.tif", "npy": NPY_SUFFIX,
             "json": JSON_SUFFIX}
@@ -25,7 +35,8 @@ def output_paths(out_dir: str | Path, slide_id: str) -> dict[str, Path]:
 
 
 def to_uint8(probabilities: np.ndarray) -> np.ndarray:
-    """Probabilities as 0-255 (rounded); NaN (not computed) becomes 0."""
+    """Probabilities as 0-255 (rounded) for the overlay's colour map; NaN (not computed)
+    becomes 0 (the overlay leaves those cells out; the TIFF uses :func:`tiff_values`)."""
     scaled = np.nan_to_num(np.clip(probabilities, 0.0, 1.0), nan=0.0) * 255.0
     return np.floor(scaled + 0.5).astype(np.uint8)
 
@@ -53,13 +64,50 @@ def overlay_image(image: np.ndarray, probabilities: np.ndarray, cell: float,
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
+def tiff_values(probabilities: np.ndarray) -> np.ndarray:
+    """The heatmap TIFF's uint8 values: ``1 + round(254 * p)`` for a computed cell (p
+    clipped to 0-1), :data:`TIFF_NODATA` (0) where not computed (NaN)."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    computed = np.isfinite(p)
+    scaled = 1.0 + np.floor(np.clip(np.where(computed, p, 0.0), 0.0, 1.0) * 254.0 + 0.5)
+    return np.where(computed, scaled, TIFF_NODATA).astype(np.uint8)
+
+
+def tiff_probabilities(values: np.ndarray) -> np.ndarray:
+    """Probabilities (float32) of heatmap TIFF values: ``(v - 1) / 254``, NaN where ``v``
+    is :data:`TIFF_NODATA` (the inverse of :func:`tiff_values`, to 1/508)."""
+    v = np.asarray(values, dtype=np.float32)
+    return np.where(v == TIFF_NODATA, np.nan, (v - 1.0) / 254.0).astype(np.float32)
+
+
 def save_heatmap_tiff(path: str | Path, probabilities: np.ndarray, cell: float,
-                      mpp: tuple[float, float] | None) -> Path:
-    """The heatmap as a tiled pyramidal TIFF (8-bit grey, 0-255 = probability 0-1, 0 where
-    not computed) at one pixel per cell, resolution ``mpp * cell`` um/px: OpenSlide and
-    QuPath open it (coarser levels keep the maximum of each 2 x 2 block)."""
-    res = (mpp[0] * cell, mpp[1] * cell) if mpp else None
-    return save_pyramid_tiff(path, to_uint8(probabilities), res)
+                      mpp: tuple[float, float] | None, tile: int = 256) -> Path:
+    """The heatmap as a tiled pyramidal TIFF at one pixel per cell, resolution
+    ``mpp * cell`` um/px (8-bit grey, deflate, levels as successive pages: OpenSlide's
+    generic-tiff and QuPath open it). Values: :func:`tiff_values` (0 = not computed,
+    recorded in the ``GDAL_NODATA`` tag). Coarser levels keep the maximum of each 2 x 2
+    block, which is a computed cell's value wherever one of the four was computed."""
+    import tifffile
+
+    levels = [tiff_values(probabilities)]
+    while max(levels[-1].shape) > tile:
+        prev = levels[-1]
+        h, w = (prev.shape[0] + 1) // 2 * 2, (prev.shape[1] + 1) // 2 * 2
+        padded = np.full((h, w), TIFF_NODATA, np.uint8)
+        padded[: prev.shape[0], : prev.shape[1]] = prev
+        levels.append(padded.reshape(h // 2, 2, w // 2, 2).max(axis=(1, 3)))
+    nodata = [(GDAL_NODATA_TAG, "s", 0, str(TIFF_NODATA), True)]
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp) as tif:
+        for i, level in enumerate(levels):
+            factor = levels[0].shape[1] / level.shape[1]
+            extra: dict = {}
+            if mpp:
+                extra = {"resolution": (1e4 / (mpp[0] * cell * factor),
+                                        1e4 / (mpp[1] * cell * factor)),
+                         "resolutionunit": "CENTIMETER"}
+            tif.write(level, tile=(tile, tile), compression="zlib", photometric="minisblack",
+                      subfiletype=1 if i else 0, metadata=None, extratags=nodata, **extra)
+    return Path(path)
 
 
 def write_extra_outputs(out_dir: str | Path, slide_id: str, probabilities: np.ndarray,
