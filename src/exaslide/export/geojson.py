@@ -181,19 +181,33 @@ def tumour_region(annotations: AnnotationSet) -> BaseGeometry:
 
 def annotation_features(annotations: AnnotationSet, slide_id: str = "", *,
                         ignore_regions: bool = True) -> Iterator[dict[str, Any]]:
-    """Features for an annotation set: tumour polygons with the exclusions as holes,
-    the exclusions as ``Ignore*`` (when ``ignore_regions``), other annotations as read.
+    """Features for an annotation set: :func:`tumour_features`, then
+    :func:`ignore_features` (when ``ignore_regions``), then :func:`other_features`."""
+    yield from tumour_features(annotations, slide_id)
+    if ignore_regions:
+        yield from ignore_features(annotations, slide_id)
+    yield from other_features(annotations, slide_id)
 
-    Tumour and exclusion *points* (dots) are written as annotations of their own class,
-    as read; they mark no area, so they never change a mask.
-    """
+
+def tumour_features(annotations: AnnotationSet, slide_id: str = "") -> Iterator[dict]:
+    """The tumour region (:func:`tumour_region`) as ``Tumor`` annotations, one per
+    polygon, largest first; exclusions that cut a tumour are its holes."""
     for i, poly in enumerate(_polygons(tumour_region(annotations))):
         yield feature(poly, "annotation", TUMOUR_CLASS, f"{slide_id}/tumour/{i}",
                       name=f"Tumor {i + 1}")
-    if ignore_regions:
-        for i, poly in enumerate(_polygons(annotations.union(EXCLUSION))):
-            yield feature(poly, "annotation", IGNORE_CLASS, f"{slide_id}/exclusion/{i}",
-                          name=f"Exclusion {i + 1}")
+
+
+def ignore_features(annotations: AnnotationSet, slide_id: str = "") -> Iterator[dict]:
+    """The exclusion areas (their union) as ``Ignore*`` annotations, one per polygon."""
+    for i, poly in enumerate(_polygons(annotations.union(EXCLUSION))):
+        yield feature(poly, "annotation", IGNORE_CLASS, f"{slide_id}/exclusion/{i}",
+                      name=f"Exclusion {i + 1}")
+
+
+def other_features(annotations: AnnotationSet, slide_id: str = "") -> Iterator[dict]:
+    """Every annotation that is not a tumour or exclusion *area*, as read: its class,
+    name, colour, ``objectType``, ``measurements`` and other properties kept. Tumour and
+    exclusion points (dots) are among them: they mark no area and never change a mask."""
     for i, ann in enumerate(annotations):
         if ann.geometry.is_empty or (ann.is_area and ann.label in (TUMOUR, EXCLUSION)):
             continue
@@ -369,8 +383,10 @@ def export_geojson(out: str | PathLike[str], *, annotations: AnnotationSet | Non
 
     def parts() -> Iterator[dict[str, Any]]:
         if annotations is not None:
-            yield from counted.add("annotations", annotation_features(
-                annotations, slide_id, ignore_regions=ignore_regions))
+            yield from counted.add("tumour", tumour_features(annotations, slide_id))
+            if ignore_regions:
+                yield from counted.add("Ignore*", ignore_features(annotations, slide_id))
+            yield from counted.add("other annotations", other_features(annotations, slide_id))
         yield from counted.add("tissue", tissue_features(tissue, slide_id))
         for heatmap in heatmaps:
             part = "attention tiles" if heatmap_kind(heatmap)[0] == ATTENTION_CLASS else "tiles"
