@@ -128,8 +128,8 @@ class ExportSummary:
 
 def feature(geometry: BaseGeometry, object_type: str, class_name: str | None, key: str, *,
             name: str | None = None, measurements: dict[str, float] | None = None,
-            extra: dict[str, Any] | None = None,
-            class_colour: list[int] | None = None) -> dict[str, Any]:
+            extra: dict[str, Any] | None = None, class_colour: list[int] | None = None,
+            feature_id: str | None = None) -> dict[str, Any]:
     """One QuPath GeoJSON Feature.
 
     Args:
@@ -141,6 +141,7 @@ def feature(geometry: BaseGeometry, object_type: str, class_name: str | None, ke
         measurements: ``{name: finite number}``.
         extra: further properties, copied as they are (they must be JSON).
         class_colour: the class colour when the class is not in :data:`CLASS_COLOURS`.
+        feature_id: the id to write (a UUID string) instead of ``uuid5(key)``.
     """
     kind = "point" if geometry.geom_type in ("Point", "MultiPoint") else "polygon"
     props: dict[str, Any] = {"objectType": object_type}
@@ -156,7 +157,7 @@ def feature(geometry: BaseGeometry, object_type: str, class_name: str | None, ke
         props.setdefault(k, v)
     if measurements:
         props["measurements"] = {str(k): float(v) for k, v in measurements.items()}
-    return {"type": "Feature", "id": str(uuid.uuid5(_NAMESPACE, key)),
+    return {"type": "Feature", "id": feature_id or str(uuid.uuid5(_NAMESPACE, key)),
             "geometry": geometry_to_geojson(geometry, kind), "properties": props}
 
 
@@ -207,12 +208,17 @@ def ignore_features(annotations: AnnotationSet, slide_id: str = "") -> Iterator[
 def other_features(annotations: AnnotationSet, slide_id: str = "") -> Iterator[dict]:
     """Every annotation that is not a tumour or exclusion *area*, as read: its class,
     name, colour, ``objectType``, ``measurements`` and other properties kept. Tumour and
-    exclusion points (dots) are among them: they mark no area and never change a mask."""
+    exclusion points (dots) are among them: they mark no area and never change a mask.
+    A feature keeps its id when it had a UUID not used before in the file."""
+    seen: set[str] = set()
     for i, ann in enumerate(annotations):
         if ann.geometry.is_empty or (ann.is_area and ann.label in (TUMOUR, EXCLUSION)):
             continue
         props = dict(ann.properties)
-        props.pop("id", None)
+        old_id = _uuid(props.pop("id", None))
+        if old_id in seen:  # a MultiPolygon feature read as several, or a duplicate
+            old_id = None
+        seen.add(old_id or "")
         object_type = str(props.pop("objectType", None) or "annotation")
         measurements = props.pop("measurements", None)
         class_colour = hex_to_rgb(annotations.group_colors.get(ann.group))
@@ -221,7 +227,15 @@ def other_features(annotations: AnnotationSet, slide_id: str = "") -> Iterator[d
             props["color"] = own_colour
         yield feature(ann.geometry, object_type, ann.group or None, f"{slide_id}/other/{i}",
                       name=ann.name or None, measurements=_measurements(measurements),
-                      extra=props, class_colour=class_colour)
+                      extra=props, class_colour=class_colour, feature_id=old_id)
+
+
+def _uuid(value: Any) -> str | None:
+    """``value`` as a canonical UUID string, or None when it is not a UUID."""
+    try:
+        return str(uuid.UUID(str(value))) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _measurements(value: Any) -> dict[str, float] | None:
