@@ -190,7 +190,9 @@ def _register() -> None:
         stage,
         synth,
         train,
+        view,
     )
+    from exaslide.cli import export as export_cli
     from exaslide.cli import index as index_cli
 
     embed_group = DefaultGroup("embed", default="patches",
@@ -204,7 +206,7 @@ def _register() -> None:
                     synth.command, demo.command, cache.command, train.command,
                     evaluate.command, infer.command, embed_group, index_cli.command,
                     search.command, figures.command, encoders.command, stage.command,
-                    features.command, mil.command,
+                    features.command, mil.command, view.command, export_cli.command,
                     alias(embed.slides_command, "embed-slides", "embed slides"),
                     alias(search.evaluate_command, "evaluate-retrieval",
                           "evaluate retrieval")):
