@@ -117,11 +117,13 @@ def test_killed_cohort_run_leaves_no_partial_file_and_resumes(tmp_path):
                              str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while not list(out.glob("*_summary.json")) and time.monotonic() < deadline:
+    # a slide is finished when its status file exists (written after all its outputs:
+    # a kill between its summary and its status leaves it to be redone)
+    while not list(out.glob("status/*.json")) and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    finished = sorted(p.name for p in out.glob("*_summary.json"))
+    finished = sorted(p.name for p in out.glob("status/*.json"))
     assert 1 <= len(finished) < 4, "the kill must land mid-run"
     for png in out.glob("*.png"):  # every final file is complete
         Image.open(png).load()
