@@ -41,7 +41,9 @@ def test_file_keeps_zero_apart_from_not_computed(tmp_path, probabilities):
     assert [p.name for p in tmp_path.iterdir()] == ["s.heatmap.tif"]
     with tifffile.TiffFile(path) as tif:
         assert len(tif.pages) == 3
-        assert tif.pages[0].tags["GDAL_NODATA"].value == "0"
+        assert all(page.tags["GDAL_NODATA"].value == "0" for page in tif.pages)
+        x_res = tif.pages[0].tags["XResolution"].value  # px per cm: 0.25 um x 128 a cell
+        assert x_res[0] / x_res[1] == pytest.approx(1e4 / 32)
         base = tif.pages[0].asarray()
         assert base[0, 0] == 0 and base[10, 5] == 1  # uncomputed != computed 0
         assert np.array_equal(base, tiff_values(probabilities))

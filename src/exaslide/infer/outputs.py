@@ -21,7 +21,7 @@ OVERLAY_SIDE = 1024
 #: Weight of the colour map where a cell was computed.
 OVERLAY_ALPHA = 0.5
 #: Value of a cell not computed in the heatmap TIFF (computed cells are 1-255).
-TIFF_NODATA = 0
+TIFF_NODATA = 0  # must stay 0: the pyramid pads with 0 and keeps 2 x 2 maxima
 #: The GDAL_NODATA TIFF tag (ASCII), read by GDAL, QGIS and tifffile.
 GDAL_NODATA_TAG = 42113
 #: File name suffixes of one slide's outputs (the JSON, written last, marks completion).
@@ -87,26 +87,12 @@ def save_heatmap_tiff(path: str | Path, probabilities: np.ndarray, cell: float,
     generic-tiff and QuPath open it). Values: :func:`tiff_values` (0 = not computed,
     recorded in the ``GDAL_NODATA`` tag). Coarser levels keep the maximum of each 2 x 2
     block, which is a computed cell's value wherever one of the four was computed."""
-    import tifffile
+    from exaslide.masks.outputs import write_pyramid_tiff
 
-    levels = [tiff_values(probabilities)]
-    while max(levels[-1].shape) > tile:
-        prev = levels[-1]
-        h, w = (prev.shape[0] + 1) // 2 * 2, (prev.shape[1] + 1) // 2 * 2
-        padded = np.full((h, w), TIFF_NODATA, np.uint8)
-        padded[: prev.shape[0], : prev.shape[1]] = prev
-        levels.append(padded.reshape(h // 2, 2, w // 2, 2).max(axis=(1, 3)))
-    nodata = [(GDAL_NODATA_TAG, "s", 0, str(TIFF_NODATA), True)]
-    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp) as tif:
-        for i, level in enumerate(levels):
-            factor = levels[0].shape[1] / level.shape[1]
-            extra: dict = {}
-            if mpp:
-                extra = {"resolution": (1e4 / (mpp[0] * cell * factor),
-                                        1e4 / (mpp[1] * cell * factor)),
-                         "resolutionunit": "CENTIMETER"}
-            tif.write(level, tile=(tile, tile), compression="zlib", photometric="minisblack",
-                      subfiletype=1 if i else 0, metadata=None, extratags=nodata, **extra)
+    nodata = ((GDAL_NODATA_TAG, "s", 0, str(TIFF_NODATA), True),)
+    cell_mpp = (mpp[0] * cell, mpp[1] * cell) if mpp else None
+    with atomic_path(path) as tmp:
+        write_pyramid_tiff(tmp, tiff_values(probabilities), cell_mpp, tile, extratags=nodata)
     return Path(path)
 
 

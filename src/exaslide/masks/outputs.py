@@ -88,9 +88,10 @@ def save_pyramid_tiff(path: str | Path, labels: np.ndarray, mpp: tuple[float, fl
 
 
 def write_pyramid_tiff(path: str | Path, labels: np.ndarray, mpp: tuple[float, float] | None,
-                       tile: int = 256) -> None:
+                       tile: int = 256, extratags: tuple = ()) -> None:
     """Write the pyramid of :func:`save_pyramid_tiff` straight to ``path`` (not atomic:
-    for a path that is itself a temporary)."""
+    for a path that is itself a temporary); ``extratags`` go on every page (tifffile's
+    form)."""
     import tifffile
 
     levels = [labels]
@@ -108,7 +109,8 @@ def write_pyramid_tiff(path: str | Path, labels: np.ndarray, mpp: tuple[float, f
                 extra = {"resolution": (1e4 / (mpp[0] * factor), 1e4 / (mpp[1] * factor)),
                          "resolutionunit": "CENTIMETER"}
             tif.write(level, tile=(tile, tile), compression="zlib", photometric="minisblack",
-                      subfiletype=1 if i else 0, metadata=None, **extra)
+                      subfiletype=1 if i else 0, metadata=None, extratags=extratags,
+                      **extra)
 
 
 def write_mask_outputs(mask: LabelMask, out_dir: str | Path, stem: str,
