@@ -81,3 +81,13 @@ class EvaluationError(ExaslideError):
 
 class RetrievalError(ExaslideError):
     """Embeddings, vector indexes or queries that cannot be used as asked."""
+
+
+class ExportError(ExaslideError):
+    """An export that cannot be made: inputs that do not belong together, too many tiles,
+    an output that would overwrite an input."""
+
+
+class ViewerError(ExaslideError):
+    """A path the viewer cannot serve (not a slide, manifest or exaslide output folder),
+    or a server that cannot start."""

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from exaslide.export.geojson import DEFAULT_MAX_TILES, ExportError
+from exaslide.errors import ExportError
+from exaslide.export.geojson import DEFAULT_MAX_TILES
 from exaslide.export.tissue import TISSUE_MPP
 
 SUFFIXES = (".geojson", ".json")

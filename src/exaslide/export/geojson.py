@@ -56,7 +56,7 @@ from exaslide.annotations import EXCLUSION, TUMOUR, AnnotationSet
 from exaslide.annotations._geom import hex_to_rgb
 from exaslide.annotations.geojson import geometry_to_geojson
 from exaslide.atomic import atomic_path
-from exaslide.errors import ExaslideError
+from exaslide.errors import ExportError
 from exaslide.heatmaps import Heatmap
 
 TUMOUR_CLASS = "Tumor"
@@ -86,11 +86,6 @@ CLASS_COLOURS: dict[str, list[int]] = {
 #: 256-px cells has 305,000 cells).
 DEFAULT_MAX_TILES = 1_000_000
 _NAMESPACE = uuid.UUID("6f0b7f4e-2d0e-4b8a-9a59-3c1f4f0e9e13")
-
-
-class ExportError(ExaslideError):
-    """An export that cannot be made: inputs that do not belong together, too many tiles,
-    an output that would overwrite an input."""
 
 
 @dataclass(frozen=True)

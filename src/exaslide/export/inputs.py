@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 
-from exaslide.export.geojson import Detection, ExportError
+from exaslide.errors import ExportError
+from exaslide.export.geojson import Detection
 from exaslide.heatmaps import NPY_SUFFIX
 from exaslide.naming import check_slide_id
 

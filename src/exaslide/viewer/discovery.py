@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exaslide.errors import ExaslideError
+from exaslide.errors import ExaslideError, ViewerError
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +41,6 @@ NOT_SLIDES = (".heatmap.tif", "_mask.tif")
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".parquet")
 ANNOTATION_SUFFIXES = (".xml", ".geojson", ".json")
 SEARCH_DEPTH = 2
-
-
-class ViewerError(ExaslideError):
-    """A path the viewer cannot serve (not a slide, manifest or exaslide output folder),
-    or a server that cannot start."""
 
 
 @dataclass

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from exaslide.viewer.discovery import ViewerError
+from exaslide.errors import ViewerError
 
 DEFAULT_HOST = "127.0.0.1"
 
