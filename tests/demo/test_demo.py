@@ -1,12 +1,17 @@
 """The end-to-end demo with its default settings (what `make demo` runs): every step,
-metrics.json with the required keys, report.html whose images exist, patch AUC >= 0.95."""
+metrics.json with the required keys, report.html whose images exist, patch AUC >= 0.95,
+and the viewer serving the folder with the heatmaps, masks, annotations and retrieval."""
 
 from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import sys
+import urllib.request
+
+from exaslide.viewer import serve_in_thread
 
 
 def test_demo_end_to_end(tmp_path):
@@ -32,3 +37,33 @@ def test_demo_end_to_end(tmp_path):
     assert all((out / image).is_file() for image in images)
     assert "not produced" not in page
     assert "patch AUC" in done.stdout and "pN-stage kappa" in done.stdout
+    assert f"exaslide view {shlex.quote(str(out))}" in done.stdout.splitlines()[-1]
+    _check_viewer(out)
+
+
+def _get_json(url: str):
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def _check_viewer(out) -> None:
+    """What `exaslide view demo_out` serves: every slide, and for a tumour slide of the
+    test split a heatmap, a mask and its annotations, and region search."""
+    with serve_in_thread([out]) as running:
+        slides = _get_json(f"{running.url}api/slides")
+        assert len(slides) == 62  # 12 slides and 50 synthetic CAMELYON17 nodes
+        assert not any(slide["error"] for slide in slides)
+        kinds_seen = set()
+        searched = False
+        for slide in slides:
+            overlays = _get_json(f"{running.url}api/slides/{slide['id']}/overlays")
+            assert not any(overlay.get("error") for overlay in overlays), overlays
+            kinds = {overlay["kind"] for overlay in overlays}
+            kinds_seen |= kinds
+            if {"heatmap", "mask", "annotations"} <= kinds and not searched:
+                found = _get_json(f"{running.url}api/slides/{slide['id']}/search"
+                                  "?x=0&y=0&w=1024&h=1024&k=5")
+                assert 0 < len(found["results"]) <= 5
+                searched = True
+        assert {"heatmap", "mask", "annotations", "patches"} <= kinds_seen
+        assert searched

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
@@ -42,3 +43,4 @@ def command(out_dir: str, slides: int, width: int, height: int, epochs: int, wor
                f"{show(metrics['slide_auc'])}, FROC {show(metrics['froc'])}, MIL slide AUC "
                f"{show(metrics['mil_slide_auc'])}, pN-stage kappa "
                f"{show(metrics['stage_kappa'])}; report: {Path(out_dir) / 'report.html'}")
+    click.echo(f"see the results on the slides: exaslide view {shlex.quote(str(out_dir))}")
