@@ -336,8 +336,11 @@
       return;
     }
     if (generation !== state.generation) return;
+    // one heatmap at a time by default (a CNN's and a MIL model's hide each other)
+    const firstHeatmap = overlays.find((spec) => spec.kind === "heatmap");
     state.overlays = overlays.map((spec) => ({
-      spec, kind: spec.kind, visible: DEFAULT_ON[spec.kind] !== false,
+      spec, kind: spec.kind,
+      visible: DEFAULT_ON[spec.kind] !== false && (spec.kind !== "heatmap" || spec === firstHeatmap),
       opacity: DEFAULT_OPACITY[spec.kind] === undefined ? 1 : DEFAULT_OPACITY[spec.kind],
       item: null, features: null, error: null, threshold: null,
     }));
