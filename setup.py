@@ -1,10 +1,11 @@
 """Build hook: bundle the viewer's OpenSeadragon from npm into the package's static files.
 
 OpenSeadragon is pinned in package-lock.json and is not committed. Before the Python files
-are built (wheel, sdist build, `pip install -e .`), `npm ci` installs it into node_modules/
+are built (wheel, sdist, `pip install -e .`), `npm ci` installs it into node_modules/
 when the vendored copy is missing or has another version, and the files the viewer needs
 (openseadragon.min.js, its button images and its licence) are copied into
-src/exaslide/viewer/static/vendor/openseadragon/. Everything else is in pyproject.toml.
+src/exaslide/viewer/static/vendor/openseadragon/. An sdist carries that copy, so building
+a wheel from it needs no npm. Everything else is in pyproject.toml.
 """
 
 import json
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
+from setuptools.command.sdist import sdist
 
 ROOT = Path(__file__).resolve().parent
 PACKAGE = ROOT / "node_modules" / "openseadragon"
@@ -65,4 +67,12 @@ class BuildPyWithViewerAssets(build_py):
         super().run()
 
 
-setup(cmdclass={"build_py": BuildPyWithViewerAssets})
+class SdistWithViewerAssets(sdist):
+    """sdist that carries the bundled copy, so a wheel builds from it without npm."""
+
+    def run(self):
+        vendor_openseadragon()
+        super().run()
+
+
+setup(cmdclass={"build_py": BuildPyWithViewerAssets, "sdist": SdistWithViewerAssets})
