@@ -19,9 +19,13 @@ import click
               help="Deep Zoom tile overlap.")
 @click.option("--cache-mb", type=click.IntRange(0, None), default=256, show_default=True,
               help="In-memory cache of encoded tiles, in MiB.")
+@click.option("--max-open", type=click.IntRange(1, None), default=64, show_default=True,
+              help="Most slides kept open at once (idle ones are closed, least recently "
+                   "used first, and reopened when asked for).")
 @click.option("--backend", type=click.Choice(["openslide", "tifffile", "image"]),
               help="Force a slide backend.")
-def command(paths, host, port, token, tile_size, overlap, cache_mb, backend) -> None:
+def command(paths, host, port, token, tile_size, overlap, cache_mb, max_open,
+            backend) -> None:
     """Serve PATHS (slides, URLs, manifests or exaslide output folders) in a web viewer.
 
     Prints the URL and serves until interrupted (Ctrl-C).
@@ -34,4 +38,4 @@ def command(paths, host, port, token, tile_size, overlap, cache_mb, backend) -> 
 
     serve(list(paths), host=host, port=port, token=token, on_ready=ready,
           tile_size=tile_size, overlap=overlap, cache_bytes=cache_mb * 2**20,
-          backend=backend)
+          max_open=max_open, backend=backend)

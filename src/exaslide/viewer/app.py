@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from exaslide.lru import LRU
 from exaslide.viewer import overlays as ov
 from exaslide.viewer.deepzoom import DeepZoom
 from exaslide.viewer.discovery import Catalog, OverlaySource, SlideSource, discover
+from exaslide.viewer.pool import DEFAULT_MAX_OPEN, SlidePool
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ MISSING_ASSETS_PAGE = (
     "runs <code>npm ci</code> and copies OpenSeadragon into "
     "src/exaslide/viewer/static/vendor/; needs npm).</p></body></html>")
 DEFAULT_CACHE_BYTES = 256 * 2**20
+PROBE_THREADS = 8  # slides opened at once when the viewer starts (remote ones wait on I/O)
 MAX_K = 64
 _TILE = re.compile(r"^(?P<id>[^/]+)_files/(?P<level>\d{1,3})/(?P<col>\d{1,9})_(?P<row>\d{1,9})"
                    r"\.(?P<fmt>jpeg|jpg)$")
@@ -64,13 +67,31 @@ _HIT = re.compile(r"^(?P<n>\d{1,4})/(?P<hit>\d{1,12})\.jpeg$")
 
 @dataclass
 class ServedSlide:
-    """A discovered slide, open (``slide``, ``deepzoom``) or with the one-line ``error``
-    that kept it from opening."""
+    """A discovered slide: what it is (``info``, read when the viewer starts) or the
+    one-line ``error`` that kept it from opening. The open slide itself lives in the
+    viewer's :class:`~exaslide.viewer.pool.SlidePool`."""
 
     source: SlideSource
-    slide: Any = None
-    deepzoom: DeepZoom | None = None
+    info: SlideInfo | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class SlideInfo:
+    """A slide's geometry, kept while the slide itself may be closed."""
+
+    dimensions: tuple[int, int]
+    mpp: tuple[float, float] | None
+    level_count: int
+    level_downsamples: tuple[float, ...]
+
+
+@dataclass
+class OpenSlide:
+    """An open slide and its Deep Zoom tiler (a :class:`SlidePool` handle)."""
+
+    slide: Any
+    deepzoom: DeepZoom
 
 
 def one_line(exc: BaseException) -> str:
@@ -84,31 +105,57 @@ class Viewer:
 
     def __init__(self, catalog: Catalog, *, tile_size: int = 254, overlap: int = 1,
                  quality: int = 75, cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 backend: str | None = None):
-        from exaslide.slides import open_slide
-
+                 backend: str | None = None, max_open: int = DEFAULT_MAX_OPEN):
         self.catalog = catalog
+        self._tiling = (tile_size, overlap, quality)
+        self._backend = backend
+        self.pool = SlidePool(catalog.slides, self._open, self._close_handle, max_open)
         self.slides: dict[str, ServedSlide] = {}
-        for slide_id, source in catalog.slides.items():
-            served = ServedSlide(source)
-            try:
-                served.slide = open_slide(source.path, backend=backend)
-                served.deepzoom = DeepZoom(served.slide, tile_size, overlap, quality)
-            except (ExaslideError, OSError, ValueError) as exc:
-                served.error = one_line(exc)
-                logger.warning("%s: not served: %s", source.path, served.error)
-            self.slides[slide_id] = served
+        ids = list(catalog.slides)
+        with ThreadPoolExecutor(max_workers=min(PROBE_THREADS, max(len(ids), 1))) as probes:
+            for slide_id, served in zip(ids, probes.map(self._probe, ids), strict=True):
+                self.slides[slide_id] = served
         self.tiles = LRU(cache_bytes, size_of=len)
         self.overlay_cache = LRU(max(cache_bytes // 4, 1), size_of=lambda v: len(v[0]))
         self._indexes: dict[int, Any] = {}
         self._index_lock = threading.Lock()
         self._search_lock = threading.Lock()
 
+    def _open(self, slide_id: str) -> OpenSlide:
+        from exaslide.slides import open_slide
+
+        slide = open_slide(self.catalog.slides[slide_id].path, backend=self._backend)
+        try:
+            return OpenSlide(slide, DeepZoom(slide, *self._tiling))
+        except BaseException:
+            slide.close()
+            raise
+
+    @staticmethod
+    def _close_handle(handle: OpenSlide) -> None:
+        handle.slide.close()
+
+    def _probe(self, slide_id: str) -> ServedSlide:
+        """Open a slide once to learn its geometry; keep it open while the pool has room."""
+        source = self.catalog.slides[slide_id]
+        served = ServedSlide(source)
+        try:
+            handle = self._open(slide_id)
+        except (ExaslideError, OSError, ValueError) as exc:
+            served.error = one_line(exc)
+            logger.warning("%s: not served: %s", source.path, served.error)
+            return served
+        slide = handle.slide
+        served.info = SlideInfo(tuple(slide.dimensions),
+                                tuple(float(v) for v in slide.mpp) if slide.mpp else None,
+                                slide.level_count, tuple(slide.level_downsamples))
+        if not self.pool.adopt(slide_id, handle):
+            self._close_handle(handle)
+        return served
+
     def close(self) -> None:
         """Close every open slide."""
-        for served in self.slides.values():
-            if served.slide is not None:
-                served.slide.close()
+        self.pool.close_all()
 
     # ------------------------------------------------------------------------- slides
     def open_slide(self, slide_id: str) -> ServedSlide | None:
@@ -124,23 +171,32 @@ class Viewer:
                                      "levels": None, "dzi": f"/slides/{slide_id}.dzi",
                                      "error": served.error}
             if served.error is None:
-                width, height = served.slide.dimensions
-                mpp = served.slide.mpp
-                entry.update(width=width, height=height, levels=served.slide.level_count,
-                             mpp=[float(mpp[0]), float(mpp[1])] if mpp else None)
+                info = served.info
+                width, height = info.dimensions
+                entry.update(width=width, height=height, levels=info.level_count,
+                             mpp=list(info.mpp) if info.mpp else None)
             out.append(entry)
         return out
 
     def tile(self, slide_id: str, level: int, col: int, row: int) -> bytes | None:
-        served = self.open_slide(slide_id)
-        if served is None or not served.deepzoom.has_tile(level, col, row):
+        if self.open_slide(slide_id) is None:
             return None
         key = (slide_id, level, col, row)
         data = self.tiles.get(key)
         if data is None:
-            data = served.deepzoom.tile_jpeg(level, col, row)
+            with self.pool.use(slide_id) as handle:
+                if not handle.deepzoom.has_tile(level, col, row):
+                    return None
+                data = handle.deepzoom.tile_jpeg(level, col, row)
             self.tiles.put(key, data)
         return data
+
+    def dzi(self, slide_id: str) -> str | None:
+        """The slide's ``.dzi`` document, None for an id not served."""
+        if self.open_slide(slide_id) is None:
+            return None
+        with self.pool.use(slide_id) as handle:
+            return handle.deepzoom.dzi()
 
     # ----------------------------------------------------------------------- overlays
     def overlay_sources(self, slide_id: str) -> list[tuple[str, OverlaySource]]:
@@ -206,7 +262,7 @@ class Viewer:
             heatmap = ov.read_heatmap_file(source.path)
             value = (ov.heatmap_png(heatmap, ov.heatmap_info(heatmap)), None)
         elif source.kind == "mask":
-            value = ov.mask_overlay(source.path, served.slide.dimensions)
+            value = ov.mask_overlay(source.path, served.info.dimensions)
         elif source.kind == "annotations":
             value = (ov.annotations_geojson(source.path).encode(), None)
         elif source.kind == "patches":
@@ -274,11 +330,12 @@ class Viewer:
         served = self.open_slide(here) if here else None
         level, mpp = meta.get("level"), patch.get("mpp")
         if served is not None:
-            if mpp is not None and level is None and served.slide.mpp:
-                return float(size) * mpp / served.slide.mpp[0]
+            info = served.info
+            if mpp is not None and level is None and info.mpp:
+                return float(size) * mpp / info.mpp[0]
             level = int(level or 0)
-            if level < served.slide.level_count:
-                return float(size) * served.slide.level_downsamples[level]
+            if level < info.level_count:
+                return float(size) * info.level_downsamples[level]
         return float(size) * 2 ** int(level or 0)
 
     def hit_thumbnail(self, n: int, hit_id: int) -> bytes | None:
@@ -344,10 +401,13 @@ def _slides(request: Request) -> Response:
     rest = request.path_params["rest"]
     match = _DZI.match(rest)
     if match:
-        served = viewer.open_slide(match["id"])
-        if served is None:
+        try:
+            document = viewer.dzi(match["id"])
+        except (ExaslideError, OSError) as exc:
+            return JSONResponse({"error": one_line(exc)}, status_code=500)
+        if document is None:
             return _not_found("unknown slide")
-        return Response(served.deepzoom.dzi(), media_type="application/xml")
+        return Response(document, media_type="application/xml")
     match = _TILE.match(rest)
     if not match:
         return _not_found()
@@ -454,7 +514,7 @@ class TokenMiddleware:
 
 def create_app(paths, *, token: str | None = None, tile_size: int = 254, overlap: int = 1,
                quality: int = 75, cache_bytes: int = DEFAULT_CACHE_BYTES,
-               backend: str | None = None) -> Starlette:
+               backend: str | None = None, max_open: int = DEFAULT_MAX_OPEN) -> Starlette:
     """The viewer's Starlette app for slides and outputs found under ``paths``.
 
     Args:
@@ -465,6 +525,8 @@ def create_app(paths, *, token: str | None = None, tile_size: int = 254, overlap
         quality: JPEG quality of the tiles.
         cache_bytes: bound of the in-memory tile cache (encoded JPEG bytes).
         backend: force a slide backend (openslide, tifffile, image).
+        max_open: most slides kept open at once (the least recently used idle one is
+            closed first and reopened when asked for).
 
     Raises:
         ViewerError: a path that is not a slide, manifest or output folder.
@@ -473,7 +535,7 @@ def create_app(paths, *, token: str | None = None, tile_size: int = 254, overlap
         raise ValueError(f"tile_size must be >= 1 and overlap >= 0, got {tile_size}, "
                          f"{overlap}")
     viewer = Viewer(discover(paths), tile_size=tile_size, overlap=overlap, quality=quality,
-                    cache_bytes=cache_bytes, backend=backend)
+                    cache_bytes=cache_bytes, backend=backend, max_open=max_open)
     routes = [
         Route("/", _index_page),
         Route("/static/{path:path}", _static),
