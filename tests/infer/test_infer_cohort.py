@@ -159,3 +159,20 @@ def test_heatmap_without_fingerprint_is_redone(tmp_path, synth_slide, colour_mod
     json_path.write_text(json.dumps(meta))
     assert infer_cohort(colour_model_file, synth_slide.path, out,
                         stride=512)[0].status == "done"
+
+
+def test_heatmap_files_of_an_older_layout_are_redone(tmp_path, synth_slide, colour_model_file):
+    """Version 1 TIFFs stored round(255 p), 0 meaning both "p = 0" and "not computed": a
+    resumed run redoes them rather than keeping the ambiguous file."""
+    from exaslide.infer.cohort import HEATMAP_FILES_VERSION
+
+    out = tmp_path / "out"
+    infer_cohort(colour_model_file, synth_slide.path, out, stride=512)
+    json_path = output_paths(out, "slide")["json"]
+    meta = json.loads(json_path.read_text())
+    assert meta["fingerprint"]["files"] == HEATMAP_FILES_VERSION == 2
+    meta["fingerprint"]["files"] = 1
+    json_path.write_text(json.dumps(meta))
+    assert infer_cohort(colour_model_file, synth_slide.path, out,
+                        stride=512)[0].status == "done"
+    assert json.loads(json_path.read_text())["fingerprint"]["files"] == 2

@@ -67,13 +67,19 @@ def file_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
     return fingerprint(slide_key(path))
 
 
+#: Version of the files a heatmap is written as; part of the fingerprint, so a resumed run
+#: redoes heatmaps written in an older layout. 2: the TIFF stores 1 + round(254 p), 0 = not
+#: computed (version 1 stored round(255 p), where 0 also meant "not computed").
+HEATMAP_FILES_VERSION = 2
+
+
 def heatmap_fingerprint(model: Mapping[str, Any], slide_path, *, class_name: str,
                         min_tissue: float, stride: int | None,
                         spec: PatchSpec) -> dict[str, Any]:
     """Everything that decides a heatmap's content, stored as ``"fingerprint"`` in its
     JSON: the model file's and the slide's :func:`file_fingerprint` (``model`` is the
     former), the class, ``min_tissue``, the requested ``stride`` (``None``: the default),
-    the patch spec and the tissue-detection parameters.
+    the patch spec, the tissue-detection parameters and :data:`HEATMAP_FILES_VERSION`.
 
     Raises:
         OSError: the slide cannot be found (``StorageError`` for a URL).
@@ -84,7 +90,7 @@ def heatmap_fingerprint(model: Mapping[str, Any], slide_path, *, class_name: str
             "class": str(class_name), "min_tissue": float(min_tissue),
             "stride": None if stride is None else int(stride),
             "patch": {"size": spec.size, "level": spec.level, "mpp": spec.mpp},
-            "tissue": TissueParams().to_dict()}
+            "tissue": TissueParams().to_dict(), "files": HEATMAP_FILES_VERSION}
 
 
 def default_workers(device: str, world_size: int | None = None) -> int:
