@@ -142,3 +142,22 @@ def test_no_endpoint_writes(viewer_server):
     assert info.value.code == 405
     assert socket  # the server only listens on 127.0.0.1 (the fixture's URL)
     assert viewer_server.startswith("http://127.0.0.1:")
+
+
+def test_a_checkout_without_the_built_front_end_gets_a_page_naming_the_step(
+        viewer_data, tmp_path, monkeypatch):
+    """A source checkout whose `pip install -e .` never ran npm: `/` answers at once with
+    a one-line page naming the missing file and the build step (never a blank page)."""
+    from exaslide.viewer import app as viewer_app
+
+    static = tmp_path / "static"
+    static.mkdir()
+    (static / "index.html").write_text("<html></html>")
+    monkeypatch.setattr(viewer_app, "STATIC_DIR", static)
+    with serve_in_thread([viewer_data.slide_path]) as running:
+        status, body = get(running.url)
+        assert status == 503
+        text = body.decode()
+        assert "static/vendor/openseadragon/openseadragon.min.js missing" in text
+        assert "pip install -e ." in text and "npm" in text
+        assert get(f"{running.url}api/slides")[0] == 200  # the API still serves
