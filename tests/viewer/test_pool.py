@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from exaslide.slides.pool import SharedHandlePool
 from exaslide.viewer import serve_in_thread
-from exaslide.viewer.pool import SlidePool
 
 SLIDES = 5
 
@@ -75,7 +75,7 @@ def test_a_slide_in_use_is_not_closed_and_one_open_serves_concurrent_requests():
         handle["open"] = False
         closed.append(handle["id"])
 
-    pool = SlidePool(["a", "b", "c"], opener, close, max_open=1)
+    pool = SharedHandlePool(["a", "b", "c"], opener, close, max_open=1)
     with pool.use("a") as a:
         with pool.use("b") as b:  # over the bound while both are in use
             assert a["open"] and b["open"] and pool.open_count == 2
@@ -94,6 +94,6 @@ def test_a_slide_in_use_is_not_closed_and_one_open_serves_concurrent_requests():
     with pytest.raises(KeyError), pool.use("unknown"):
         pass
     with pytest.raises(ValueError, match="max_open"):
-        SlidePool([], opener, close, max_open=0)
+        SharedHandlePool([], opener, close, max_open=0)
     pool.close_all()
     assert pool.open_count == 0 and sorted(closed) == sorted(opened)

@@ -5,9 +5,11 @@ Opening a slide costs milliseconds (TIFF directories, OpenSlide's vendor parsing
 file descriptors and caches, so a data loader that reads patches of thousands of slides in
 random order keeps the most recently used ``max_open`` handles open and closes the rest.
 
-Threads: the bookkeeping is locked, but a handle evicted by one thread is closed even if
-another thread is still reading it; give each thread its own pool (a ``DataLoader``
-worker is one thread) or make ``max_open`` cover every slide the threads read at once.
+Threads: :class:`HandlePool`'s bookkeeping is locked, but a handle evicted by one thread
+is closed even if another thread is still reading it; give each thread its own pool (a
+``DataLoader`` worker is one thread). :class:`SharedHandlePool` is for many threads
+reading the same handles (the viewer's request threads): it lends a handle for a ``with``
+block and never closes one that is lent.
 
 Fork safety: a pool remembers the process that created it. In a forked child (a
 ``DataLoader`` worker) it forgets the parent's handles without closing them (they belong
@@ -19,12 +21,15 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Hashable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from exaslide.lru import LRU
 
 DEFAULT_MAX_OPEN = 32
+DEFAULT_SHARED_MAX_OPEN = 64
 
 
 class HandlePool:
@@ -104,3 +109,105 @@ def _close(handle: Any) -> None:
     close = getattr(handle, "close", None)
     if close is not None:
         close()
+
+
+class _Entry:
+    __slots__ = ("handle", "users")
+
+    def __init__(self, handle: Any):
+        self.handle = handle
+        self.users = 0
+
+
+class SharedHandlePool:
+    """At most ``max_open`` open handles shared by threads: ``with pool.use(key)`` lends
+    the handle of ``key`` (``opener(key)`` opens it once, however many threads ask at
+    the same time) and no handle is closed while lent. The least recently used idle one
+    is closed (``close(handle)``) first; beyond ``max_open`` only while all are lent.
+
+    Args:
+        ids: every key the pool may be asked for.
+        opener: opens the handle of one key.
+        close: closes a handle.
+        max_open: most handles kept open at once (more only while all are in use).
+    """
+
+    def __init__(self, ids: Iterable[str], opener: Callable[[str], Any],
+                 close: Callable[[Any], None], max_open: int = DEFAULT_SHARED_MAX_OPEN):
+        if max_open < 1:
+            raise ValueError(f"max_open must be >= 1, got {max_open}")
+        self.max_open = max_open
+        self._opener = opener
+        self._close = close
+        self._open: OrderedDict[str, _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+        self._opening = {slide_id: threading.Lock() for slide_id in ids}
+        self.opens = 0  # how many times a slide was opened (tests, statistics)
+
+    def adopt(self, slide_id: str, handle: Any) -> bool:
+        """Keep an already open ``handle`` if there is room; False (caller closes it)
+        when the pool is full."""
+        with self._lock:
+            if slide_id in self._open or len(self._open) >= self.max_open:
+                return False
+            self._open[slide_id] = _Entry(handle)
+            return True
+
+    @contextmanager
+    def use(self, slide_id: str) -> Iterator[Any]:
+        """The open handle of ``slide_id`` for the ``with`` block (not closed meanwhile).
+
+        Raises:
+            KeyError: a key the pool was not given.
+            Whatever ``opener`` raises.
+        """
+        entry = self._acquire(slide_id)
+        try:
+            yield entry.handle
+        finally:
+            with self._lock:
+                entry.users -= 1
+                self._evict()
+
+    def _acquire(self, slide_id: str) -> _Entry:
+        with self._opening[slide_id]:
+            with self._lock:
+                entry = self._open.get(slide_id)
+                if entry is not None:
+                    entry.users += 1
+                    self._open.move_to_end(slide_id)
+                    return entry
+            handle = self._opener(slide_id)  # outside the pool's lock: opens in parallel
+            with self._lock:
+                self.opens += 1
+                entry = _Entry(handle)
+                entry.users = 1
+                self._open[slide_id] = entry
+                self._evict()
+                return entry
+
+    def _evict(self) -> None:
+        """Close idle handles, least recently used first, down to ``max_open``."""
+        if len(self._open) <= self.max_open:
+            return
+        for slide_id in list(self._open):
+            if len(self._open) <= self.max_open:
+                break
+            entry = self._open[slide_id]
+            if entry.users == 0:
+                del self._open[slide_id]
+                self._close(entry.handle)
+
+    @property
+    def open_count(self) -> int:
+        """How many slides are open now."""
+        with self._lock:
+            return len(self._open)
+
+    def close_all(self) -> None:
+        """Close every open handle."""
+        with self._lock:
+            entries = list(self._open.values())
+            self._open.clear()
+        for entry in entries:
+            self._close(entry.handle)

@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+import anyio
+import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -39,10 +41,10 @@ from starlette.routing import Route
 
 from exaslide.errors import ExaslideError
 from exaslide.lru import LRU
+from exaslide.slides.pool import DEFAULT_SHARED_MAX_OPEN, SharedHandlePool
 from exaslide.viewer import overlays as ov
 from exaslide.viewer.deepzoom import DeepZoom
 from exaslide.viewer.discovery import Catalog, OverlaySource, SlideSource, discover
-from exaslide.viewer.pool import DEFAULT_MAX_OPEN, SlidePool
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ MISSING_ASSETS_PAGE = (
     "runs <code>npm ci</code> and copies OpenSeadragon into "
     "src/exaslide/viewer/static/vendor/; needs npm).</p></body></html>")
 DEFAULT_CACHE_BYTES = 256 * 2**20
+TILE_THREADS = max(os.cpu_count() or 1, 1)
 PROBE_THREADS = 8  # slides opened at once when the viewer starts (remote ones wait on I/O)
 MAX_K = 64
 _TILE = re.compile(r"^(?P<id>[^/]+)_files/(?P<level>\d{1,3})/(?P<col>\d{1,9})_(?P<row>\d{1,9})"
@@ -69,7 +72,7 @@ _HIT = re.compile(r"^(?P<n>\d{1,4})/(?P<hit>\d{1,12})\.jpeg$")
 class ServedSlide:
     """A discovered slide: what it is (``info``, read when the viewer starts) or the
     one-line ``error`` that kept it from opening. The open slide itself lives in the
-    viewer's :class:`~exaslide.viewer.pool.SlidePool`."""
+    viewer's :class:`~exaslide.slides.pool.SharedHandlePool`."""
 
     source: SlideSource
     info: SlideInfo | None = None
@@ -88,7 +91,8 @@ class SlideInfo:
 
 @dataclass
 class OpenSlide:
-    """An open slide and its Deep Zoom tiler (a :class:`SlidePool` handle)."""
+    """An open slide and its Deep Zoom tiler: what the viewer's
+    :class:`~exaslide.slides.pool.SharedHandlePool` lends."""
 
     slide: Any
     deepzoom: DeepZoom
@@ -105,11 +109,11 @@ class Viewer:
 
     def __init__(self, catalog: Catalog, *, tile_size: int = 254, overlap: int = 1,
                  quality: int = 75, cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 backend: str | None = None, max_open: int = DEFAULT_MAX_OPEN):
+                 backend: str | None = None, max_open: int = DEFAULT_SHARED_MAX_OPEN):
         self.catalog = catalog
         self._tiling = (tile_size, overlap, quality)
         self._backend = backend
-        self.pool = SlidePool(catalog.slides, self._open, self._close_handle, max_open)
+        self.pool = SharedHandlePool(catalog.slides, self._open, self._close_handle, max_open)
         self.slides: dict[str, ServedSlide] = {}
         ids = list(catalog.slides)
         with ThreadPoolExecutor(max_workers=min(PROBE_THREADS, max(len(ids), 1))) as probes:
@@ -120,6 +124,7 @@ class Viewer:
         self._indexes: dict[int, Any] = {}
         self._index_lock = threading.Lock()
         self._search_lock = threading.Lock()
+        self._tile_limiter: anyio.CapacityLimiter | None = None
 
     def _open(self, slide_id: str) -> OpenSlide:
         from exaslide.slides import open_slide
@@ -190,6 +195,13 @@ class Viewer:
                 data = handle.deepzoom.tile_jpeg(level, col, row)
             self.tiles.put(key, data)
         return data
+
+    def tile_limiter(self) -> anyio.CapacityLimiter:
+        """At most one tile made per CPU at a time: more threads only fight over the GIL
+        (created in the event loop on first use)."""
+        if self._tile_limiter is None:
+            self._tile_limiter = anyio.CapacityLimiter(TILE_THREADS)
+        return self._tile_limiter
 
     def dzi(self, slide_id: str) -> str | None:
         """The slide's ``.dzi`` document, None for an id not served."""
@@ -396,13 +408,13 @@ def _api_slides(request: Request) -> Response:
     return JSONResponse(_viewer(request).listing())
 
 
-def _slides(request: Request) -> Response:
+async def _slides(request: Request) -> Response:
     viewer = _viewer(request)
     rest = request.path_params["rest"]
     match = _DZI.match(rest)
     if match:
         try:
-            document = viewer.dzi(match["id"])
+            document = await anyio.to_thread.run_sync(viewer.dzi, match["id"])
         except (ExaslideError, OSError) as exc:
             return JSONResponse({"error": one_line(exc)}, status_code=500)
         if document is None:
@@ -411,11 +423,14 @@ def _slides(request: Request) -> Response:
     match = _TILE.match(rest)
     if not match:
         return _not_found()
-    try:
-        data = viewer.tile(match["id"], int(match["level"]), int(match["col"]),
-                           int(match["row"]))
-    except (ExaslideError, OSError) as exc:
-        return JSONResponse({"error": one_line(exc)}, status_code=500)
+    where = (match["id"], int(match["level"]), int(match["col"]), int(match["row"]))
+    data = viewer.tiles.get(where)  # a cached tile is answered without a thread
+    if data is None:
+        try:
+            data = await anyio.to_thread.run_sync(viewer.tile, *where,
+                                                  limiter=viewer.tile_limiter())
+        except (ExaslideError, OSError) as exc:
+            return JSONResponse({"error": one_line(exc)}, status_code=500)
     if data is None:
         return _not_found("unknown slide or tile")
     return Response(data, media_type="image/jpeg",
@@ -514,7 +529,7 @@ class TokenMiddleware:
 
 def create_app(paths, *, token: str | None = None, tile_size: int = 254, overlap: int = 1,
                quality: int = 75, cache_bytes: int = DEFAULT_CACHE_BYTES,
-               backend: str | None = None, max_open: int = DEFAULT_MAX_OPEN) -> Starlette:
+               backend: str | None = None, max_open: int = DEFAULT_SHARED_MAX_OPEN) -> Starlette:
     """The viewer's Starlette app for slides and outputs found under ``paths``.
 
     Args:
