@@ -91,3 +91,7 @@ class ExportError(ExaslideError):
 class ViewerError(ExaslideError):
     """A path the viewer cannot serve (not a slide, manifest or exaslide output folder),
     or a server that cannot start."""
+
+
+class EnvError(ExaslideError):
+    """An environment report that cannot be made (an unreachable Dask scheduler)."""

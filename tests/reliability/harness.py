@@ -3,12 +3,18 @@ exaslide``; a ``conftest`` import would pick another folder's conftest)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 
 @dataclass
@@ -58,3 +64,47 @@ def snapshot(root: Path, exclude: Path | None = None) -> dict[str, str]:
         for name in dirnames:
             result[str((here / name).relative_to(root)) + "/"] = "dir"
     return result
+
+
+def wait_for(predicate, timeout: float = 120, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+# -- a real cluster: scheduler and workers as separate processes ---------------------------
+
+
+@contextlib.contextmanager
+def cluster(tmp_path: Path, workers: int = 2):
+    """``dask scheduler`` and ``dask worker`` processes (each in its own process group);
+    yields ``(address, scheduler process, worker processes)``."""
+    dask = Path(sys.executable).with_name("dask")
+    if not dask.exists():
+        pytest.skip("the dask command is not installed beside this Python")
+    info = tmp_path / "scheduler.json"
+    env = dict(os.environ, DASK_DISTRIBUTED__WORKER__DAEMON="False")
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL,
+             "start_new_session": True, "env": env}
+    scheduler = subprocess.Popen([str(dask), "scheduler", "--scheduler-file", str(info),
+                                  "--port", "0", "--no-dashboard"], **quiet)
+    procs = [scheduler]
+    try:
+        wait_for(info.exists, 60, "the scheduler file")
+        address = json.loads(info.read_text())["address"]
+        for _ in range(workers):
+            procs.append(subprocess.Popen([str(dask), "worker", address, "--nthreads", "1",
+                                           "--no-dashboard", "--local-directory",
+                                           str(tmp_path / "dask-space")], **quiet))
+        from distributed import Client
+
+        with Client(address, timeout=30) as client:
+            client.wait_for_workers(workers, timeout=60)
+        yield address, scheduler, procs[1:]
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

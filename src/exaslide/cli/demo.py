@@ -27,6 +27,10 @@ def command(out_dir: str, slides: int, width: int, height: int, epochs: int, wor
     """Synthetic cohort -> masks -> patches -> training -> heatmaps -> evaluation ->
     retrieval -> MIL -> CAMELYON17 staging, then OUT/report.html and OUT/metrics.json
     (patch_auc, slide_auc, froc, mil_slide_auc, stage_kappa, ...)."""
+    from exaslide.extras import require
+
+    for extra in ("eval", "train", "retrieval", "encoders"):  # before any work is done
+        require(extra)
     from exaslide.demo import DemoOptions, run_demo
 
     if slides < 6:

@@ -17,6 +17,7 @@ import click
 
 from exaslide import __version__
 from exaslide.errors import ExaslideError
+from exaslide.extras import missing_extra
 
 EXPECTED_ERRORS = (ExaslideError, OSError)
 
@@ -39,6 +40,11 @@ class ExaslideGroup(click.Group):
         except Exception as exc:
             if ctx.meta.get("exaslide.debug"):
                 raise
+            missing = missing_extra(exc) if isinstance(exc, ImportError) else None
+            if missing is not None:  # an optional part that is not installed: bad input
+                click.echo(f"exaslide: error: {ctx.invoked_subcommand or 'exaslide'}: "
+                           f"{missing}", err=True)
+                ctx.exit(2)
             click.echo(f"exaslide: internal error: {type(exc).__name__}: {exc} (run with "
                        "--debug for the traceback and please report it)", err=True)
             ctx.exit(1)
@@ -178,6 +184,7 @@ def _register() -> None:
         demo,
         embed,
         encoders,
+        env,
         evaluate,
         extract,
         features,
@@ -207,6 +214,7 @@ def _register() -> None:
                     evaluate.command, infer.command, embed_group, index_cli.command,
                     search.command, figures.command, encoders.command, stage.command,
                     features.command, mil.command, view.command, export_cli.command,
+                    env.command,
                     alias(embed.slides_command, "embed-slides", "embed slides"),
                     alias(search.evaluate_command, "evaluate-retrieval",
                           "evaluate retrieval")):

@@ -120,12 +120,10 @@ def lesion_diameters_mm(slide_class: str, rng: np.random.Generator, max_lesions:
 def lesion_polygon(diameter_px: float, rng: np.random.Generator) -> Polygon:
     """A smooth blob whose longest diameter is ``diameter_px``, its bounding box centred
     on the origin."""
-    from scipy.spatial.distance import pdist
-
     shape = blob(0.0, 0.0, 1.0, rng, roughness=0.3, vertices=64)
     hull = shapely.get_coordinates(shape.convex_hull)
-    shape = scale(shape, diameter_px / pdist(hull).max(), diameter_px / pdist(hull).max(),
-                  origin=(0, 0))
+    longest = np.sqrt(((hull[:, None, :] - hull[None, :, :]) ** 2).sum(-1)).max()
+    shape = scale(shape, diameter_px / longest, diameter_px / longest, origin=(0, 0))
     x0, y0, x1, y1 = shape.bounds
     return translate(shape, -(x0 + x1) / 2, -(y0 + y1) / 2)
 

@@ -40,6 +40,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import Route
 
 from exaslide.errors import ExaslideError
+from exaslide.extras import missing_extra
 from exaslide.lru import LRU
 from exaslide.slides.pool import DEFAULT_SHARED_MAX_OPEN, SharedHandlePool
 from exaslide.viewer import overlays as ov
@@ -489,6 +490,11 @@ def _api_search(request: Request) -> Response:
                                params["k"])
     except ExaslideError as exc:
         return JSONResponse({"error": one_line(exc)}, status_code=400)
+    except ImportError as exc:  # a viewer installed without exaslide[retrieval]
+        missing = missing_extra(exc)
+        if missing is None:
+            raise
+        return JSONResponse({"error": one_line(missing)}, status_code=501)
     return JSONResponse(result)
 
 
