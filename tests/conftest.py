@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,3 +57,30 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+class Cli:
+    """``exaslide`` run as a separate process, the way a user runs it."""
+
+    @staticmethod
+    def run(*args, check_rc: int | None = None, timeout: float = 120):
+        done = subprocess.run([sys.executable, "-m", "exaslide", *map(str, args)],
+                              capture_output=True, text=True, timeout=timeout)
+        if check_rc is not None:
+            assert done.returncode == check_rc, done.stderr
+        return done
+
+    @staticmethod
+    def one_line_error(done) -> str:
+        """The one error line of a run that exited 2 without a traceback."""
+        assert done.returncode == 2, (done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1, done.stderr
+        return lines[0]
+
+
+@pytest.fixture(scope="session")
+def cli() -> Cli:
+    """Run ``exaslide`` in a subprocess (:class:`Cli`)."""
+    return Cli()

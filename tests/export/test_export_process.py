@@ -7,30 +7,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from exaslide.annotations import TUMOUR, read_annotations
-
-
-def exaslide(*args, check_rc=None, timeout=120):
-    done = subprocess.run([sys.executable, "-m", "exaslide", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
-    if check_rc is not None:
-        assert done.returncode == check_rc, done.stderr
-    return done
-
-
-def one_line_error(done) -> str:
-    assert done.returncode == 2, (done.stdout, done.stderr)
-    assert "Traceback" not in done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    return lines[0]
-
 
 
 @pytest.fixture
@@ -49,9 +30,9 @@ def output_folder(tmp_path, synth_slide, heatmap_folder, detections_csv):
     return root
 
 
-def test_export_from_an_output_folder_round_trips(tmp_path, output_folder):
+def test_export_from_an_output_folder_round_trips(tmp_path, output_folder, cli):
     out = tmp_path / "qupath" / "slide.geojson"
-    done = exaslide("export", "geojson", "slide", "--from", output_folder, "--out", out,
+    done = cli.run("export", "geojson", "slide", "--from", output_folder, "--out", out,
                     check_rc=0)
     assert str(out) in done.stdout
     collection = json.loads(out.read_text(encoding="utf-8"))
@@ -68,36 +49,36 @@ def test_export_from_an_output_folder_round_trips(tmp_path, output_folder):
 
 
 def test_export_bad_input_is_one_line_and_writes_nothing(tmp_path, output_folder,
-                                                        synth_slide):
+                                                        synth_slide, cli):
     out = tmp_path / "x.geojson"
     hostile = tmp_path / "laughs.xml"
     hostile.write_text('<?xml version="1.0"?>\n<!DOCTYPE lolz [<!ENTITY lol "lol">'
                        '<!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">]>\n'
                        '<ASAP_Annotations><Annotations><Annotation Name="&lol2;" '
                        'PartOfGroup="_0" Type="Polygon"/></Annotations></ASAP_Annotations>')
-    error = one_line_error(exaslide("export", "geojson", synth_slide.path, "--annotations",
+    error = cli.one_line_error(cli.run("export", "geojson", synth_slide.path, "--annotations",
                                     hostile, "--out", out))
     assert "laughs.xml" in error
-    assert "must not contain a path separator" in one_line_error(exaslide(
+    assert "must not contain a path separator" in cli.one_line_error(cli.run(
         "export", "geojson", "../../etc/passwd", "--from", output_folder, "--out", out))
-    assert "no slide 'other'" in one_line_error(exaslide(
+    assert "no slide 'other'" in cli.one_line_error(cli.run(
         "export", "geojson", "other", "--from", output_folder, "--out", out))
     truncated = output_folder / "heatmaps" / "slide.heatmap.npy"
     truncated.write_bytes(truncated.read_bytes()[:100])
-    assert "slide.heatmap.npy" in one_line_error(exaslide(
+    assert "slide.heatmap.npy" in cli.one_line_error(cli.run(
         "export", "geojson", "slide", "--from", output_folder, "--out", out))
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["laughs.xml", "out"]
 
 
-def test_export_refuses_a_heatmap_with_absurd_geometry(tmp_path, synth_slide):
+def test_export_refuses_a_heatmap_with_absurd_geometry(tmp_path, synth_slide, cli):
     folder = tmp_path / "heatmaps"  # forged: write_heatmap itself refuses such geometry
     folder.mkdir()
     np.save(folder / "slide.heatmap.npy", np.full((2, 2), 0.5, np.float32))
     (folder / "slide.heatmap.json").write_text(json.dumps(
         {"level0_size": [10**12, 10**12], "origin": [0, 0], "cell": -5,
          "classes": ["normal", "tumour"]}))
-    done = exaslide("export", "geojson", "--heatmap", folder / "slide.heatmap.npy",
+    done = cli.run("export", "geojson", "--heatmap", folder / "slide.heatmap.npy",
                     "--out", tmp_path / "h.geojson")
-    assert "cell" in one_line_error(done)
+    assert "cell" in cli.one_line_error(done)
     assert not (tmp_path / "h.geojson").exists()

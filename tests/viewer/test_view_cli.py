@@ -11,23 +11,6 @@ import sys
 import urllib.request
 
 
-def exaslide(*args, check_rc=None, timeout=120):
-    done = subprocess.run([sys.executable, "-m", "exaslide", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
-    if check_rc is not None:
-        assert done.returncode == check_rc, done.stderr
-    return done
-
-
-def one_line_error(done) -> str:
-    assert done.returncode == 2, (done.stdout, done.stderr)
-    assert "Traceback" not in done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    return lines[0]
-
-
-
 def test_view_prints_its_url_serves_and_stops_on_ctrl_c(synth_slide):
     process = subprocess.Popen([sys.executable, "-m", "exaslide", "view", str(synth_slide.path)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -48,16 +31,16 @@ def test_view_prints_its_url_serves_and_stops_on_ctrl_c(synth_slide):
         process.wait()
 
 
-def test_view_bad_input_is_one_line_with_exit_code_2(tmp_path, synth_slide):
+def test_view_bad_input_is_one_line_with_exit_code_2(tmp_path, synth_slide, cli):
     (tmp_path / "notes.txt").write_text("not a slide")
-    assert "not a slide" in one_line_error(exaslide("view", tmp_path / "notes.txt"))
-    assert "no such file" in one_line_error(exaslide("view", tmp_path / "missing.svs"))
-    assert "--token" in one_line_error(exaslide("view", synth_slide.path, "--host", "0.0.0.0"))
+    assert "not a slide" in cli.one_line_error(cli.run("view", tmp_path / "notes.txt"))
+    assert "no such file" in cli.one_line_error(cli.run("view", tmp_path / "missing.svs"))
+    assert "--token" in cli.one_line_error(cli.run("view", synth_slide.path, "--host", "0.0.0.0"))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert "in use" in one_line_error(
-            exaslide("view", synth_slide.path, "--port", port, timeout=60))
+        assert "in use" in cli.one_line_error(
+            cli.run("view", synth_slide.path, "--port", port, timeout=60))
 
 
