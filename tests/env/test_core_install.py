@@ -1,6 +1,7 @@
 """The light core: a fresh virtual environment with `pip install exaslide` (no extra) from
-this checkout runs `info`, `synth`, `mask` and `extract` without torch, starts in well
-under a second, and a command that needs an extra says which one (exit code 2)."""
+this checkout runs `info`, `synth` (CAMELYON17 patients too), `mask` and `extract`
+without torch, starts in well under a second, and a command that needs an extra says
+which one (exit code 2)."""
 
 from __future__ import annotations
 
@@ -80,6 +81,11 @@ def test_core_has_no_torch_and_runs_the_cpu_pipeline(core, tmp_path):
     assert extract.returncode == 0, extract.stderr
     assert "1 done" in extract.stdout and list((tmp_path / "patches" / "index").iterdir())
     assert list((tmp_path / "patches" / "shards").iterdir())
+
+    patients = run(core, "synth", tmp_path / "patients", "--cohort", 1, "--patients",
+                   "--width", 2048, "--height", 2048)
+    assert patients.returncode == 0, patients.stderr
+    assert (tmp_path / "patients" / "stage.csv").is_file()
 
     report = json.loads(run(core, "env", "--json").stdout)
     assert report["torch"] is None and not any(report["extras"].values())

@@ -78,9 +78,10 @@ def wait_for(predicate, timeout: float = 120, what: str = "condition") -> None:
 
 
 @contextlib.contextmanager
-def cluster(tmp_path: Path, workers: int = 2):
-    """``dask scheduler`` and ``dask worker`` processes (each in its own process group);
-    yields ``(address, scheduler process, worker processes)``."""
+def cluster(tmp_path: Path, workers: int = 2, worker_env: dict | None = None):
+    """``dask scheduler`` and ``dask worker`` processes (each in its own process group;
+    ``worker_env``: extra environment variables of the workers); yields ``(address,
+    scheduler process, worker processes)``."""
     dask = Path(sys.executable).with_name("dask")
     if not dask.exists():
         pytest.skip("the dask command is not installed beside this Python")
@@ -97,7 +98,8 @@ def cluster(tmp_path: Path, workers: int = 2):
         for _ in range(workers):
             procs.append(subprocess.Popen([str(dask), "worker", address, "--nthreads", "1",
                                            "--no-dashboard", "--local-directory",
-                                           str(tmp_path / "dask-space")], **quiet))
+                                           str(tmp_path / "dask-space")],
+                                          **{**quiet, "env": {**env, **(worker_env or {})}}))
         from distributed import Client
 
         with Client(address, timeout=30) as client:

@@ -30,3 +30,12 @@ def test_rgba_to_rgb_composites_on_white(opaque):
     view.flags.writeable = False
     assert np.array_equal(rgba_to_rgb(view), rgb)
     assert np.array_equal(rgba_to_rgb(rgba[:, ::2]), rgb[:, ::2])  # not contiguous
+
+
+def test_rgba_to_rgb_keeps_other_dtypes_and_shapes():
+    """Only (H, W, 4) uint8 takes the cv2 path; batches and other dtypes keep numpy's."""
+    batch = np.full((2, 3, 5, 4), 255, np.uint8)
+    batch[..., 0] = 7
+    assert rgba_to_rgb(batch).shape == (2, 3, 5, 3) and (rgba_to_rgb(batch)[..., 0] == 7).all()
+    wide = np.full((3, 5, 4), 255, np.uint16)
+    assert rgba_to_rgb(wide).dtype == np.uint16 and rgba_to_rgb(wide).shape == (3, 5, 3)

@@ -1,7 +1,8 @@
 """Shared viewer fixtures: an exaslide output folder built from one odd-sized synthetic
-slide (manifest + annotations, a heatmap with uncomputed cells, a label mask, a patch
-index with predictions, FROC detections, a tiny retrieval index, and a corrupt slide), and
-a real viewer server on 127.0.0.1 serving it from a background thread."""
+slide (manifest + annotations, a heatmap with uncomputed cells and a MIL attention map, a
+label mask, a patch index with predictions, FROC detections, a tiny retrieval index, and a
+corrupt slide), and a real viewer server on 127.0.0.1 serving it from a background
+thread."""
 
 from __future__ import annotations
 
@@ -43,6 +44,11 @@ def _write_heatmap(root: Path) -> np.ndarray:
     write_heatmap(root / "heatmaps", SLIDE_ID, probabilities,
                   {"level0_size": [WIDTH, HEIGHT], "origin": [0, 0], "cell": CELL,
                    "mpp": [0.5, 0.5], "classes": ["normal", "tumour"], "model": "test"})
+    # a MIL attention map too: the page shows one heatmap at a time, the first
+    write_heatmap(root / "mil" / "heatmaps", SLIDE_ID, rng.random((rows, cols)) / 10,
+                  {"level0_size": [WIDTH, HEIGHT], "origin": [0, 0], "cell": CELL,
+                   "mpp": [0.5, 0.5], "classes": ["normal", "tumour"], "model": "abmil",
+                   "score": "attention"})
     return probabilities
 
 

@@ -195,7 +195,11 @@ def test_zoom_and_pan_fetch_deeper_levels(tab):
 
 def test_overlay_toggle_opacity_and_threshold_change_pixels(tab):
     tab.open()
-    heatmap = tab.page.locator("#overlays .overlay.heatmap")
+    heatmaps = tab.page.locator("#overlays .overlay.heatmap")
+    assert heatmaps.count() == 2  # the CNN's and the MIL attention map
+    assert heatmaps.nth(1).locator("input.toggle").is_checked() is False  # one at a time
+    heatmap = heatmaps.first
+    assert heatmap.locator("input.toggle").is_checked()
     assert heatmap.locator("canvas.colorbar").is_visible()
     with_heatmap = tab.screenshot()
     heatmap.locator("input.toggle").uncheck()

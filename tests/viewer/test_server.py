@@ -58,8 +58,13 @@ def test_unknown_ids_and_traversal_are_404(viewer_server, path):
 def test_overlays_heatmap_png_is_transparent_where_nan(viewer_server, viewer_data):
     status, body = get(f"{viewer_server}/api/slides/{viewer_data.served_id}/overlays")
     assert status == 200
-    overlays = {o["kind"]: o for o in json.loads(body)}
+    listed = json.loads(body)
+    overlays = {}
+    for overlay in listed:
+        overlays.setdefault(overlay["kind"], overlay)  # the first of each kind
     assert set(overlays) == {"heatmap", "mask", "annotations", "patches", "froc"}
+    heatmaps = [o for o in listed if o["kind"] == "heatmap"]
+    assert [h["colormap"] for h in heatmaps] == ["turbo", "viridis"]  # CNN, then MIL
     heat = overlays["heatmap"]
     rows, cols = viewer_data.heatmap.shape
     assert heat["bounds"] == [0, 0, cols * 128, rows * 128]
@@ -161,3 +166,19 @@ def test_a_checkout_without_the_built_front_end_gets_a_page_naming_the_step(
         assert "static/vendor/openseadragon/openseadragon.min.js missing" in text
         assert "pip install -e ." in text and "npm" in text
         assert get(f"{running.url}api/slides")[0] == 200  # the API still serves
+
+
+def test_search_without_the_retrieval_extra_is_501_naming_it(viewer_data, monkeypatch):
+    """A viewer installed without exaslide[retrieval]: FAISS cannot be imported (a None
+    in sys.modules makes `import faiss` fail as if it were not installed)."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    with serve_in_thread([viewer_data.root]) as running:
+        base = running.url.rstrip("/")
+        status, body = get(f"{base}/api/slides/{viewer_data.served_id}/search"
+                           "?x=0&y=0&w=64&h=64")
+        assert status == 501
+        assert "pip install 'exaslide[retrieval]'" in json.loads(body)["error"]
+        status, body = get(f"{base}/api/hits/0/0.jpeg")
+        assert status == 501 and "exaslide[retrieval]" in json.loads(body)["error"]

@@ -4,6 +4,7 @@ Ctrl-C stops it cleanly, and bad input is one line with exit code 2."""
 from __future__ import annotations
 
 import json
+import select
 import signal
 import socket
 import subprocess
@@ -15,6 +16,8 @@ def test_view_prints_its_url_serves_and_stops_on_ctrl_c(synth_slide):
     process = subprocess.Popen([sys.executable, "-m", "exaslide", "view", str(synth_slide.path)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        ready, _, _ = select.select([process.stdout], [], [], 60)  # never hang the suite
+        assert ready, "exaslide view printed no URL in 60 s"
         line = process.stdout.readline()  # printed once the socket is bound
         assert line.startswith("exaslide viewer: http://127.0.0.1:"), line
         url = line.split()[2]

@@ -22,10 +22,13 @@ import click
 @click.option("--max-open", type=click.IntRange(1, None), default=64, show_default=True,
               help="Most slides kept open at once (idle ones are closed, least recently "
                    "used first, and reopened when asked for).")
+@click.option("--tile-threads", type=click.IntRange(1, 256),
+              help="Most tiles made at once (default: one per usable CPU, at least 16 "
+                   "when a slide is remote).")
 @click.option("--backend", type=click.Choice(["openslide", "tifffile", "image"]),
               help="Force a slide backend.")
 def command(paths, host, port, token, tile_size, overlap, cache_mb, max_open,
-            backend) -> None:
+            tile_threads, backend) -> None:
     """Serve PATHS (slides, URLs, manifests or exaslide output folders) in a web viewer.
 
     Prints the URL and serves until interrupted (Ctrl-C).
@@ -38,4 +41,4 @@ def command(paths, host, port, token, tile_size, overlap, cache_mb, max_open,
 
     serve(list(paths), host=host, port=port, token=token, on_ready=ready,
           tile_size=tile_size, overlap=overlap, cache_bytes=cache_mb * 2**20,
-          max_open=max_open, backend=backend)
+          max_open=max_open, tile_threads=tile_threads, backend=backend)

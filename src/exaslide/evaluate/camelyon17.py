@@ -55,18 +55,25 @@ def _mpp_xy(mpp: float | Sequence[float]) -> tuple[float, float]:
     return float(mpp[0]), float(mpp[1])
 
 
+def longest_chord(points: np.ndarray) -> float:
+    """Largest distance between two of ``points`` (``(n, 2)``; 0 for fewer than two), in
+    O(n) memory."""
+    points = np.asarray(points, dtype=np.float64)
+    best = 0.0
+    for i in range(len(points) - 1):
+        best = max(best, float(((points[i + 1:] - points[i]) ** 2).sum(axis=1).max()))
+    return float(np.sqrt(best))
+
+
 def longest_diameter_um(geometry: BaseGeometry, mpp: float | Sequence[float]) -> float:
     """Largest distance between two points of ``geometry`` (its convex hull's diameter),
     in microns (level-0 pixels scaled by ``mpp``, ``(x, y)`` or one number)."""
-    from scipy.spatial.distance import pdist
-
     if geometry.is_empty:
         return 0.0
     mx, my = _mpp_xy(mpp)
     scaled = shapely.transform(geometry, lambda xy: xy * np.array([mx, my]))
     hull = shapely.get_coordinates(scaled.convex_hull)
-    hull = np.unique(hull, axis=0)
-    return float(pdist(hull).max()) if len(hull) > 1 else 0.0
+    return longest_chord(np.unique(hull, axis=0))
 
 
 def lesion_diameters_mm(annotations: AnnotationSet | BaseGeometry,

@@ -16,10 +16,12 @@ def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
     """Composite straight (un-premultiplied) RGBA on white; fully transparent is white."""
     alpha = rgba[..., 3]
     if alpha.min() == 255:
-        import cv2  # here: importing exaslide.slides stays cheap
+        if rgba.dtype == np.uint8 and rgba.ndim == 3:  # what every reader gives
+            import cv2  # here: importing exaslide.slides stays cheap
 
-        # cv2 drops the alpha channel about 3x faster than copying numpy's strided view
-        return cv2.cvtColor(np.ascontiguousarray(rgba), cv2.COLOR_RGBA2RGB)
+            # cv2 drops alpha about 3x faster than copying numpy's strided view
+            return cv2.cvtColor(np.ascontiguousarray(rgba), cv2.COLOR_RGBA2RGB)
+        return np.ascontiguousarray(rgba[..., :3])
     a = alpha[..., None].astype(np.uint16)
     rgb = (rgba[..., :3].astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
     return rgb.astype(np.uint8)

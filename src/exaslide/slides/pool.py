@@ -19,6 +19,7 @@ settings, never open handles.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -119,16 +120,22 @@ class _Entry:
         self.users = 0
 
 
+class PoolClosedError(RuntimeError):
+    """A :class:`SharedHandlePool` was asked for a handle after :meth:`close_all`."""
+
+
 class SharedHandlePool:
     """At most ``max_open`` open handles shared by threads: ``with pool.use(key)`` lends
     the handle of ``key`` (``opener(key)`` opens it once, however many threads ask at
     the same time) and no handle is closed while lent. The least recently used idle one
     is closed (``close(handle)``) first; beyond ``max_open`` only while all are lent.
+    After :meth:`close_all`, lent handles are closed when they come back and new
+    requests are refused.
 
     Args:
         ids: every key the pool may be asked for.
         opener: opens the handle of one key.
-        close: closes a handle.
+        close: closes a handle (an exception it raises is logged, not raised).
         max_open: most handles kept open at once (more only while all are in use).
     """
 
@@ -142,15 +149,18 @@ class SharedHandlePool:
         self._open: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
         self._opening = {slide_id: threading.Lock() for slide_id in ids}
-        self.opens = 0  # how many times a slide was opened (tests, statistics)
+        self._closed = False
+        self.opens = 0  # how many times a handle was opened (tests, statistics)
+        self.closes = 0
 
     def adopt(self, slide_id: str, handle: Any) -> bool:
         """Keep an already open ``handle`` if there is room; False (caller closes it)
-        when the pool is full."""
+        when the pool is full or closed."""
         with self._lock:
-            if slide_id in self._open or len(self._open) >= self.max_open:
+            if self._closed or slide_id in self._open or len(self._open) >= self.max_open:
                 return False
             self._open[slide_id] = _Entry(handle)
+            self.opens += 1
             return True
 
     @contextmanager
@@ -159,6 +169,7 @@ class SharedHandlePool:
 
         Raises:
             KeyError: a key the pool was not given.
+            PoolClosedError: the pool was closed.
             Whatever ``opener`` raises.
         """
         entry = self._acquire(slide_id)
@@ -167,11 +178,18 @@ class SharedHandlePool:
         finally:
             with self._lock:
                 entry.users -= 1
-                self._evict()
+                gone = self._evictable()
+                if self._closed and entry.users == 0 and \
+                        self._open.get(slide_id) is entry:
+                    del self._open[slide_id]
+                    gone.append(entry.handle)
+            self._close_all_of(gone)
 
     def _acquire(self, slide_id: str) -> _Entry:
         with self._opening[slide_id]:
             with self._lock:
+                if self._closed:
+                    raise PoolClosedError("the slide pool is closed")
                 entry = self._open.get(slide_id)
                 if entry is not None:
                     entry.users += 1
@@ -180,34 +198,54 @@ class SharedHandlePool:
             handle = self._opener(slide_id)  # outside the pool's lock: opens in parallel
             with self._lock:
                 self.opens += 1
-                entry = _Entry(handle)
-                entry.users = 1
-                self._open[slide_id] = entry
-                self._evict()
-                return entry
+                if self._closed:  # closed while this one was opening
+                    closed = True
+                else:
+                    closed = False
+                    entry = _Entry(handle)
+                    entry.users = 1
+                    self._open[slide_id] = entry
+                    gone = self._evictable()
+            if closed:
+                self._close_all_of([handle])
+                raise PoolClosedError("the slide pool is closed")
+            self._close_all_of(gone)
+            return entry
 
-    def _evict(self) -> None:
-        """Close idle handles, least recently used first, down to ``max_open``."""
-        if len(self._open) <= self.max_open:
-            return
+    def _evictable(self) -> list[Any]:
+        """Take idle handles out, least recently used first, down to ``max_open``; the
+        caller closes them outside the lock (call with the lock held)."""
+        gone = []
         for slide_id in list(self._open):
             if len(self._open) <= self.max_open:
                 break
             entry = self._open[slide_id]
             if entry.users == 0:
                 del self._open[slide_id]
-                self._close(entry.handle)
+                gone.append(entry.handle)
+        return gone
+
+    def _close_all_of(self, handles: list[Any]) -> None:
+        for handle in handles:
+            try:
+                self._close(handle)
+            except Exception:  # a handle that fails to close is gone all the same
+                logging.getLogger(__name__).warning("closing %r failed", handle,
+                                                    exc_info=True)
+            with self._lock:
+                self.closes += 1
 
     @property
     def open_count(self) -> int:
-        """How many slides are open now."""
+        """How many handles are open now."""
         with self._lock:
             return len(self._open)
 
     def close_all(self) -> None:
-        """Close every open handle."""
+        """Close every idle handle now and each lent one when it comes back; refuse new
+        requests."""
         with self._lock:
-            entries = list(self._open.values())
-            self._open.clear()
-        for entry in entries:
-            self._close(entry.handle)
+            self._closed = True
+            idle = [key for key, entry in self._open.items() if entry.users == 0]
+            gone = [self._open.pop(key).handle for key in idle]
+        self._close_all_of(gone)

@@ -40,7 +40,7 @@ from shapely.affinity import scale, translate
 from shapely.geometry import Point, Polygon
 
 from exaslide.atomic import atomic_path
-from exaslide.evaluate.camelyon17 import STAGES, pn_stage, write_stage_csv
+from exaslide.evaluate.camelyon17 import STAGES, longest_chord, pn_stage, write_stage_csv
 from exaslide.manifest import write_manifest
 from exaslide.synth.shapes import Layout, blob
 from exaslide.synth.slide import (
@@ -122,7 +122,7 @@ def lesion_polygon(diameter_px: float, rng: np.random.Generator) -> Polygon:
     on the origin."""
     shape = blob(0.0, 0.0, 1.0, rng, roughness=0.3, vertices=64)
     hull = shapely.get_coordinates(shape.convex_hull)
-    longest = np.sqrt(((hull[:, None, :] - hull[None, :, :]) ** 2).sum(-1)).max()
+    longest = longest_chord(hull)
     shape = scale(shape, diameter_px / longest, diameter_px / longest, origin=(0, 0))
     x0, y0, x1, y1 = shape.bounds
     return translate(shape, -(x0 + x1) / 2, -(y0 + y1) / 2)

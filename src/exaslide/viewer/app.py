@@ -59,7 +59,7 @@ MISSING_ASSETS_PAGE = (
     "runs <code>npm ci</code> and copies OpenSeadragon into "
     "src/exaslide/viewer/static/vendor/; needs npm).</p></body></html>")
 DEFAULT_CACHE_BYTES = 256 * 2**20
-TILE_THREADS = max(os.cpu_count() or 1, 1)
+REMOTE_TILE_THREADS = 16  # a remote slide's reads wait on the network, not on a CPU
 PROBE_THREADS = 8  # slides opened at once when the viewer starts (remote ones wait on I/O)
 MAX_K = 64
 _TILE = re.compile(r"^(?P<id>[^/]+)_files/(?P<level>\d{1,3})/(?P<col>\d{1,9})_(?P<row>\d{1,9})"
@@ -99,6 +99,14 @@ class OpenSlide:
     deepzoom: DeepZoom
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity; a container's CPU set)."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except (AttributeError, OSError):
+        return max(os.cpu_count() or 1, 1)
+
+
 def one_line(exc: BaseException) -> str:
     """An exception's message on one line."""
     return " ".join(str(exc).split()) or type(exc).__name__
@@ -110,8 +118,18 @@ class Viewer:
 
     def __init__(self, catalog: Catalog, *, tile_size: int = 254, overlap: int = 1,
                  quality: int = 75, cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 backend: str | None = None, max_open: int = DEFAULT_SHARED_MAX_OPEN):
+                 backend: str | None = None, max_open: int = DEFAULT_SHARED_MAX_OPEN,
+                 tile_threads: int | None = None):
+        from exaslide.storage.urls import is_remote
+
         self.catalog = catalog
+        if tile_threads is None:  # one per usable CPU (more only fight over the GIL)
+            tile_threads = usable_cpus()
+            if any(is_remote(source.path) for source in catalog.slides.values()):
+                tile_threads = max(tile_threads, REMOTE_TILE_THREADS)
+        if tile_threads < 1:
+            raise ValueError(f"tile_threads must be >= 1, got {tile_threads}")
+        self.tile_threads = tile_threads
         self._tiling = (tile_size, overlap, quality)
         self._backend = backend
         self.pool = SharedHandlePool(catalog.slides, self._open, self._close_handle, max_open)
@@ -185,23 +203,27 @@ class Viewer:
         return out
 
     def tile(self, slide_id: str, level: int, col: int, row: int) -> bytes | None:
+        """The JPEG of a Deep Zoom tile, from the cache or made; None for an unknown
+        slide or tile."""
+        data = self.tiles.get((slide_id, level, col, row))
+        return data if data is not None else self.make_tile(slide_id, level, col, row)
+
+    def make_tile(self, slide_id: str, level: int, col: int, row: int) -> bytes | None:
+        """Make (and cache) a tile that is not in the cache."""
         if self.open_slide(slide_id) is None:
             return None
-        key = (slide_id, level, col, row)
-        data = self.tiles.get(key)
-        if data is None:
-            with self.pool.use(slide_id) as handle:
-                if not handle.deepzoom.has_tile(level, col, row):
-                    return None
-                data = handle.deepzoom.tile_jpeg(level, col, row)
-            self.tiles.put(key, data)
+        with self.pool.use(slide_id) as handle:
+            if not handle.deepzoom.has_tile(level, col, row):
+                return None
+            data = handle.deepzoom.tile_jpeg(level, col, row)
+        self.tiles.put((slide_id, level, col, row), data)
         return data
 
     def tile_limiter(self) -> anyio.CapacityLimiter:
-        """At most one tile made per CPU at a time: more threads only fight over the GIL
-        (created in the event loop on first use)."""
+        """At most ``tile_threads`` tiles made at a time (created in the event loop on
+        first use)."""
         if self._tile_limiter is None:
-            self._tile_limiter = anyio.CapacityLimiter(TILE_THREADS)
+            self._tile_limiter = anyio.CapacityLimiter(self.tile_threads)
         return self._tile_limiter
 
     def dzi(self, slide_id: str) -> str | None:
@@ -428,7 +450,7 @@ async def _slides(request: Request) -> Response:
     data = viewer.tiles.get(where)  # a cached tile is answered without a thread
     if data is None:
         try:
-            data = await anyio.to_thread.run_sync(viewer.tile, *where,
+            data = await anyio.to_thread.run_sync(viewer.make_tile, *where,
                                                   limiter=viewer.tile_limiter())
         except (ExaslideError, OSError) as exc:
             return JSONResponse({"error": one_line(exc)}, status_code=500)
@@ -490,19 +512,28 @@ def _api_search(request: Request) -> Response:
                                params["k"])
     except ExaslideError as exc:
         return JSONResponse({"error": one_line(exc)}, status_code=400)
-    except ImportError as exc:  # a viewer installed without exaslide[retrieval]
-        missing = missing_extra(exc)
-        if missing is None:
-            raise
-        return JSONResponse({"error": one_line(missing)}, status_code=501)
+    except ImportError as exc:
+        return _missing_extra_response(exc)
     return JSONResponse(result)
+
+
+def _missing_extra_response(exc: ImportError) -> Response:
+    """501 naming the extra to install (a viewer installed without exaslide[retrieval]);
+    any other import error is re-raised."""
+    missing = missing_extra(exc)
+    if missing is None:
+        raise exc
+    return JSONResponse({"error": one_line(missing)}, status_code=501)
 
 
 def _api_hit(request: Request) -> Response:
     match = _HIT.match(request.path_params["name"])
     if not match:
         return _not_found()
-    data = _viewer(request).hit_thumbnail(int(match["n"]), int(match["hit"]))
+    try:
+        data = _viewer(request).hit_thumbnail(int(match["n"]), int(match["hit"]))
+    except ImportError as exc:
+        return _missing_extra_response(exc)
     if data is None:
         return _not_found("unknown hit")
     return Response(data, media_type="image/jpeg")
@@ -535,7 +566,8 @@ class TokenMiddleware:
 
 def create_app(paths, *, token: str | None = None, tile_size: int = 254, overlap: int = 1,
                quality: int = 75, cache_bytes: int = DEFAULT_CACHE_BYTES,
-               backend: str | None = None, max_open: int = DEFAULT_SHARED_MAX_OPEN) -> Starlette:
+               backend: str | None = None, max_open: int = DEFAULT_SHARED_MAX_OPEN,
+               tile_threads: int | None = None) -> Starlette:
     """The viewer's Starlette app for slides and outputs found under ``paths``.
 
     Args:
@@ -548,6 +580,8 @@ def create_app(paths, *, token: str | None = None, tile_size: int = 254, overlap
         backend: force a slide backend (openslide, tifffile, image).
         max_open: most slides kept open at once (the least recently used idle one is
             closed first and reopened when asked for).
+        tile_threads: most tiles made at once (default: one per usable CPU, at least
+            16 when a slide is remote).
 
     Raises:
         ViewerError: a path that is not a slide, manifest or output folder.
@@ -556,7 +590,8 @@ def create_app(paths, *, token: str | None = None, tile_size: int = 254, overlap
         raise ValueError(f"tile_size must be >= 1 and overlap >= 0, got {tile_size}, "
                          f"{overlap}")
     viewer = Viewer(discover(paths), tile_size=tile_size, overlap=overlap, quality=quality,
-                    cache_bytes=cache_bytes, backend=backend, max_open=max_open)
+                    cache_bytes=cache_bytes, backend=backend, max_open=max_open,
+                    tile_threads=tile_threads)
     routes = [
         Route("/", _index_page),
         Route("/static/{path:path}", _static),

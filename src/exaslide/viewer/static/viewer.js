@@ -337,7 +337,7 @@
     }
     if (generation !== state.generation) return;
     // one heatmap at a time by default (a CNN's and a MIL model's hide each other)
-    const firstHeatmap = overlays.find((spec) => spec.kind === "heatmap");
+    const firstHeatmap = overlays.find((spec) => spec.kind === "heatmap" && !spec.error);
     state.overlays = overlays.map((spec) => ({
       spec, kind: spec.kind,
       visible: DEFAULT_ON[spec.kind] !== false && (spec.kind !== "heatmap" || spec === firstHeatmap),
