@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean chromium
+.PHONY: demo test bench clean chromium lock containers
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,3 +41,15 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo-out demo_out build dist src/*.egg-info .pytest_cache .ruff_cache
+
+# The locks requirements/cpu.txt (core + viewer) and requirements/all.txt ([all]): exact pins
+# with hashes, Linux x86_64, Python 3.11, resolved by uv (installed into
+# requirements/.venv-tools on first use). UPGRADE=1 re-resolves to the newest releases.
+lock:
+	UPGRADE=$(UPGRADE) requirements/lock.sh
+
+# Build the CPU image with buildah (no Docker daemon needed) and smoke-test it; root, on
+# Debian/Ubuntu (installs podman, buildah, debootstrap, runc if missing). Not part of
+# `make test`. See docs/deployment.md.
+containers:
+	containers/build-and-test.sh
