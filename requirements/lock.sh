@@ -44,8 +44,8 @@ lock() {  # lock NAME EXTRA DESCRIPTION
     {
         echo "# exaslide lock: $what."
         echo "# Exact pins with sha256 hashes for Linux x86_64 (manylinux_2_28: glibc >= 2.28) and"
-        echo "# CPython 3.11, resolved from pyproject.toml by uv $UV_VERSION from PyPI; regenerate"
-        echo "# with \`make lock\` (requirements/lock.sh; UPGRADE=1 for the newest releases)."
+        echo "# CPython 3.11, resolved from pyproject.toml by uv $UV_VERSION ($INDEX_ARGS);"
+        echo "# regenerate with \`make lock\` (requirements/lock.sh; UPGRADE=1: newest releases)."
         echo "#   ${cmd[*]}"
         echo "# exaslide itself is not listed: install it afterwards with --no-deps, e.g."
         echo "#   pip install --require-hashes --only-binary=:all: -r requirements/$name.txt"
