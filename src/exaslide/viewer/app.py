@@ -44,7 +44,7 @@ from exaslide.extras import missing_extra
 from exaslide.lru import LRU
 from exaslide.slides.pool import DEFAULT_SHARED_MAX_OPEN, SharedHandlePool
 from exaslide.viewer import overlays as ov
-from exaslide.viewer.deepzoom import DeepZoom
+from exaslide.viewer.deepzoom import DeepZoom, dzi_document
 from exaslide.viewer.discovery import Catalog, OverlaySource, SlideSource, discover
 
 logger = logging.getLogger(__name__)
@@ -227,11 +227,13 @@ class Viewer:
         return self._tile_limiter
 
     def dzi(self, slide_id: str) -> str | None:
-        """The slide's ``.dzi`` document, None for an id not served."""
-        if self.open_slide(slide_id) is None:
+        """The slide's ``.dzi`` document (from its geometry: no slide is opened), None
+        for an id not served."""
+        served = self.open_slide(slide_id)
+        if served is None:
             return None
-        with self.pool.use(slide_id) as handle:
-            return handle.deepzoom.dzi()
+        tile_size, overlap, _quality = self._tiling
+        return dzi_document(served.info.dimensions, tile_size, overlap)
 
     # ----------------------------------------------------------------------- overlays
     def overlay_sources(self, slide_id: str) -> list[tuple[str, OverlaySource]]:
@@ -436,10 +438,7 @@ async def _slides(request: Request) -> Response:
     rest = request.path_params["rest"]
     match = _DZI.match(rest)
     if match:
-        try:
-            document = await anyio.to_thread.run_sync(viewer.dzi, match["id"])
-        except (ExaslideError, OSError) as exc:
-            return JSONResponse({"error": one_line(exc)}, status_code=500)
+        document = viewer.dzi(match["id"])
         if document is None:
             return _not_found("unknown slide")
         return Response(document, media_type="application/xml")

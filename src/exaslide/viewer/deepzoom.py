@@ -64,11 +64,8 @@ class DeepZoom:
 
     def dzi(self, image_format: str = "jpeg") -> str:
         """The ``.dzi`` XML document (as ``DeepZoomGenerator.get_dzi``)."""
-        width, height = self.slide.dimensions
-        return (f'<?xml version="1.0" encoding="UTF-8"?>\n'
-                f'<Image TileSize="{self.tile_size}" Overlap="{self.overlap}" '
-                f'Format="{image_format}" xmlns="{DZI_NAMESPACE}">'
-                f'<Size Width="{width}" Height="{height}" /></Image>')
+        return dzi_document(self.slide.dimensions, self.tile_size, self.overlap,
+                            image_format)
 
     def has_tile(self, level: int, col: int, row: int) -> bool:
         """True when ``(level, col, row)`` is a tile of this pyramid."""
@@ -132,3 +129,13 @@ def deepzoom_levels(dimensions: tuple[int, int]) -> tuple[tuple[int, int], ...]:
         w, h = levels[-1]
         levels.append((max(1, math.ceil(w / 2)), max(1, math.ceil(h / 2))))
     return tuple(reversed(levels))
+
+
+def dzi_document(dimensions: tuple[int, int], tile_size: int, overlap: int,
+                 image_format: str = "jpeg") -> str:
+    """The ``.dzi`` XML document of a ``(width, height)`` image (needs no open slide)."""
+    width, height = dimensions
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n'
+            f'<Image TileSize="{tile_size}" Overlap="{overlap}" '
+            f'Format="{image_format}" xmlns="{DZI_NAMESPACE}">'
+            f'<Size Width="{width}" Height="{height}" /></Image>')
