@@ -13,6 +13,9 @@ from exaslide.manifest import read_manifest
 from exaslide.patches import ExtractOptions, PatchSpec, SamplingOptions, run_extraction
 from exaslide.synth import SynthSpec, make_cohort, write_synthetic_slide
 
+# the object-store servers (moto S3, ...) and their fixtures: tests/object_stores.py
+pytest_plugins = ["object_stores"]
+
 SHARED = Path(os.environ.get("EXASLIDE_SHARED_DATA",
                              Path(__file__).resolve().parents[2] / "shared" / "data"))
 

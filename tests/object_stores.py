@@ -1,0 +1,283 @@
+"""Object-store servers on 127.0.0.1 that speak the real protocols, for tests: ``moto`` in
+server mode for S3 (more may be added: Azurite, fake-gcs-server).
+
+A server runs for the whole test session (started on first use, stopped at the end);
+each test gets a fresh, empty bucket. ``server.env`` is what a client needs (the test
+credentials and the endpoint), set in this process's environment by the fixtures and
+passed to the ``exaslide`` processes the tests start, the way a user configures the real
+clouds. ``server.secrets`` are the strings that must never appear in anything exaslide
+writes or prints.
+
+:class:`FaultProxy` stands between a client and a server and injects the failures a real
+store gives: 403, 404, throttling (503 SlowDown), a connection cut mid-upload.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+#: the S3 test credentials: distinctive, so that a grep finds any leak
+S3_KEY_ID = "AKIAEXASLIDETESTKEY7Q"
+S3_SECRET = "exaslideTestSecret/doNotLeak+9f2c41d7e8b3a6"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float, process: subprocess.Popen | None = None) -> None:
+    """Wait until ``url`` answers (any HTTP status); raise RuntimeError after ``timeout``
+    seconds or when ``process`` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server exited with code {process.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except urllib.error.HTTPError:
+            return  # it answered
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"no answer from {url} within {timeout:.0f} s")
+
+
+class StoreServer:
+    """A protocol server run as a child process on a fixed port (so it can be stopped and
+    restarted at the same address)."""
+
+    scheme = ""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+        self.log = workdir / f"{type(self).__name__}.log"
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 60) -> None:
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(self.command(), stdout=log,
+                                            stderr=subprocess.STDOUT, cwd=self.workdir)
+        try:
+            wait_http(self.endpoint + "/", timeout, self.process)
+        except RuntimeError as exc:
+            self.stop()
+            tail = self.log.read_text(errors="replace")[-600:]
+            raise RuntimeError(f"{type(self).__name__} did not start: {exc}; log: {tail}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def new_bucket(self) -> str:
+        """A new empty bucket; its URL (``s3://name``)."""
+        raise NotImplementedError
+
+
+class MotoS3(StoreServer):
+    """moto's S3 in server mode (``python -m moto.server``)."""
+
+    scheme = "s3"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"AWS_ACCESS_KEY_ID": S3_KEY_ID, "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+                "AWS_ENDPOINT_URL": self.endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
+
+    secrets = (S3_SECRET,)
+
+    def client(self, endpoint: str | None = None):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=endpoint or self.endpoint,
+                            aws_access_key_id=S3_KEY_ID, aws_secret_access_key=S3_SECRET,
+                            region_name="us-east-1")
+
+    def new_bucket(self) -> str:
+        name = f"exaslide-{secrets.token_hex(5)}"
+        self.client().create_bucket(Bucket=name)
+        return f"s3://{name}"
+
+
+def reset_fsspec(scheme: str) -> None:
+    """Forget fsspec's cached file systems of ``scheme`` (they keep the endpoint and the
+    credentials they were made with)."""
+    import fsspec
+
+    with contextlib.suppress(ImportError, ValueError):
+        fsspec.get_filesystem_class(scheme).clear_instance_cache()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """The session's moto S3 server (skips, with the reason, when it cannot start)."""
+    pytest.importorskip("s3fs", reason="the cloud extra (s3fs) is not installed")
+    pytest.importorskip("moto", reason="moto (a dev dependency) is not installed")
+    server = MotoS3(tmp_path_factory.mktemp("moto"))
+    try:
+        server.start()
+    except RuntimeError as exc:
+        pytest.skip(f"the S3 test server (moto) cannot start here: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """A fresh bucket on the S3 server, with this process configured for it; its URL."""
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    reset_fsspec("s3")
+    yield s3_server.new_bucket()
+    reset_fsspec("s3")
+
+
+def client_env(server, **extra) -> dict[str, str]:
+    """The environment of an ``exaslide`` process that talks to ``server``."""
+    return {**os.environ, **server.env, **extra}
+
+
+class FaultProxy(ThreadingHTTPServer):
+    """An HTTP proxy on 127.0.0.1 in front of ``target`` (``http://127.0.0.1:PORT``) that
+    forwards every request unchanged, except as told:
+
+    - ``proxy.fail.append((method, path_part, status, code))``: the next request whose
+      method matches (``"*"``: any) and whose path contains ``path_part`` gets ``status``
+      with an S3 error body of ``code`` (e.g. ``(403, "AccessDenied")``,
+      ``(503, "SlowDown")``); each rule is used once (append it n times for n failures);
+    - ``proxy.always.append(...)``: the same, for every matching request;
+    - ``proxy.cut_after_bytes = n``: a request body (an upload) is cut, and the
+      connection closed, after ``n`` bytes in all have been forwarded.
+
+    ``proxy.requests`` lists ``(method, path, status)`` of every request.
+    """
+
+    daemon_threads = True
+
+    def __init__(self, target: str):
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        self.target = target.rsplit("//", 1)[1]
+        self.fail: list[tuple[str, str, int, str]] = []
+        self.always: list[tuple[str, str, int, str]] = []
+        self.cut_after_bytes: int | None = None
+        self.forwarded = 0
+        self.requests: list[tuple[str, str, int]] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def rule_for(self, method: str, path: str):
+        with self.lock:
+            for rules, once in ((self.fail, True), (self.always, False)):
+                for rule in rules:
+                    if rule[0] in ("*", method) and rule[1] in path:
+                        if once:
+                            rules.remove(rule)
+                        return rule
+        return None
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _forward(self) -> None:
+        proxy: FaultProxy = self.server
+        rule = proxy.rule_for(self.command, self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        if rule is not None:
+            status, code = rule[2], rule[3]
+            payload = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+                       f"<Message>{code} (injected)</Message></Error>").encode()
+            proxy.requests.append((self.command, self.path, status))
+            self.send_response(status)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(payload)
+            return
+        if proxy.cut_after_bytes is not None and body:
+            with proxy.lock:
+                room = proxy.cut_after_bytes - proxy.forwarded
+                proxy.forwarded += len(body)
+            if room < len(body):
+                proxy.requests.append((self.command, self.path, 0))
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                return
+        connection = http.client.HTTPConnection(proxy.target, timeout=60)
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+        connection.request(self.command, self.path, body=body, headers=headers)
+        response = connection.getresponse()
+        data = response.read()
+        proxy.requests.append((self.command, self.path, response.status))
+        self.send_response(response.status)
+        for name, value in response.getheaders():
+            if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        connection.close()
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+
+def grep_secrets(roots, text: str, secrets_: tuple[str, ...]) -> list[str]:
+    """Where any of ``secrets_`` appears: in ``text`` or in any file under ``roots``."""
+    found = [f"output contains {s[:6]}..." for s in secrets_ if s in text]
+    for root in roots:
+        for path in Path(root).rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                data = path.read_bytes()
+                found += [f"{path} contains {s[:6]}..." for s in secrets_
+                          if s.encode() in data]
+    return found
+
+
+__all__ = ["S3_KEY_ID", "S3_SECRET", "FaultProxy", "MotoS3", "StoreServer", "client_env",
+           "free_port", "grep_secrets", "reset_fsspec", "s3", "s3_server", "wait_http"]
