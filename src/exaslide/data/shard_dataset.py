@@ -2,7 +2,10 @@
 
 Shards are the WebDataset-style tar files of ``exaslide extract --materialize``
 (``<key>.png`` or ``<key>.jpg`` + ``<key>.json`` per patch), local or remote (any fsspec
-URL, read through the exaslide disk cache).
+URL, read through the exaslide disk cache). An extraction folder may itself be a URL
+(``ShardDataset("s3://bucket/run/")``, ``gs://``, ``az://``): its index is read through
+fsspec (filters pushed down), its ``shards/`` folder listed, and the shards streamed, so
+it behaves exactly as the same folder on a local disk (same samples, same order).
 
 How an epoch is split (every rank and worker computes the same plan from the seed and the
 epoch, so no process talks to another):
@@ -50,6 +53,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from exaslide.data.sampler import distributed_context, epoch_rng
 from exaslide.data.sources import DatasetError, read_index_table, resolve_classes
+from exaslide.errors import StorageError
+from exaslide.storage.urls import is_remote
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg")
 
@@ -104,9 +109,10 @@ class ShardDataset(IterableDataset):
     """Iterable dataset of ``(image, label, metadata)`` streamed from tar shards.
 
     Args:
-        source: an ``exaslide extract --materialize`` output folder (``"out/"``: shards
-            and their sample counts come from its index), or a list of shard paths/URLs
-            (their samples are counted by reading the tar headers once).
+        source: an ``exaslide extract --materialize`` output folder, local (``"out/"``)
+            or an fsspec URL (``"s3://bucket/run/"``): shards and their sample counts
+            come from its index; or a list of shard paths/URLs (their samples are
+            counted by reading the tar headers once).
         shuffle: shuffle shard order and samples (see the module doc).
         shuffle_buffer: samples held for shuffling per reader.
         seed: the seed; with the epoch (:meth:`set_epoch`) it decides the order.
@@ -144,8 +150,8 @@ class ShardDataset(IterableDataset):
         # shared memory, so that persistent DataLoader workers see set_epoch()
         self._epoch = multiprocessing.RawValue("q", 0)
         self.keep_probability: dict[str, float] | None = None
-        if isinstance(source, (str, os.PathLike)) and Path(os.fspath(source)).is_dir():
-            self.shards, counts = _shards_from_index(Path(os.fspath(source)), filter)
+        if _is_folder(source):
+            self.shards, counts = _shards_from_index(source, filter)
             self.classes = resolve_classes(list(counts), classes)
         else:
             if filter is not None:
@@ -253,7 +259,16 @@ def _shard_counts(table) -> dict[str, int]:
                     counts.column("shard_count").to_pylist(), strict=True))
 
 
-def _shards_from_index(out: Path, filter) -> tuple[list[Shard], dict[str, int]]:
+def _is_folder(source) -> bool:
+    """True for a local folder, or a URL that is not a shard (``s3://bucket/run/``)."""
+    if not isinstance(source, (str, os.PathLike)):
+        return False
+    if is_remote(source):
+        return not str(source).rstrip("/").endswith(".tar")
+    return Path(os.fspath(source)).is_dir()
+
+
+def _shards_from_index(out, filter) -> tuple[list[Shard], dict[str, int]]:
     import pyarrow.compute as pc
 
     table = read_index_table(out, filter)
@@ -271,10 +286,15 @@ def _shards_from_index(out: Path, filter) -> tuple[list[Shard], dict[str, int]]:
                 f"{full.get(partial[0])} samples; {len(partial)} shard(s) in all): shards "
                 "are read whole, so filter on columns constant within a slide (slide_id, "
                 "split, centre), or use SlidePatchDataset for row-level selections")
-    folder = out.parent if out.name == "index" else out
-    shards = sorted(Shard(str(folder / "shards" / name), int(n))
-                    for name, n in counts.items())
-    missing = [s.url for s in shards if not Path(s.url).exists()]
+    if is_remote(out):
+        shards = _remote_shards(str(out), counts)
+    else:
+        out = Path(os.fspath(out))
+        folder = out.parent if out.name == "index" else out
+        shards = sorted(Shard(str(folder / "shards" / name), int(n))
+                        for name, n in counts.items())
+    missing = [s.url for s in shards if s.count < 0 or
+               (not is_remote(s.url) and not Path(s.url).exists())]
     if missing:
         raise DatasetError(f"{len(missing)} shard(s) listed in the index are missing, "
                            f"e.g. {missing[0]}")
@@ -283,6 +303,27 @@ def _shards_from_index(out: Path, filter) -> tuple[list[Shard], dict[str, int]]:
                                              labels.column("label_count").to_pylist(),
                                              strict=True) if k is not None}
     return shards, counts
+
+
+def _remote_shards(url: str, counts: dict[str, int]) -> list[Shard]:
+    """The shards of a folder URL, by their index counts; the ``shards/`` folder is
+    listed once (a shard missing there gets a count of -1, reported by the caller)."""
+    from exaslide.storage.errors import storage_error
+    from exaslide.storage.urls import filesystem
+
+    base = url.rstrip("/")
+    if base.endswith("/index"):
+        base = base[: -len("/index")]
+    fs, root = filesystem(base)
+    try:
+        listed = {name.rstrip("/").rsplit("/", 1)[-1]
+                  for name in fs.ls(f"{root.rstrip('/')}/shards", detail=False)}
+    except FileNotFoundError:
+        listed = set()
+    except Exception as exc:  # each store raises its own errors
+        raise storage_error(exc, url, "list the shards folder") from exc
+    return sorted(Shard(f"{base}/shards/{name}", int(n) if name in listed else -1)
+                  for name, n in counts.items())
 
 
 def _open_binary(url: str):
@@ -313,6 +354,8 @@ def iter_samples(url: str) -> Iterator[tuple[bytes, str, dict]]:
                 if "json" in parts and any(e in parts for e in IMAGE_EXTENSIONS):
                     del pending[key]
                     yield _sample(url, key, parts)
+    except StorageError:
+        raise  # unreachable store, missing object: already one line naming the URL
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise DatasetError(f"{url}: corrupt or truncated shard ({exc})") from exc
     if pending:

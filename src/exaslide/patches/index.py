@@ -14,6 +14,9 @@ label, tissue_fraction, tumour_fraction, split, centre, shard, member``.
 ``open_index(DIR)`` returns a ``pyarrow.dataset.Dataset`` over ``DIR/*.parquet``: filters
 and column selections are pushed down to the files, so a 33 M-row index is never loaded
 whole (``dataset.to_table(columns=["x", "y"], filter=pc.field("label") == "tumour")``).
+``DIR`` may be an fsspec URL (``s3://bucket/run/``, ``gs://``, ``az://``...): the folder is
+listed and the files read through fsspec (``pyarrow.fs.PyFileSystem(FSSpecHandler(fs))``),
+with the same push-down (only the footers and the row groups a filter keeps are fetched).
 """
 
 from __future__ import annotations
@@ -73,13 +76,63 @@ def write_slide_index(table, path: str | Path) -> Path:
     return Path(path)
 
 
-def open_index(directory: str | Path):
+def open_index(directory: str | Path, *, storage_options: dict | None = None):
     """The dataset-level view over every slide's Parquet file in ``directory`` (an
-    extraction's output folder or its ``index/`` folder)."""
+    extraction's output folder or its ``index/`` folder, local or an fsspec URL).
+
+    Args:
+        storage_options: passed to fsspec for a URL (credentials, endpoint...).
+
+    Raises:
+        StorageError: a remote folder that cannot be listed (missing bucket, access
+            denied...; one line naming the URL). A local folder without index files
+            gives an empty dataset (callers report it).
+    """
     import pyarrow.dataset as ds
 
+    from exaslide.storage.urls import is_remote
+
+    if is_remote(directory):
+        return _open_remote_index(str(directory), storage_options or {})
     directory = Path(directory)
     if (directory / "index").is_dir():
         directory = directory / "index"
     files = sorted(str(p) for p in directory.glob("[!.]*.parquet"))  # not temporaries
     return ds.dataset(files, schema=schema(), format="parquet")
+
+
+def remote_index_files(url: str, storage_options: dict | None = None):
+    """``(fs, paths)``: the fsspec file system of ``url`` (an extraction's output folder
+    or its ``index/`` folder) and its index files (sorted, temporaries left out).
+
+    Raises:
+        StorageError: the folder cannot be listed (one line naming the URL).
+    """
+    from exaslide.storage.errors import storage_error
+    from exaslide.storage.urls import filesystem
+
+    fs, root = filesystem(url, **(storage_options or {}))
+    root = root.rstrip("/")
+    try:
+        entries = fs.ls(root, detail=True)
+        if any(e["type"] == "directory" and e["name"].rstrip("/").rsplit("/", 1)[-1]
+               == "index" for e in entries):
+            entries = fs.ls(f"{root}/index", detail=True)
+    except Exception as exc:  # each store raises its own errors
+        raise storage_error(exc, url, "list the index folder") from exc
+    files = sorted(e["name"] for e in entries if e["type"] == "file"
+                   and _is_index_name(e["name"].rsplit("/", 1)[-1]))
+    return fs, files
+
+
+def _is_index_name(name: str) -> bool:
+    return name.endswith(".parquet") and not name.startswith(".")
+
+
+def _open_remote_index(url: str, storage_options: dict):
+    import pyarrow.dataset as ds
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, files = remote_index_files(url, storage_options)
+    return ds.dataset(files, schema=schema(), format="parquet",
+                      filesystem=PyFileSystem(FSSpecHandler(fs)))
