@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean chromium lock containers
+.PHONY: demo test bench clean chromium lock containers test-servers
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,22 @@ chromium:
 	  echo "no chromium and no root apt-get: the browser tests will skip (apt-get install chromium)"; \
 	fi
 
-test: $(STAMP) chromium
+# The Azure Blob emulator (Azurite, npm) for the object-store tests, into .venv/node; without
+# node/npm (or the registry) the Azure tests skip. S3 (moto) and GCS (fake-gcs-server) come
+# with the dev extra.
+AZURITE := $(VENV)/node/node_modules/.bin/azurite-blob
+test-servers: | $(BIN)/python
+	@if [ -x $(AZURITE) ]; then :; \
+	elif command -v npm >/dev/null 2>&1; then \
+	  echo "installing azurite (npm) into $(VENV)/node for the Azure Blob tests"; \
+	  npm install --prefix $(VENV)/node --no-save --no-audit --no-fund --loglevel=error \
+	    azurite@3.37.0 >/dev/null || \
+	    echo "could not install azurite: the Azure Blob tests will skip"; \
+	else \
+	  echo "no npm: the Azure Blob tests will skip (install node and npm, then make test-servers)"; \
+	fi
+
+test: $(STAMP) chromium test-servers
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -q
 

