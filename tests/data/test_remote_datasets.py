@@ -120,3 +120,64 @@ def test_a_missing_folder_or_bucket_is_one_line_naming_the_url(s3, where):
         with pytest.raises(StorageError) as exc:
             make(url)
         _one_line(exc, url)
+
+
+def _put(local, url: str) -> str:
+    import fsspec
+
+    fsspec.filesystem("s3").put(str(local), url[len("s3://"):], recursive=True)
+    return url
+
+
+def test_model_files_load_from_a_url_through_the_cache(s3, tmp_path):
+    from exaslide.errors import ModelError
+    from exaslide.models import create_model, load_model, save_model
+
+    model = create_model("small-cnn", 2)
+    path = save_model(tmp_path / "run" / "model.pt", model, {"classes": ["a", "b"]})
+    url = _put(tmp_path / "run", f"{s3}/run") + "/model.pt"
+    loaded, meta = load_model(url)
+    assert meta["classes"] == ["a", "b"]
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name
+    assert (tmp_path / "cache").is_dir()  # the whole-file copy is in exaslide's cache
+    # a corrupt remote copy is refused by its sidecar; a missing one is one line
+    import fsspec
+
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    fsspec.filesystem("s3").pipe(url[len("s3://"):], bytes(data))
+    with pytest.raises(ModelError, match="corrupt file"):
+        load_model(url)
+    with pytest.raises(StorageError) as exc:
+        load_model(f"{s3}/run/nothing.pt")
+    _one_line(exc, f"{s3}/run/nothing.pt")
+
+
+def test_feature_store_from_a_url_reads_the_same_bags(s3, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "mil"))
+    from mil_fixtures import make_cohort
+
+    from exaslide.mil.bags import FeatureStore
+    from exaslide.mil.errors import MILError
+
+    store, _ = make_cohort(tmp_path, n_slides=4)
+    url = _put(store, f"{s3}/features")
+    local, far = FeatureStore(store), FeatureStore(url + "/")
+    assert far.slide_ids == local.slide_ids and far.dim == local.dim
+    assert far.info == local.info and far.folder == url
+    for slide_id in local.slide_ids:
+        assert far.rows(slide_id) == local.rows(slide_id)
+        np.testing.assert_array_equal(far.features(slide_id), local.features(slide_id))
+        assert far.patches(slide_id).equals(local.patches(slide_id))
+    assert torch.equal(far.bag(local.slide_ids[0], np.array([3, 1])),
+                       local.bag(local.slide_ids[0], np.array([3, 1])))
+    assert far._unchecked == []  # every file had its sidecar, and matched it
+    with pytest.raises(MILError, match="not an embedding store"):
+        FeatureStore(f"{s3}/nothing")
+    with pytest.raises(StorageError) as exc:
+        FeatureStore("s3://exaslide-no-such-bucket-0/features")
+    _one_line(exc, "s3://exaslide-no-such-bucket-0/features")

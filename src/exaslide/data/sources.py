@@ -234,16 +234,12 @@ def load_patches(source, *, slides: Mapping[str, str] | None = None, manifest=No
 
 
 def _extraction_folder(source: str | os.PathLike) -> str | Path:
-    """The extraction folder of an output folder, its ``index/`` folder or an index
-    file (local or URL)."""
+    """The extraction folder of an output folder or its ``index/`` folder (local or
+    URL); a single index file has none (its slides need ``slides=`` or a manifest)."""
     if is_remote(source):
         text = str(source).rstrip("/")
-        if text.endswith(".parquet"):
-            text = text.rsplit("/", 1)[0]
         return text.rsplit("/", 1)[0] if text.endswith("/index") else text
     out = Path(os.fspath(source))
-    if out.suffix == ".parquet":
-        out = out.parent
     return out.parent if out.name == "index" else out
 
 

@@ -7,6 +7,12 @@ opened with ``np.load(..., mmap_mode="r")`` after its checksum (and the Parquet 
 was verified once in this process, so only the rows a step reads come into memory and
 no step holds more than one bag in float32.
 
+A store may be an fsspec URL (``s3://bucket/run/features/``, ``gs://``, ``az://``): its
+``parts/`` folder is listed once, and each file a step needs (``embeddings.json``, a
+bag's ``.npy`` and ``.parquet``) is copied whole into exaslide's disk cache
+(:func:`~exaslide.models.weights.remote_copy`, checked against its ``.sha256`` sidecar)
+the first time this process reads it, then memory-mapped from there as a local store.
+
 :func:`build_cohort` joins a manifest with a store: slides missing from the store, bags
 without patches and slides whose label is not a class are reported, not fatal.
 """
@@ -31,7 +37,7 @@ class FeatureStore:
     """A patch embedding store read bag by bag.
 
     Attributes:
-        folder: the store folder.
+        folder: the store folder (a ``Path``), or its URL (a ``str``, no trailing ``/``).
         info: its ``embeddings.json`` (checked).
         dim: the feature dimension ``D``.
         slide_ids: the slides with a complete part, sorted.
@@ -42,19 +48,26 @@ class FeatureStore:
 
     def __init__(self, folder: str | os.PathLike) -> None:
         from exaslide.retrieval.store import read_info
+        from exaslide.storage.urls import is_remote
 
-        self.folder = Path(folder)
-        self._unchecked: list[Path] = []
+        self.remote = is_remote(folder)
+        self.folder: Path | str = str(folder).rstrip("/") if self.remote else Path(folder)
+        self._unchecked: list[Path | str] = []
+        self._copies: dict[str, Path] = {}
         try:
-            self.info = read_info(self.folder, self._unchecked)
+            if self.remote:
+                info_copy = self._remote_file("embeddings.json")
+                self.info = read_info(info_copy.parent, [])  # checked by _remote_file
+            else:
+                self.info = read_info(self.folder, self._unchecked)
         except RetrievalError as exc:
             raise MILError(str(exc)) from exc
         if self.info.get("kind") != "patches":
             raise MILError(f"{self.folder}: holds {self.info.get('kind')!r} embeddings; MIL "
                            "needs patch features (exaslide embed patches)")
         self.dim = int(self.info.get("dim") or 0)
-        parts = self.folder / "parts"
-        self.slide_ids = sorted(p.stem for p in parts.glob("[!.]*.parquet"))
+        self.slide_ids = self._remote_ids() if self.remote else \
+            sorted(p.stem for p in (self.folder / "parts").glob("[!.]*.parquet"))
         self._ids = set(self.slide_ids)
         self._verified: set[str] = set()
 
@@ -72,16 +85,59 @@ class FeatureStore:
                            f"{self.info.get('model')!r}) but {what} expects {in_dim}; embed "
                            "the patches with the encoder the model was trained on")
 
+    def _remote_file(self, name: str) -> Path:
+        """The checked disk-cache copy of the store file ``name`` (fetched once per
+        process; a missing ``embeddings.json`` is reported as a store that is not one)."""
+        from exaslide.errors import StorageError
+        from exaslide.models.weights import remote_copy
+        from exaslide.retrieval.store import REMEDY
+
+        copy = self._copies.get(name)
+        if copy is None:
+            url = f"{self.folder}/{name}"
+            try:
+                copy = remote_copy(url, MILError, REMEDY, unchecked=self._unchecked)
+            except StorageError as exc:
+                if name == "embeddings.json" and "no such" in str(exc):
+                    raise MILError(f"{self.folder}: not an embedding store (no "
+                                   "embeddings.json)") from exc
+                raise
+            self._copies[name] = copy
+        return copy
+
+    def _remote_ids(self) -> list[str]:
+        """The slides of a remote store: its ``parts/*.parquet``, listed once."""
+        from exaslide.storage.errors import storage_error
+        from exaslide.storage.urls import filesystem
+
+        fs, root = filesystem(self.folder)
+        try:
+            names = fs.ls(f"{root.rstrip('/')}/parts", detail=False)
+        except FileNotFoundError:
+            return []
+        except Exception as exc:  # each store raises its own errors
+            raise storage_error(exc, self.folder, "list the store's parts") from exc
+        names = (n.rstrip("/").rsplit("/", 1)[-1] for n in names)
+        return sorted(n[: -len(".parquet")] for n in names
+                      if n.endswith(".parquet") and not n.startswith("."))
+
+    def _part(self, slide_id: str, suffix: str) -> Path:
+        """``parts/<slide_id><suffix>`` as a local file (remote stores: its checked
+        disk-cache copy)."""
+        name = f"{slide_id}{suffix}"
+        if self.remote:
+            return self._remote_file(f"parts/{name}")
+        return self.folder / "parts" / name
+
     def _paths(self, slide_id: str) -> tuple[Path, Path]:
-        parts = self.folder / "parts"
-        return parts / f"{slide_id}.npy", parts / f"{slide_id}.parquet"
+        return self._part(slide_id, ".npy"), self._part(slide_id, ".parquet")
 
     def rows(self, slide_id: str) -> int:
         """Patches in the slide's bag (from the Parquet footer; nothing else is read)."""
         import pyarrow.parquet as pq
 
         try:
-            return int(pq.read_metadata(self._paths(slide_id)[1]).num_rows)
+            return int(pq.read_metadata(self._part(slide_id, ".parquet")).num_rows)
         except (OSError, ValueError) as exc:
             raise MILError(f"{self.folder}: part {slide_id} is not readable "
                            f"({str(exc).splitlines()[0][:200]}); re-embed it") from exc
@@ -95,6 +151,9 @@ class FeatureStore:
         from exaslide.retrieval.store import _part_remedy
 
         if slide_id in self._verified:
+            return
+        if self.remote:  # the copies are checked as they are fetched
+            self._verified.add(slide_id)
             return
         npy, parquet = self._paths(slide_id)
         for path in (npy, parquet):
@@ -114,7 +173,7 @@ class FeatureStore:
         if slide_id not in self._ids:
             raise MILError(f"{self.folder}: no features for slide {slide_id} (embed it)")
         self._verify(slide_id)
-        npy, _ = self._paths(slide_id)
+        npy = self._part(slide_id, ".npy")
         try:
             array = np.load(npy, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
@@ -145,7 +204,7 @@ class FeatureStore:
         import pyarrow.parquet as pq
 
         self._verify(slide_id)
-        return pq.read_table(self._paths(slide_id)[1], columns=["x", "y", "level", "size"])
+        return pq.read_table(self._part(slide_id, ".parquet"), columns=["x", "y", "level", "size"])
 
     def warn_unchecked(self) -> None:
         """One warning for the store files without a checksum."""

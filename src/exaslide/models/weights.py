@@ -3,6 +3,11 @@ its ``.sha256`` sidecar when it has one (see :mod:`exaslide.integrity`).
 
 Below :mod:`exaslide.models.factory` (which loads pretrained weights with it) and
 :mod:`exaslide.models.checkpoint` (which writes and rebuilds model files).
+
+A weights file may be an fsspec URL (``s3://bucket/run/model.pt``, ``gs://``, ``az://``,
+``https://``): it is copied whole into exaslide's disk cache
+(:func:`~exaslide.storage.local_copy`, reused while the remote file is unchanged) and its
+``.sha256`` sidecar, fetched the same way when the store has one, is checked against it.
 """
 
 from __future__ import annotations
@@ -30,28 +35,89 @@ def torch_load(path: str | os.PathLike, map_location="cpu", *,
     """``torch.load(path, weights_only=True)`` after checking the file's checksum.
 
     Args:
+        path: a local path or an fsspec URL (copied whole into the disk cache first).
         warn_unchecked: log a warning when the file has no ``.sha256`` sidecar (files
             that exaslide wrote; weights from elsewhere are not expected to have one).
 
     Raises:
         ModelError: a missing file, a directory, a digest that is not the recorded one,
             or a file torch cannot read.
+        StorageError: a remote file that cannot be fetched (one line naming the URL).
     """
     import torch
 
     from exaslide.integrity import verify
+    from exaslide.storage.urls import is_remote
 
-    p = Path(path)
-    if not p.exists():
-        raise ModelError(f"{p}: no such model file")
-    if p.is_dir():
-        raise ModelError(f"{p}: is a directory; give the weights file itself")
-    verify(p, ModelError, REMEDY, warn_missing=warn_unchecked)
+    if is_remote(path):
+        p = remote_copy(str(path), warn_missing=warn_unchecked)
+    else:
+        p = Path(path)
+        if not p.exists():
+            raise ModelError(f"{p}: no such model file")
+        if p.is_dir():
+            raise ModelError(f"{p}: is a directory; give the weights file itself")
+        verify(p, ModelError, REMEDY, warn_missing=warn_unchecked)
     try:
         return torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, pickle garbage, unsafe globals...
         raise ModelError(f"{p}: not a readable PyTorch weights file "
                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
+
+
+def remote_copy(url: str, error: type[Exception] = ModelError, remedy: str = REMEDY, *,
+                warn_missing: bool = True, unchecked: list | None = None) -> Path:
+    """The disk-cache copy of the remote file ``url`` (:func:`~exaslide.storage.local_copy`:
+    fetched whole once, reused while the remote file is unchanged), checked against the
+    digest in its ``<url>.sha256`` sidecar when the store has one (a URL with a query,
+    e.g. presigned, has no sidecar URL and is not checked).
+
+    Args:
+        error, remedy: the exception raised for a digest that is not the recorded one,
+            and what to do (ends its message).
+        warn_missing: log a warning when there is no sidecar (unless ``unchecked`` is
+            given: the URL is then appended to it, for the caller to warn once).
+
+    Raises:
+        StorageError: the file (or its sidecar) cannot be fetched (one line naming it).
+        error: a corrupt copy or sidecar.
+    """
+    from exaslide.errors import StorageError
+    from exaslide.integrity import SUFFIX, file_digest, recorded_digests
+    from exaslide.integrity import warn_unchecked as warn
+    from exaslide.storage.errors import storage_error
+    from exaslide.storage.fetch import local_copy
+
+    try:
+        copy = local_copy(url)
+    except Exception as exc:
+        raise storage_error(exc, url, "fetch the file") from exc
+    sidecar = None
+    if "?" not in url:
+        try:
+            sidecar = local_copy(url + SUFFIX)
+        except StorageError as exc:
+            if "no such remote file" not in str(exc) and \
+                    not isinstance(exc.__cause__, FileNotFoundError):
+                raise storage_error(exc, url + SUFFIX, "fetch the checksum") from exc
+    if sidecar is None:
+        if unchecked is not None:
+            unchecked.append(url)
+        elif warn_missing:
+            warn([url])
+        return copy
+    name = url.rstrip("/").rsplit("/", 1)[-1]
+    try:  # the cached sidecar, read as the sidecar of a file of the remote name beside it
+        expected = recorded_digests(sidecar.with_name(name))
+    except Exception as exc:
+        raise error(f"{url}{SUFFIX}: not a sha256sum line for {name}; delete it to load "
+                    "the file without a check") from exc
+    found = file_digest(copy)
+    if found not in expected:
+        raise error(f"{url}: corrupt file (sha256 expected {expected[0][:16]}..., found "
+                    f"{found[:16]}..., {copy.stat().st_size} bytes: flipped bits or a "
+                    f"truncated copy); {remedy}")
+    return copy
 
 
 def strip_prefixes(state: Mapping[str, Any],
