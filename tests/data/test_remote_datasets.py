@@ -103,13 +103,19 @@ def test_status_files_holding_urls_give_remote_slides(remote, extracted, s3):
     fs = fsspec.filesystem("s3")
     local = load_patches(extracted)
     slide_id, path = local.slide_ids[0], local.paths[0]
+    slide_url = f"{s3}/slides/{slide_id}.tif"
+    fs.put(path, slide_url[len("s3://"):])
     status = f"{remote[len('s3://'):]}status/{slide_id}.json"
     record = json.loads(fs.cat(status))
-    record["inputs"]["slide"]["path"] = f"{s3}/slides/{slide_id}.tif"
+    record["inputs"]["slide"]["path"] = slide_url
     fs.pipe(status, json.dumps(record).encode())
-    assert slide_paths_from_status(remote, [slide_id]) == \
-        {slide_id: f"{s3}/slides/{slide_id}.tif"}
-    assert path.endswith(".tif")
+    assert slide_paths_from_status(remote, [slide_id]) == {slide_id: slide_url}
+    only = pc.field("slide_id") == slide_id
+    far, near = SlidePatchDataset(remote, filter=only), SlidePatchDataset(extracted, filter=only)
+    assert far.patches.paths == [slide_url] and len(far) == len(near)
+    rows = [0, len(near) // 3, len(near) - 1]
+    a, b = far.__getitems__(rows), near.__getitems__(rows)
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
 
 
 @pytest.mark.parametrize("where", ["missing-folder", "missing-bucket"])
@@ -176,6 +182,12 @@ def test_feature_store_from_a_url_reads_the_same_bags(s3, tmp_path, monkeypatch)
     assert torch.equal(far.bag(local.slide_ids[0], np.array([3, 1])),
                        local.bag(local.slide_ids[0], np.array([3, 1])))
     assert far._unchecked == []  # every file had its sidecar, and matched it
+    # heatmaps find the footprint in the index of an extraction given by URL
+    from exaslide.mil.heatmaps import _index_footprint
+
+    far.info["source"] = _put(tmp_path / "extract", f"{s3}/extract") + "/index"
+    assert _index_footprint(far, far.slide_ids[0]) == _index_footprint(local, far.slide_ids[0])
+    assert _index_footprint(far, far.slide_ids[0]) is not None
     with pytest.raises(MILError, match="not an embedding store"):
         FeatureStore(f"{s3}/nothing")
     with pytest.raises(StorageError) as exc:

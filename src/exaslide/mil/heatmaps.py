@@ -31,10 +31,16 @@ from exaslide.mil.bags import FeatureStore
 from exaslide.mil.errors import MILError
 
 
-def _source_folder(store: FeatureStore) -> Path | None:
+def _source_folder(store: FeatureStore) -> Path | str | None:
+    """The extraction folder the store was embedded from (a URL stays a ``str``)."""
+    from exaslide.storage.urls import is_remote
+
     source = store.info.get("source")
     if not source:
         return None
+    if is_remote(str(source)):
+        text = str(source).rstrip("/")
+        return text.rsplit("/", 1)[0] if text.endswith("/index") else text
     path = Path(str(source))
     return path.parent if path.name == "index" else path
 
@@ -50,14 +56,22 @@ def slide_path_from_store(store: FeatureStore, slide_id: str) -> str | None:
 
 
 def _index_footprint(store: FeatureStore, slide_id: str) -> float | None:
+    """The patch footprint in the slide's index file (local, or read through fsspec)."""
     import pyarrow.parquet as pq
 
     source = _source_folder(store)
     if source is None:
         return None
     try:
-        column = pq.read_table(source / "index" / f"{slide_id}.parquet",
-                               columns=["footprint"]).column("footprint")
+        if isinstance(source, str):  # a URL
+            from exaslide.storage.urls import filesystem
+
+            fs, root = filesystem(source)
+            with fs.open(f"{root.rstrip('/')}/index/{slide_id}.parquet", "rb") as fh:
+                column = pq.read_table(fh, columns=["footprint"]).column("footprint")
+        else:
+            column = pq.read_table(source / "index" / f"{slide_id}.parquet",
+                                   columns=["footprint"]).column("footprint")
         value = column[0].as_py() if len(column) else None
     except (OSError, ValueError, KeyError):
         return None
