@@ -7,6 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from exaslide.errors import StorageError
+from exaslide.storage.errors import redact_url, storage_error
+
+#: fsspec protocols whose first path component is a bucket (or container)
+_BUCKET_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"}
 
 # The keys fsspec implementations use for the same facts (HTTP, s3fs, gcsfs, adlfs, ...).
 _ETAG_KEYS = ("ETag", "etag", "e_tag", "md5Hash", "Content-MD5", "checksum")
@@ -51,6 +55,24 @@ def _first(info: dict, keys: tuple[str, ...]) -> str | None:
     return None
 
 
+def _bucket_missing(fs, path: str) -> bool:
+    """True when ``path``'s bucket (or container) is known not to exist on an object
+    store (one more request, made only after a "not found"); False when it exists, when
+    that cannot be told, or for stores without buckets (HTTP)."""
+    protocols = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)
+    bucket = path.strip("/").split("/", 1)[0]
+    if not (_BUCKET_PROTOCOLS & set(protocols)) or not bucket or bucket == path.strip("/"):
+        return False
+    try:
+        fs.invalidate_cache(bucket)
+        fs.info(bucket)
+    except FileNotFoundError:
+        return True
+    except Exception:  # denied, unreachable...: say what the object request said
+        return False
+    return False
+
+
 def remote_info(url: str, fs=None, path: str | None = None, **storage_options) -> RemoteInfo:
     """Ask the store for a file's size, ETag and modification time (one HEAD request for
     HTTP). ``fs`` and ``path`` may be given when the caller already resolved the URL.
@@ -67,12 +89,13 @@ def remote_info(url: str, fs=None, path: str | None = None, **storage_options) -
     except FileNotFoundError as exc:  # fsspec's HTTP client reports every failure so
         cause = exc.__cause__           # the real reason is the chained cause
         if cause is None or getattr(cause, "status", None) in (404, 410):
-            raise StorageError(f"{url}: no such remote file") from exc
-        raise StorageError(f"{url}: cannot reach the file: {type(cause).__name__}: {cause}") \
-            from exc
+            if _bucket_missing(fs, path):  # adlfs and gcsfs say "not found" for both
+                raise StorageError(f"{redact_url(url)}: the bucket (or container) does not "
+                                   "exist") from exc
+            raise StorageError(f"{redact_url(url)}: no such remote file") from exc
+        raise storage_error(cause, url, "reach the file") from exc
     except Exception as exc:  # network, permissions, protocol errors of any fsspec backend
-        raise StorageError(f"{url}: cannot reach the file: {type(exc).__name__}: {exc}") \
-            from exc
+        raise storage_error(exc, url, "reach the file") from exc
     if info.get("type") == "directory":
         raise StorageError(f"{url}: is a directory; give the file itself")
     size = info.get("size")
