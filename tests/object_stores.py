@@ -315,9 +315,11 @@ def azure_server(tmp_path_factory):
     pytest.importorskip("adlfs", reason="the cloud extra (adlfs) is not installed")
     binary = azurite_binary()
     if binary is None:
-        pytest.skip(f"Azurite is not installed (looked for $EXASLIDE_AZURITE_BLOB, "
-                    f"{AZURITE_DEFAULT.relative_to(ROOT)} and azurite-blob on PATH): run "
-                    "`make test-servers` (needs node and npm)")
+        where = (f"$EXASLIDE_AZURITE_BLOB={os.environ['EXASLIDE_AZURITE_BLOB']} is not a file"
+                 if os.environ.get("EXASLIDE_AZURITE_BLOB") else
+                 f"no {AZURITE_DEFAULT.relative_to(ROOT)} and no azurite-blob on PATH")
+        pytest.skip(f"Azurite is not installed ({where}): run `make test-servers` (needs "
+                    "node and npm) or set EXASLIDE_AZURITE_BLOB")
     server = AzuriteServer(tmp_path_factory.mktemp("azurite"), binary)
     try:
         server.start()
