@@ -135,7 +135,7 @@ def _put(local, url: str) -> str:
     return url
 
 
-def test_model_files_load_from_a_url_through_the_cache(s3, tmp_path):
+def test_model_files_load_from_a_url_through_the_cache(s3, tmp_path, caplog):
     from exaslide.errors import ModelError
     from exaslide.models import create_model, load_model, save_model
 
@@ -148,8 +148,15 @@ def test_model_files_load_from_a_url_through_the_cache(s3, tmp_path):
                             strict=True):
         assert torch.equal(a, b), name
     assert (tmp_path / "cache").is_dir()  # the whole-file copy is in exaslide's cache
-    # a corrupt remote copy is refused by its sidecar; a missing one is one line
+    # without its sidecar it loads, with a warning; a corrupt copy is refused by the
+    # sidecar; a missing file is one line
     import fsspec
+
+    fsspec.filesystem("s3").mv(url[len("s3://"):] + ".sha256", url[len("s3://"):] + ".x")
+    with caplog.at_level("WARNING"):
+        assert load_model(url)[1]["classes"] == ["a", "b"]
+    assert "no checksum recorded" in caplog.text
+    fsspec.filesystem("s3").mv(url[len("s3://"):] + ".x", url[len("s3://"):] + ".sha256")
 
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
