@@ -456,8 +456,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     def _forward(self) -> None:
         proxy: FaultProxy = self.server
         rule = proxy.rule_for(self.command, self.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        body = self._body()
         if rule is not None:
             status, code = rule[2], rule[3]
             payload = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
@@ -481,7 +480,10 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                     self.connection.shutdown(socket.SHUT_RDWR)
                 return
         connection = http.client.HTTPConnection(proxy.target, timeout=60)
-        headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+        headers = {k: v for k, v in self.headers.items()
+                   if k.lower() not in ("connection", "transfer-encoding", "content-length")}
+        if body or self.command in ("PUT", "POST"):
+            headers["Content-Length"] = str(len(body))
         connection.request(self.command, self.path, body=body, headers=headers)
         response = connection.getresponse()
         data = response.read()
@@ -490,11 +492,27 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         for name, value in response.getheaders():
             if name.lower() not in ("transfer-encoding", "connection", "content-length"):
                 self.send_header(name, value)
-        self.send_header("Content-Length", str(len(data)))
+        length = response.getheader("Content-Length") if self.command == "HEAD" else None
+        self.send_header("Content-Length", length or str(len(data)))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
         connection.close()
+
+    def _body(self) -> bytes:
+        """The request body (a chunked one de-chunked: it is forwarded with a length)."""
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            data = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline().strip():  # trailers
+                        pass
+                    return data
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
 

@@ -101,15 +101,8 @@ def test_cli_info_prints_no_secret(object_store, local_slide, tmp_path):
     assert not grep_secrets([cache], done.stdout + done.stderr, object_store.server.secrets)
 
 
-def test_missing_object_and_missing_bucket_are_one_line_errors(object_store, tmp_path,
-                                                               request):
+def test_missing_object_and_missing_bucket_are_one_line_errors(object_store, tmp_path):
     scheme = object_store.scheme
-    if scheme == "gs":  # remove once fixed: this then XPASSes, which fails (strict)
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "without Google credentials (anonymous, as against the emulator or a public "
-            "bucket) gcsfs first tries google.auth.default(), which logs 'WARNING "
-            "google.auth._default: Authentication failed using Compute Engine ...'; the "
-            "CLI's logging shows it above the one error line")))
     missing_object = f"{object_store.url}/no-such-slide.tif"
     missing_bucket = f"{scheme}://exaslide-no-such-bucket-0000/slide.tif"
     for url in (missing_object, missing_bucket):

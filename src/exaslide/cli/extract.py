@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import click
 
@@ -12,6 +11,7 @@ from exaslide.cli.options import (
     backend_option,
     executor_choice,
     field_option,
+    out_location,
     overwrite_option,
     report_outcomes,
     scheduler_option,
@@ -106,5 +106,5 @@ def _summary(outcomes, out_dir: str, seconds: float) -> None:
     detail = (f"{patches} patches ({tumour} tumour, {patches - tumour} normal), {blank} "
               f"blank rejected, {seconds:.1f} s ({patches / max(seconds, 1e-9):.0f} "
               "patches/s)")
-    click.echo(f"index: {Path(out_dir) / 'index'}")
-    report_outcomes(outcomes, str(Path(out_dir) / "status"), detail)
+    click.echo(f"index: {out_location(out_dir, 'index')}")
+    report_outcomes(outcomes, out_location(out_dir, "status"), detail)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import click
 
@@ -69,10 +68,10 @@ def command(model, slides, out_dir, stride, batch_size, device, workers, decode,
 
 
 def _summary(outcomes, out_dir: str, seconds: float, prefix: str) -> None:
-    from exaslide.cli.options import report_outcomes
+    from exaslide.cli.options import out_location, report_outcomes
 
     cells = sum(o.cells for o in outcomes if o.status == "done")
     status = "infer_status.json" if not prefix else "infer_status.rank*.json"
-    report_outcomes(outcomes, str(Path(out_dir) / status),
+    report_outcomes(outcomes, out_location(out_dir, status),
                     f"{cells} cells in {seconds:.1f} s ({cells / max(seconds, 1e-9):.0f} "
-                    f"cells/s); heatmaps in {Path(out_dir)}", prefix)
+                    f"cells/s); heatmaps in {out_location(out_dir)}", prefix)

@@ -45,8 +45,10 @@ class ExaslideGroup(click.Group):
                 click.echo(f"exaslide: error: {ctx.invoked_subcommand or 'exaslide'}: "
                            f"{missing}", err=True)
                 ctx.exit(2)
-            click.echo(f"exaslide: internal error: {type(exc).__name__}: {exc} (run with "
-                       "--debug for the traceback and please report it)", err=True)
+            from exaslide.storage.errors import scrub
+
+            click.echo(f"exaslide: internal error: {type(exc).__name__}: {scrub(exc)} (run "
+                       "with --debug for the traceback and please report it)", err=True)
             ctx.exit(1)
 
 
@@ -67,8 +69,16 @@ def cli(ctx: click.Context, debug: bool, verbose: bool, config_file: str | None)
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    from exaslide.storage.errors import ScrubFilter
+
+    for handler in logging.getLogger().handlers:  # no secret in any log line
+        if not any(isinstance(f, ScrubFilter) for f in handler.filters):
+            handler.addFilter(ScrubFilter())
     if not debug:  # their complaints about damaged files become exaslide's own errors
         logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+        # gcsfs without Google credentials (an emulator, a public bucket) first tries
+        # the metadata server and logs its absence: not a problem of the command
+        logging.getLogger("google.auth").setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", module="PIL")
 
 
@@ -77,13 +87,15 @@ def one_line(exc: BaseException) -> str:
     so), anything else its message with line breaks folded."""
     import errno
 
+    from exaslide.storage.errors import scrub
+
     if isinstance(exc, OSError) and not isinstance(exc, ExaslideError):
         where = exc.filename or "the output folder"
         if exc.errno == errno.ENOSPC:
-            return f"{where}: no space left on device; free some space and rerun"
+            return scrub(f"{where}: no space left on device; free some space and rerun")
         if exc.filename:
-            return f"{exc.filename}: {exc.strerror or exc}"
-    return " ".join(str(exc).split())
+            return scrub(f"{exc.filename}: {exc.strerror or exc}")
+    return scrub(" ".join(str(exc).split()))
 
 
 def apply_cache_config(section: dict) -> None:

@@ -11,6 +11,7 @@ from exaslide.cli.options import (
     backend_option,
     executor_choice,
     field_option,
+    out_location,
     overwrite_option,
     report_outcomes,
     scheduler_option,
@@ -94,4 +95,4 @@ def _cohort(manifest: str, out_dir: str, options, overwrite: bool, workers, sche
         outcomes = mask_cohort(entries, out_dir, options, overwrite=overwrite,
                                workers=workers, scheduler=scheduler,
                                on_event=progress.event)
-    report_outcomes(outcomes, str(Path(out_dir) / "mask_status.json"))
+    report_outcomes(outcomes, out_location(out_dir, "mask_status.json"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from exaslide.slides.open import BACKEND_NAMES
@@ -146,6 +148,18 @@ def check_config(config, dump) -> None:
 
     resolve_device(config.device)
     click.echo(dump(config), nl=False)
+
+
+def out_location(out_dir, *parts: str) -> str:
+    """``out_dir`` joined with ``parts`` as shown to the user: a local path, or the URL of
+    an object-store folder (without secrets)."""
+    from exaslide.storage.urls import is_remote
+
+    if is_remote(str(out_dir)):
+        from exaslide.storage.errors import redact_url
+
+        return "/".join([redact_url(str(out_dir)).rstrip("/"), *parts])
+    return str(Path(out_dir, *parts))
 
 
 def run_locked(out, run):

@@ -15,7 +15,10 @@
   (rank ``r`` of ``n`` takes slides ``r, r+n, ...``);
 - **the summary**: ``OUT/<stage>_status.json`` (``<stage>_status.rank<r>.json`` under
   torchrun) lists every slide's :class:`Outcome`, rewritten at most once a second and at
-  the end of the run (each slide's status file is written as it finishes).
+  the end of the run (each slide's status file is written as it finishes);
+- **object stores**: ``OUT`` may be an fsspec URL (``s3://``, ``az://``, ``gs://``): the
+  files are staged locally, uploaded, and the status object written last; the lock is a
+  lease object (see :mod:`exaslide.jobs.remote` and :mod:`exaslide.jobs.lease`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import Any
 from exaslide.atomic import commit
 from exaslide.errors import ExaslideError
 from exaslide.jobs.lock import OutputLock
+from exaslide.jobs.remote import PartialTarget, RemoteOutput
 from exaslide.jobs.stage import JobError, RunShape, SlideContext, Stage, output_path
 from exaslide.jobs.status import (
     STATUS_DIR,
@@ -49,7 +53,7 @@ from exaslide.naming import remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
 
-PARTIAL_DIR = ".partial"
+PARTIAL_DIR = ".partial"  # the same name as exaslide.jobs.remote.PARTIAL_DIR
 #: Seconds between rewrites of the run's summary file (and at the end of the run): one
 #: rewrite per slide would cost O(slides^2) (~70 ms for the last of 1,000 slides).
 SUMMARY_INTERVAL = 1.0
@@ -67,9 +71,16 @@ class Outcome:
     warnings: list[str] = field(default_factory=list)
 
 
-def error_message(exc: BaseException, out: Path | None = None) -> str:
+def error_message(exc: BaseException, out: Path | str | None = None) -> str:
     """One line for a slide's failure: exaslide's own message, an OS error with its file,
-    a full disk with the folder, or ``Type: message`` for anything unexpected."""
+    a full disk with the folder, or ``Type: message`` for anything unexpected; never a
+    secret (see :func:`exaslide.storage.errors.scrub`)."""
+    from exaslide.storage.errors import scrub
+
+    return scrub(_error_message(exc, out))
+
+
+def _error_message(exc: BaseException, out: Path | str | None = None) -> str:
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         where = exc.filename or out or "the output folder"
         return f"{where}: no space left on device; free some space and rerun"
@@ -176,12 +187,17 @@ def _flush(paths: list[str]) -> dict[str, OSError]:
         return {p: e for p, e in zip(paths, pool.map(flush, paths), strict=True) if e}
 
 
-def process_task(stage: Stage, entry, out: str) -> tuple[dict, dict[str, str]]:
+def process_task(stage: Stage, entry, target: PartialTarget
+                 ) -> tuple[dict, dict[str, str], list[str]]:
     """Run ``stage.process`` on one slide (in this process or on a Dask worker); returns
-    its result and the partial files it wrote by output name."""
-    ctx = SlideContext(Path(out), entry.slide_id, Path(out) / PARTIAL_DIR / entry.slide_id)
-    result = stage.process(entry, stage.options, ctx) or {}
-    return result, {name: str(path) for name, path in ctx.outputs.items()}
+    its result, the partial files it wrote by output name (as the driver's paths) and
+    the names of those it had to upload for the driver (see :class:`PartialTarget`)."""
+    with target.writing(entry.slide_id) as (folder, uploaded):
+        ctx = SlideContext(Path(target.root).parent, entry.slide_id, folder)
+        result = stage.process(entry, stage.options, ctx) or {}
+    outputs = {name: str(path) if not uploaded else target.local_path(entry.slide_id, path)
+               for name, path in ctx.outputs.items()}
+    return result, outputs, uploaded
 
 
 def plan_task(stage: Stage, entry) -> tuple[Any, list]:
@@ -189,10 +205,83 @@ def plan_task(stage: Stage, entry) -> tuple[Any, list]:
     return stage.plan(entry, stage.options)
 
 
-def run_task(stage: Stage, entry, task, partial: str):
-    """Run one of a slide's sub-slide tasks (writes only into ``partial``)."""
-    Path(partial).mkdir(parents=True, exist_ok=True)
-    return stage.run_task(entry, stage.options, task, partial)
+def run_task(stage: Stage, entry, task, target: PartialTarget) -> tuple[Any, list[str]]:
+    """Run one of a slide's sub-slide tasks (writes only into the slide's partial
+    folder); returns its result and the files it uploaded for the driver."""
+    with target.writing(entry.slide_id) as (folder, uploaded):
+        folder.mkdir(parents=True, exist_ok=True)
+        value = stage.run_task(entry, stage.options, task, str(folder))
+    return value, uploaded
+
+
+class LocalOutput:
+    """A local output folder, as the engine uses it (:class:`RemoteOutput` is the same
+    for an object store): the lock, status files, resume checks, commits."""
+
+    remote = False
+
+    def __init__(self, out: str | os.PathLike):
+        self.out = Path(out)
+        self.name = str(out)
+        self.partial_root = self.out / PARTIAL_DIR
+
+    def lock(self, rank: int | None) -> OutputLock:
+        return OutputLock(self.out, rank)
+
+    def target(self) -> PartialTarget:
+        return PartialTarget(str(self.partial_root))
+
+    def fetch(self, slide_id: str, names: list[str]) -> None:
+        """Nothing to fetch: the workers share this file system."""
+
+    def load(self) -> None:
+        """Nothing to preload: status files are read one by one."""
+
+    def status_ids(self) -> list[str]:
+        return [p.stem for p in sorted((self.out / STATUS_DIR).glob("[!.]*.json"))]
+
+    def read_status(self, slide_id: str) -> dict | None:
+        return read_status(self.out, slide_id)
+
+    def write_status(self, slide_id: str, status: dict) -> None:
+        write_status(self.out, slide_id, status)
+
+    def write_summary(self, name: str, rows: list) -> None:
+        from exaslide.jsonio import write_json
+
+        write_json(self.out / name, rows)
+
+    def is_complete(self, status: dict | None, expected: dict) -> bool:
+        return is_complete(self.out, status, expected)
+
+    def clear(self, slide_id: str, stage: Stage | None = None) -> None:
+        clear_slide(self.out, slide_id, stage)
+
+    def commit(self, slide_id: str, expected: dict, outputs: dict[str, str], result: dict,
+               started: float) -> None:
+        _commit(self.out, slide_id, expected, outputs, result, started)
+
+    def tidy(self, slide_id: str) -> None:
+        """What a run killed just after this slide's status left behind."""
+        shutil.rmtree(self.partial_root / slide_id, ignore_errors=True)
+        remove_stale_temporaries([status_path(self.out, slide_id)])
+
+
+def open_output(out_dir) -> LocalOutput | RemoteOutput:
+    """The output folder ``out_dir``: a local path, or an fsspec URL of an object store.
+
+    Raises:
+        StorageError: a URL whose protocol package is missing.
+        JobError: an ``http(s)://`` URL (read-only: there is no way to list or write it).
+    """
+    from exaslide.storage.urls import is_remote
+
+    if is_remote(out_dir):
+        if str(out_dir).split("://", 1)[0].lower() in ("http", "https"):
+            raise JobError(f"{out_dir}: an http(s):// URL cannot be an output folder; give "
+                           "a local folder or an object store (s3://, az://, gs://)")
+        return RemoteOutput(str(out_dir))
+    return LocalOutput(out_dir)
 
 
 @dataclass
@@ -211,8 +300,9 @@ class _Slide:
 class _Run:
     """The state of one :func:`run_stage` call on this process's share of the slides."""
 
-    def __init__(self, stage: Stage, out: Path, summary: Path, emit: Callable):
-        self.stage, self.out, self.summary, self.emit = stage, out, summary, emit
+    def __init__(self, stage: Stage, store: LocalOutput | RemoteOutput, summary: str,
+                 emit: Callable):
+        self.stage, self.store, self.summary, self.emit = stage, store, summary, emit
         self.outcomes: dict[str, Outcome] = {}
         self._written = float("-inf")  # when the summary was last written
         self._unwritten = False
@@ -228,10 +318,9 @@ class _Run:
         """Rewrite the summary with every outcome so far (if any is new)."""
         if not self._unwritten:
             return
-        from exaslide.jsonio import write_json
-
         try:
-            write_json(self.summary, [asdict(o) for o in self.outcomes.values()])
+            self.store.write_summary(self.summary,
+                                     [asdict(o) for o in self.outcomes.values()])
         except OSError as exc:  # e.g. a full disk: each slide's status says the rest
             logger.warning("cannot write %s: %s", self.summary, error_message(exc))
         self._written, self._unwritten = time.monotonic(), False
@@ -245,7 +334,7 @@ class _Run:
                 raise JobError(f"stage {self.stage.name!r} returned {type(result).__name__}"
                                ", not a dict")
             warnings = [str(w) for w in result.get("warnings", [])]
-            _commit(self.out, slide_id, slide.expected, outputs, result, slide.started)
+            self.store.commit(slide_id, slide.expected, outputs, result, slide.started)
         except Exception as exc:
             self.failed(slide_id, exc, slide.expected)
             return
@@ -255,14 +344,17 @@ class _Run:
                             seconds=round(time.perf_counter() - slide.started, 3)))
 
     def failed(self, slide_id: str, exc: BaseException, expected: dict | None) -> None:
-        message = error_message(exc, self.out)
+        message = error_message(exc, self.store.name)
         logger.debug("%s failed: %s", slide_id, message, exc_info=exc)
+        if isinstance(exc, JobError) and "lost its output lease" in str(exc):
+            self.record(Outcome(slide_id, "failed", error=message))
+            return  # another run owns the folder now: write nothing into it
         try:  # a failed slide has no outputs: none that look finished, none half-moved
-            clear_slide(self.out, slide_id, self.stage)
+            self.store.clear(slide_id, self.stage)
         except OSError:
             logger.debug("cannot clear %s", slide_id, exc_info=True)
         try:
-            write_status(self.out, slide_id, dict(expected or {"stage": self.stage.name},
+            self.store.write_status(slide_id, dict(expected or {"stage": self.stage.name},
                                                   slide_id=slide_id, status="failed",
                                                   error=message, outputs={}))
         except OSError:  # e.g. the disk is full: the summary still says it failed
@@ -318,12 +410,13 @@ def run_stage(stage: Stage, entries: Sequence, out_dir, *, workers: int | None =
     entries = check_entries(entries)
     rank, world_size = distributed_context(rank, world_size)
     entries = entries[rank::world_size]
-    out = Path(out_dir)
+    store = open_output(out_dir)
     suffix = "" if world_size == 1 else f".rank{rank}"
     emit = on_event or (lambda kind, value: None)
-    with OutputLock(out, None if world_size == 1 else rank):
-        run = _Run(stage, out, out / f"{stage.name}_status{suffix}.json", emit)
-        remove_stale_temporaries([run.summary])
+    with store.lock(None if world_size == 1 else rank):
+        run = _Run(stage, store, f"{stage.name}_status{suffix}.json", emit)
+        if not store.remote:
+            remove_stale_temporaries([store.out / run.summary])
         try:
             todo = _resume(run, entries, overwrite)
             if todo:
@@ -331,30 +424,32 @@ def run_stage(stage: Stage, entries: Sequence, out_dir, *, workers: int | None =
         finally:
             run.write_summary()
         with contextlib.suppress(OSError):  # only when empty: other ranks may use it
-            (out / PARTIAL_DIR).rmdir()
+            store.partial_root.rmdir()
     return [run.outcomes[e.slide_id] for e in entries]
 
 
-def check_stage(out: Path, stage: str) -> None:
+def check_stage(store: LocalOutput | RemoteOutput, stage: str) -> None:
     """Refuse a folder whose status files belong to another stage (before anything in it
     is cleared).
 
     Raises:
         JobError: a status file of another stage is there.
     """
-    for path in sorted((out / STATUS_DIR).glob("[!.]*.json")):
-        found = read_status(out, path.stem)
+    for slide_id in store.status_ids():
+        found = store.read_status(slide_id)
         if found and found.get("stage") not in (None, stage):
-            raise JobError(f"{out}: holds {found.get('stage')!r} outputs ({path.name}), not "
-                           f"{stage!r} ones; use another --out")
+            raise JobError(f"{store.name}: holds {found.get('stage')!r} outputs "
+                           f"({slide_id}.json), not {stage!r} ones; use another --out")
 
 
 def _resume(run: _Run, entries: list, overwrite: bool) -> list[_Slide]:
     """Skip finished slides; clear and return the others."""
-    check_stage(run.out, run.stage.name)
+    store = run.store
+    store.load()
+    check_stage(store, run.stage.name)
     todo = []
     for entry in entries:
-        previous = read_status(run.out, entry.slide_id)
+        previous = store.read_status(entry.slide_id)
         try:
             expected = expected_status(run.stage, entry)
         except Exception as exc:  # a missing input fails this slide only
@@ -362,14 +457,12 @@ def _resume(run: _Run, entries: list, overwrite: bool) -> list[_Slide]:
             continue
         if previous and "stage" in previous and run.stage.upgrade_status is not None:
             previous = run.stage.upgrade_status(previous)
-        if not overwrite and is_complete(run.out, previous, expected):
-            # what a run killed just after this slide's status left behind
-            shutil.rmtree(run.out / PARTIAL_DIR / entry.slide_id, ignore_errors=True)
-            remove_stale_temporaries([status_path(run.out, entry.slide_id)])
+        if not overwrite and store.is_complete(previous, expected):
+            store.tidy(entry.slide_id)
             run.record(Outcome(entry.slide_id, "skipped",
                                result=previous.get("result") or {}))
             continue
-        clear_slide(run.out, entry.slide_id, run.stage)
+        store.clear(entry.slide_id, run.stage)
         todo.append(_Slide(entry, expected))
     return todo
 
@@ -423,7 +516,8 @@ def _start_while_planning(run: _Run, todo: list[_Slide], workers, planned: dict)
 
 def _process_inline(run: _Run, slide: _Slide) -> None:
     entry = slide.entry
-    ctx = SlideContext(run.out, entry.slide_id, run.out / PARTIAL_DIR / entry.slide_id,
+    ctx = SlideContext(run.store.out, entry.slide_id,
+                       run.store.partial_root / entry.slide_id,
                        on_progress=lambda n: run.emit("progress", n))
     try:
         result = run.stage.process(entry, run.stage.options, ctx) or {}
@@ -453,7 +547,7 @@ def _drive(run: _Run, executor, todo: list[_Slide], planned: dict | None = None)
                               *planned.pop(slide.entry.slide_id)))
                 continue
             fn, args = (plan_task, (stage, slide.entry)) if stage.split else \
-                (process_task, (stage, slide.entry, str(run.out)))
+                (process_task, (stage, slide.entry, run.store.target()))
             tags[executor.submit(fn, *args)] = (slide.entry.slide_id, None)
 
     def events():
@@ -481,6 +575,11 @@ def _drive(run: _Run, executor, todo: list[_Slide], planned: dict | None = None)
             left = len(waiting) + sum(not s.planned for s in slides.values())
             _submit_tasks(run, executor, slide, value, tags, left)
         else:
+            value, uploaded = value
+            try:
+                run.store.fetch(slide_id, uploaded)
+            except Exception as exc:
+                slide.error = slide.error or exc
             slide.results[task_no] = value
             run.emit("progress", stage.task_size(slide.tasks[task_no])
                      if stage.task_size else 1)
@@ -508,8 +607,10 @@ def _collect(executor, future) -> tuple[BaseException | None, Any]:
         return exc, None
 
 
-def _settle(run: _Run, slide: _Slide, result: dict, outputs: dict[str, str]) -> None:
+def _settle(run: _Run, slide: _Slide, result: dict, outputs: dict[str, str],
+            uploaded: list[str]) -> None:
     try:
+        run.store.fetch(slide.entry.slide_id, uploaded)
         run.done(slide, result, outputs)
     except Exception as exc:
         run.failed(slide.entry.slide_id, exc, slide.expected)
@@ -526,16 +627,17 @@ def _submit_tasks(run: _Run, executor, slide: _Slide, planned, tags: dict,
     if slide.tasks:  # a slide without tasks is finished at once (counted as a slide)
         run.emit("total", sum(stage.task_size(t) for t in slide.tasks) if stage.task_size
                  else len(slide.tasks))
-    partial = str(run.out / PARTIAL_DIR / slide.entry.slide_id)
+    target = run.store.target()
     for i, task in enumerate(slide.tasks):
-        tags[executor.submit(run_task, stage, slide.entry, task, partial)] = \
+        tags[executor.submit(run_task, stage, slide.entry, task, target)] = \
             (slide.entry.slide_id, i)
         slide.running += 1
 
 
 def _finish_split(run: _Run, slide: _Slide) -> None:
     entry = slide.entry
-    ctx = SlideContext(run.out, entry.slide_id, run.out / PARTIAL_DIR / entry.slide_id)
+    ctx = SlideContext(run.store.out, entry.slide_id,
+                       run.store.partial_root / entry.slide_id)
     try:
         results = [slide.results[i] for i in range(len(slide.tasks))]
         result = run.stage.finish(entry, run.stage.options, slide.state, results, ctx) or {}

@@ -133,6 +133,24 @@ def safe_relative(name: str) -> PurePosixPath:
     return path
 
 
+def check_output_name(slide_id: str, name: str) -> PurePosixPath:
+    """``name`` as a path relative to the output folder, checked as a name that slide
+    ``slide_id`` may write (local or remote folder).
+
+    Raises:
+        JobError: ``name`` escapes or hides (see :func:`safe_relative`), is not named
+            after the slide (an output's file name starts with the slide id) or would
+            overwrite a status file.
+    """
+    relative = safe_relative(name)
+    if not relative.name.startswith(slide_id):
+        raise JobError(f"output {name!r} is not named after slide {slide_id!r}")
+    if relative.parts[0] == "status" or (len(relative.parts) == 1 and \
+            relative.name.endswith("_status.json")):
+        raise JobError(f"output {name!r} would overwrite a status file")
+    return relative
+
+
 def output_path(out: Path, slide_id: str, name: str) -> Path:
     """Where the output ``name`` of slide ``slide_id`` lives: ``out / name``, checked so
     that a name from a (user-editable) status file can never point elsewhere.
@@ -142,12 +160,7 @@ def output_path(out: Path, slide_id: str, name: str) -> Path:
             after the slide (an output's file name starts with the slide id), lies in the
             status folder, or a folder on its way is a symbolic link.
     """
-    relative = safe_relative(name)
-    if not relative.name.startswith(slide_id):
-        raise JobError(f"output {name!r} is not named after slide {slide_id!r}")
-    if relative.parts[0] == "status" or (len(relative.parts) == 1 and \
-            relative.name.endswith("_status.json")):
-        raise JobError(f"output {name!r} would overwrite a status file")
+    relative = check_output_name(slide_id, name)
     here = Path(out)
     for part in relative.parts:
         here = here / part

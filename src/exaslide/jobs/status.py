@@ -57,8 +57,10 @@ def file_fingerprint(path) -> dict[str, Any] | None:
 
     if path is None:
         return None
-    if is_remote(path):
-        return remote_fingerprint(str(path))
+    if is_remote(path):  # the URL as recorded: no presigned or SAS signature
+        from exaslide.storage.errors import redact_url
+
+        return dict(remote_fingerprint(str(path)), path=redact_url(str(path)))
     path = to_local(path)  # file:// URLs
     stat = Path(path).stat()
     return {"path": str(Path(path).resolve()), "size": stat.st_size,

@@ -73,6 +73,18 @@ def scrub(text: str) -> str:
     return text
 
 
+class ScrubFilter:
+    """A logging filter that passes every record through :func:`scrub` (installed on the
+    command line's log handlers, so no log line carries a secret)."""
+
+    def filter(self, record) -> bool:
+        message = record.getMessage()
+        cleaned = scrub(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, ()
+        return True
+
+
 def _codes(exc: BaseException) -> set[str]:
     """The error codes and HTTP statuses in an exception and its causes."""
     codes: set[str] = set()
@@ -86,7 +98,7 @@ def _codes(exc: BaseException) -> set[str]:
             status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
             if status:
                 codes.add(str(status))
-        for attr in ("error_code", "code", "status", "status_code"):
+        for attr in ("error_code", "status", "status_code"):
             value = getattr(exc, attr, None)
             if isinstance(value, int | str) and value:
                 codes.add(str(value).lower().split(".")[-1])

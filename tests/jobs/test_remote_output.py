@@ -1,0 +1,299 @@
+"""The job engine writing into an object store (S3 on a local moto server): outputs equal
+a local run's, resume against the remote status, the lease, corruption detection, faults
+(403, throttling, a store that goes away mid-upload), no secret anywhere, and a Dask
+cluster whose workers share nothing with the driver but the bucket."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from exaslide.synth import SynthSpec, make_cohort
+from object_stores import FaultProxy, client_env, grep_secrets, reset_fsspec
+
+EXTRACT = ["extract", "--patch-size", "64", "--materialize", "png", "--shard-size", "60",
+           "--min-tissue", "0.3", "--scheduler", "inline"]
+
+
+def exaslide(*args, env, timeout=180):
+    return subprocess.run([sys.executable, "-m", "exaslide", *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    """A local output folder's files (not status files, locks or hidden files)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not any(part.startswith(".") for part in p.parts)
+            and "status" not in p.name and p.parent.name != "status"}
+
+
+def remote_files(url: str) -> dict[str, bytes]:
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    fs.invalidate_cache()
+    out = {}
+    for path in sorted(fs.find(root)):
+        name = path[len(root.rstrip("/")) + 1:]
+        if name.startswith(".") or name.startswith("status/") or "status" in name:
+            continue
+        out[name] = fs.cat_file(path)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """Two synthetic slides with their manifest, and their local extraction."""
+    root = tmp_path_factory.mktemp("remote-cohort")
+    manifest = make_cohort(root / "cohort", 2, tumour_fraction=1.0, seed=5,
+                           base=SynthSpec(width=1536, height=1024, tumours=2))
+    env = dict(os.environ, EXASLIDE_CACHE_DIR=str(root / "cache"))
+    done = exaslide(*EXTRACT, manifest, "--out", root / "local", env=env)
+    assert done.returncode == 0, done.stderr
+    return manifest, files_of(root / "local")
+
+
+@pytest.fixture
+def env(s3_server, tmp_path):
+    """An exaslide process's environment for the S3 server, with its own cache."""
+    return client_env(s3_server, EXASLIDE_CACHE_DIR=str(tmp_path / "cache"))
+
+
+def test_extract_to_s3_equals_local_and_resumes_from_the_remote_status(s3, s3_server, env,
+                                                                       cohort, tmp_path):
+    manifest, local = cohort
+    out = f"{s3}/run"
+    first = exaslide(*EXTRACT, manifest, "--out", out, env=env)
+    assert first.returncode == 0, first.stderr
+    assert f"index: {out}/index" in first.stdout
+    assert remote_files(out) == local
+    statuses = remote_files_raw(out, "status/")
+    assert set(statuses) == {"status/synth_000.json", "status/synth_001.json"}
+    status = json.loads(statuses["status/synth_000.json"])
+    assert status["status"] == "done"
+    assert set(status["checksums"]) == set(status["outputs"])
+    assert all(len(c["sha256"]) == 64 and c["etag"] for c in status["checksums"].values())
+
+    again = exaslide(*EXTRACT, manifest, "--out", out, env=env)
+    assert again.returncode == 0, again.stderr
+    assert "2 already done" in again.stdout
+    leftovers = grep_secrets([tmp_path], first.stdout + first.stderr + again.stdout +
+                             again.stderr + json.dumps(remote_files_raw(out, "").keys()
+                                                       .__repr__()), s3_server.secrets)
+    assert not leftovers
+    assert not [k for k in remote_files_raw(out, "") if "secret" in k.lower()]
+    for name, data in remote_files_raw(out, "").items():  # nothing written holds a secret
+        assert not any(s.encode() in data for s in s3_server.secrets), name
+
+
+def remote_files_raw(url: str, prefix: str) -> dict[str, bytes]:
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    fs.invalidate_cache()
+    root = root.rstrip("/")
+    return {p[len(root) + 1:]: fs.cat_file(p) for p in sorted(fs.find(root))
+            if p[len(root) + 1:].startswith(prefix)}
+
+
+def test_an_object_corrupted_in_the_bucket_is_detected_and_redone(s3, env, cohort):
+    import fsspec
+
+    manifest, local = cohort
+    out = f"{s3}/run"
+    assert exaslide(*EXTRACT, manifest, "--out", out, env=env).returncode == 0
+    fs, root = fsspec.core.url_to_fs(out)
+    shard = sorted(n for n in local if n.startswith("shards/synth_001"))[0]
+    data = bytearray(fs.cat_file(f"{root}/{shard}"))
+    data[len(data) // 2] ^= 0xFF  # one flipped byte, same size
+    fs.pipe_file(f"{root}/{shard}", bytes(data))
+    rerun = exaslide(*EXTRACT, manifest, "--out", out, env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "1 done, 1 already done" in rerun.stdout
+    assert remote_files(out) == local
+
+
+def test_the_lease_refuses_a_second_run_and_expires_after_a_killed_one(s3, env, cohort):
+    import fsspec
+
+    manifest, _ = cohort
+    out = f"{s3}/run"
+    fs, root = fsspec.core.url_to_fs(out)
+    holder = {"owner": "someone", "host": "node7", "pid": 4242, "started": "now",
+              "expires": time.time() + 600, "rank": None}
+    fs.pipe_file(f"{root}/.exaslide.lock.json", json.dumps(holder).encode())
+    done = exaslide(*EXTRACT, manifest, "--out", out, env=env)
+    assert done.returncode == 2, done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert "another exaslide run is writing here" in line and "pid 4242 on node7" in line
+    assert not [p for p in fs.find(root) if "/status/" in p]  # nothing written
+    holder["expires"] = time.time() - 1  # a killed run's lease, expired
+    fs.pipe_file(f"{root}/.exaslide.lock.json", json.dumps(holder).encode())
+    done = exaslide(*EXTRACT, manifest, "--out", out, env=env)
+    assert done.returncode == 0, done.stderr
+    fs.invalidate_cache()
+    assert not fs.exists(f"{root}/.exaslide.lock.json")  # released at the end
+
+
+def test_two_runs_at_once_one_wins(s3, env, cohort, tmp_path):
+    manifest, local = cohort
+    out = f"{s3}/run"
+    runs = [subprocess.Popen([sys.executable, "-m", "exaslide", *EXTRACT, str(manifest),
+                              "--out", out], env=dict(env, EXASLIDE_CACHE_DIR=str(
+                                  tmp_path / f"cache{i}")), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for i in range(2)]
+    results = [(r.wait(180), r.stderr.read()) for r in runs]
+    codes = sorted(code for code, _ in results)
+    assert codes in ([0, 0], [0, 2]), results  # the loser stops; none corrupts the other
+    if codes == [0, 2]:
+        assert any("another exaslide run is writing here" in err for _, err in results)
+    assert remote_files(out) == local
+
+
+def test_missing_bucket_and_http_out_are_one_line_errors(s3, env, cohort):
+    manifest, _ = cohort
+    done = exaslide(*EXTRACT, manifest, "--out", "s3://no-such-bucket-exaslide/run", env=env)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "s3://no-such-bucket-exaslide" in lines[0] and "does not exist" in lines[0]
+    done = exaslide(*EXTRACT, manifest, "--out", "https://example.org/run", env=env)
+    assert done.returncode == 2 and "cannot be an output folder" in done.stderr
+
+
+@pytest.fixture
+def proxy(s3_server):
+    proxy = FaultProxy(s3_server.endpoint)
+    yield proxy
+    proxy.close()
+    reset_fsspec("s3")
+
+
+def test_access_denied_and_throttling_give_one_line_per_slide(s3, env, cohort, proxy,
+                                                              s3_server):
+    manifest, local = cohort
+    out = f"{s3}/run"
+    through = dict(env, AWS_ENDPOINT_URL=proxy.endpoint)
+    proxy.always.append(("PUT", "/shards/synth_001", 403, "AccessDenied"))
+    done = exaslide(*EXTRACT, manifest, "--out", out, env=through)
+    assert done.returncode != 0
+    failed = [line for line in done.stdout.splitlines() + done.stderr.splitlines()
+              if "synth_001" in line and "access denied (403)" in line]
+    assert failed, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    assert not grep_secrets([], done.stdout + done.stderr, s3_server.secrets)
+    assert "1 done" in done.stdout  # the batch went on
+
+    proxy.always.clear()
+    for _ in range(3):  # throttled three times, then served: the retries get through
+        proxy.fail.append(("PUT", "/shards/synth_001", 503, "SlowDown"))
+    done = exaslide(*EXTRACT, manifest, "--out", out, env=through)
+    assert done.returncode == 0, done.stderr
+    assert sum(status == 503 for _, _, status in proxy.requests) == 3
+    assert remote_files(out) == local
+
+
+def test_a_store_that_goes_away_mid_upload_then_a_rerun_equals_a_clean_run(
+        s3, env, cohort, proxy):
+    manifest, local = cohort
+    out = f"{s3}/run"
+    through = dict(env, AWS_ENDPOINT_URL=proxy.endpoint, AWS_MAX_ATTEMPTS="2")
+    proxy.cut_after_bytes = 40_000  # the store stops answering part-way through the shards
+    done = exaslide(*EXTRACT, manifest, "--out", out, env=through, timeout=300)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    proxy.cut_after_bytes = None  # the store is back
+    again = exaslide(*EXTRACT, manifest, "--out", out, env=through, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert remote_files(out) == local
+
+
+def test_mask_to_s3_equals_local(s3, env, cohort, tmp_path):
+    manifest, _ = cohort
+    done = exaslide("mask", "--manifest", manifest, "--mpp", "8", "--out",
+                    tmp_path / "masks", env=env)
+    assert done.returncode == 0, done.stderr
+    done = exaslide("mask", "--manifest", manifest, "--mpp", "8", "--out", f"{s3}/masks",
+                    env=env)
+    assert done.returncode == 0, done.stderr
+    remote, local = remote_files(f"{s3}/masks"), files_of(tmp_path / "masks")
+    assert set(remote) == set(local) and len(local) >= 10
+    for name in local:  # the summaries differ only by the time taken
+        if name.endswith("_summary.json"):
+            remote[name], local[name] = (dict(json.loads(x), seconds=0)
+                                         for x in (remote[name], local[name]))
+    assert remote == local
+
+
+@contextlib.contextmanager
+def isolated_cluster(tmp_path: Path, hidden: Path, env: dict, workers: int = 2):
+    """A ``dask scheduler`` and ``dask worker`` processes, each worker with its own cache
+    and scratch folders and, in its own mount namespace, an empty file system mounted over
+    ``hidden`` (the driver's cache): the workers share nothing with the driver but the
+    bucket."""
+    dask = Path(sys.executable).with_name("dask")
+    if os.geteuid() != 0 or subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "true"],
+            capture_output=True).returncode != 0:
+        pytest.skip("needs unshare --mount (root) to hide the driver's files from workers")
+    info = tmp_path / "scheduler.json"
+    base = dict(env, DASK_DISTRIBUTED__WORKER__DAEMON="False")
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL,
+             "start_new_session": True}
+    procs = [subprocess.Popen([str(dask), "scheduler", "--scheduler-file", str(info),
+                               "--port", "0", "--no-dashboard"], env=base, **quiet)]
+    try:
+        deadline = time.monotonic() + 60
+        while not info.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        address = json.loads(info.read_text())["address"]
+        hidden.mkdir(parents=True, exist_ok=True)
+        for i in range(workers):
+            own = tmp_path / f"worker{i}"
+            (own / "tmp").mkdir(parents=True)
+            script = (f"mount -t tmpfs none {hidden} && exec {dask} worker {address} "
+                      f"--nthreads 1 --no-dashboard --local-directory {own / 'dask'}")
+            procs.append(subprocess.Popen(
+                ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                env=dict(base, EXASLIDE_CACHE_DIR=str(own / "cache"), TMPDIR=str(own / "tmp")),
+                **quiet))
+        from distributed import Client
+
+        with Client(address, timeout=30) as client:
+            client.wait_for_workers(workers, timeout=60)
+        yield address
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_dask_workers_that_share_only_the_bucket(s3, s3_server, cohort, tmp_path, proxy):
+    import fsspec
+
+    manifest, local = cohort
+    fs, _ = fsspec.core.url_to_fs(s3)
+    fs.put(str(Path(manifest).parent), f"{s3[5:]}/cohort", recursive=True)
+    remote_manifest = f"{s3}/cohort/{Path(manifest).name}"
+    driver_cache = tmp_path / "driver-cache"
+    env = client_env(s3_server, EXASLIDE_CACHE_DIR=str(driver_cache))
+    workers_env = dict(env, AWS_ENDPOINT_URL=proxy.endpoint)  # to see what they upload
+    with isolated_cluster(tmp_path, driver_cache, workers_env) as address:
+        done = exaslide(*EXTRACT[:-2], remote_manifest, "--out", f"{s3}/run",
+                        "--scheduler", address, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert remote_files(f"{s3}/run") == local
+    assert not fs.exists(f"{s3[5:]}/run/.partial")
+    # the workers could not see the driver's staging folder: they sent their files
+    # through the bucket
+    assert any(method == "PUT" and "/run/.partial/" in path
+               for method, path, _ in proxy.requests)
