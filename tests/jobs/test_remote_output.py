@@ -297,3 +297,75 @@ def test_dask_workers_that_share_only_the_bucket(s3, s3_server, cohort, tmp_path
     # through the bucket
     assert any(method == "PUT" and "/run/.partial/" in path
                for method, path, _ in proxy.requests)
+
+
+def test_extract_round_trip_on_every_store(object_store, cohort, tmp_path):
+    """Write, resume and read back on S3, Azure Blob (Azurite) and GCS (fake-gcs-server)."""
+    manifest, local = cohort
+    env = client_env(object_store.server, EXASLIDE_CACHE_DIR=str(tmp_path / "cache"))
+    out = f"{object_store.url}/run"
+    first = exaslide(*EXTRACT, manifest, "--out", out, env=env)
+    assert first.returncode == 0, first.stderr
+    assert remote_files(out) == local
+    again = exaslide(*EXTRACT, manifest, "--out", out, env=env)
+    assert again.returncode == 0 and "2 already done" in again.stdout, again.stderr
+    assert not grep_secrets([tmp_path], first.stdout + first.stderr + again.stdout +
+                            again.stderr, object_store.server.secrets)
+
+
+def test_infer_with_a_model_in_s3_into_s3_equals_local(s3, env, tmp_path, synth_slide):
+    import fsspec
+
+    from exaslide.models import create_model, save_model
+
+    model = save_model(tmp_path / "model.pt", create_model("small-cnn", num_classes=2),
+                       {"classes": ["normal", "tumour"],
+                        "patch": {"size": 32, "level": 2, "mpp": None},
+                        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]})
+    fs, _ = fsspec.core.url_to_fs(s3)
+    for path in (model, Path(f"{model}.sha256")):
+        fs.put_file(str(path), f"{s3[5:]}/models/{path.name}")
+    args = ["--batch-size", 4, "--workers", 0]
+    done = exaslide("infer", model, synth_slide.path, "--out", tmp_path / "local", *args,
+                    env=env)
+    assert done.returncode == 0, done.stderr
+    done = exaslide("infer", f"{s3}/models/model.pt", synth_slide.path, "--out",
+                    f"{s3}/heatmaps", *args, env=env)
+    assert done.returncode == 0, done.stderr
+    assert f"heatmaps in {s3}/heatmaps" in done.stdout
+    remote, local = remote_files(f"{s3}/heatmaps"), files_of(tmp_path / "local")
+    assert set(remote) == set(local) and local
+    for name in local:
+        if not name.endswith(".json"):  # .json: with the model's path and timings
+            assert remote[name] == local[name], name
+    again = exaslide("infer", f"{s3}/models/model.pt", synth_slide.path, "--out",
+                     f"{s3}/heatmaps", *args, env=env)
+    assert again.returncode == 0 and "1 already done" in again.stdout, again.stderr
+
+
+def test_embed_from_an_s3_extraction_into_s3_equals_local(s3, env, extracted, tmp_path):
+    import fsspec
+
+    from exaslide.models import create_model, save_model
+
+    model = save_model(tmp_path / "model.pt", create_model("small-cnn", num_classes=2),
+                       {"classes": ["normal", "tumour"],
+                        "patch": {"size": 64, "level": 0, "mpp": None},
+                        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]})
+    fs, _ = fsspec.core.url_to_fs(s3)
+    fs.put(str(extracted), f"{s3[5:]}/extracted", recursive=True)
+    args = ["--split", "val", "--workers", "0", "--batch-size", "64"]
+    done = exaslide("embed", "patches", model, extracted, "--out", tmp_path / "local",
+                    *args, env=env)
+    assert done.returncode == 0, done.stderr
+    done = exaslide("embed", "patches", model, f"{s3}/extracted", "--out",
+                    f"{s3}/store", *args, env=env)
+    assert done.returncode == 0, done.stderr
+    remote, local = remote_files(f"{s3}/store"), files_of(tmp_path / "local")
+    assert set(remote) == set(local) and any(n.startswith("parts/") for n in local)
+    for name in local:
+        if name != "embeddings.json" and not name.startswith("embeddings.json"):
+            assert remote[name] == local[name], name
+    again = exaslide("embed", "patches", model, f"{s3}/extracted", "--out",
+                     f"{s3}/store", *args, env=env)
+    assert again.returncode == 0 and "already done" in again.stdout, again.stderr

@@ -13,10 +13,11 @@ from exaslide.cli.options import decode_option
 
 def _summary(outcomes, what: str, unit: str, count: int, out_dir, seconds: float,
              status: str, prefix: str = "") -> None:
-    from exaslide.cli.options import report_outcomes
+    from exaslide.cli.options import out_location, report_outcomes
 
-    report_outcomes(outcomes, str(Path(out_dir) / status),
-                    f"{count} {unit} in {seconds:.1f} s; {what} in {Path(out_dir)}", prefix)
+    report_outcomes(outcomes, out_location(out_dir, status),
+                    f"{count} {unit} in {seconds:.1f} s; {what} in {out_location(out_dir)}",
+                    prefix)
 
 
 @click.command("embed")
@@ -112,7 +113,9 @@ def _model_and_dir(model, extract_dir, encoder, weights, size, pretrained):
                                else "missing MODEL (or --encoder NAME) and EXTRACT_DIR")
     if extract_dir is None:
         raise click.UsageError("missing EXTRACT_DIR")
-    if not Path(extract_dir).exists():
+    from exaslide.storage.urls import is_remote
+
+    if not is_remote(extract_dir) and not Path(extract_dir).exists():
         raise click.BadParameter(f"{extract_dir}: no such folder or file",
                                  param_hint="EXTRACT_DIR")
     return model, extract_dir

@@ -197,9 +197,12 @@ def infer_cohort(model_path: str | os.PathLike, slides: str | os.PathLike | Iter
     from exaslide.models import load_model
 
     entries = [SlideEntry(slide_id, path) for slide_id, path in _entries(slides)]
-    model_file = Path(model_path)
+    from exaslide.storage.urls import is_remote
+
+    model_file = str(model_path) if is_remote(str(model_path)) else Path(model_path)
     # before loading: a file replaced meanwhile then does not match its heatmaps
-    model_print = file_fingerprint(model_file) if model_file.is_file() else {}
+    model_print = file_fingerprint(model_file) if isinstance(model_file, str) or \
+        model_file.is_file() else {}
     model, meta = load_model(model_file)
     spec = model_inputs(meta, class_name).spec  # bad meta or class: fail once, not per slide
     dev = resolve_device(device)

@@ -195,8 +195,8 @@ def process_task(stage: Stage, entry, target: PartialTarget
     with target.writing(entry.slide_id) as (folder, uploaded):
         ctx = SlideContext(Path(target.root).parent, entry.slide_id, folder)
         result = stage.process(entry, stage.options, ctx) or {}
-    outputs = {name: str(path) if not uploaded else target.local_path(entry.slide_id, path)
-               for name, path in ctx.outputs.items()}
+    outputs = {name: target.local_path(entry.slide_id, path, folder) if uploaded else
+               str(path) for name, path in ctx.outputs.items()}
     return result, outputs, uploaded
 
 

@@ -101,7 +101,8 @@ class PartialTarget:
             folder.mkdir()
             yield folder, uploaded
             fs, root = filesystem(self.url)
-            files = sorted(p.name for p in folder.iterdir() if p.is_file())
+            files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                           if p.is_file())
             remote = f"{root.rstrip('/')}/{PARTIAL_DIR}/{slide_id}"
             _upload(fs, [str(folder / f) for f in files], [f"{remote}/{f}" for f in files],
                     self.url)
@@ -109,10 +110,9 @@ class PartialTarget:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def local_path(self, slide_id: str, path: str | os.PathLike) -> str:
-        """The driver's path of a file a task wrote at ``path`` (its name in the slide's
-        partial folder)."""
-        return str(self.folder(slide_id) / Path(path).name)
+    def local_path(self, slide_id: str, path: str | os.PathLike, folder: Path) -> str:
+        """The driver's path of a file a task wrote at ``path`` in ``folder``."""
+        return str(self.folder(slide_id) / Path(path).relative_to(folder))
 
 
 def _upload(fs, sources: list[str], targets: list[str], url: str) -> None:
@@ -215,7 +215,8 @@ class RemoteOutput:
         if not names:
             return
         folder = self.partial_root / slide_id
-        folder.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
         remote = self._path(f"{PARTIAL_DIR}/{slide_id}")
         try:
             self.fs.get([f"{remote}/{n}" for n in names], [str(folder / n) for n in names])
@@ -339,9 +340,11 @@ class RemoteOutput:
         base = dict(expected, slide_id=slide_id, result=result,
                     outputs={name: 0 for name in outputs})
         self.write_status(slide_id, dict(base, status="committing"))
-        sources = list(outputs.values())
         checks = {name: {"sha256": _sha256(source)} for name, source in outputs.items()}
-        _upload(self.fs, sources, [self._path(names[n]) for n in outputs], self.url)
+        order = list(outputs)  # the last declared (an index, a part's table) goes last,
+        for batch in (order[:-1], order[-1:]):  # as locally, after the rest is in place
+            _upload(self.fs, [outputs[n] for n in batch],
+                    [self._path(names[n]) for n in batch], self.url)
         sizes = {}
         for name, source in outputs.items():
             try:

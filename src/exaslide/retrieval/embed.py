@@ -314,7 +314,9 @@ def embed_patches(model, source, out_dir, *, filter=None, batch_size: int = 256,
         import torch
 
         module.to(memory_format=torch.channels_last)
-    out = Path(out_dir)
+    from exaslide.storage.urls import is_remote
+
+    out = str(out_dir) if is_remote(str(out_dir)) else Path(out_dir)
     resolved = _decode(decode, dev, paths, slide_ids)  # a bad setting: before writing
     options = _store_options(module, name, model_path, meta, table, size, source, filter,
                              out, decode)
@@ -342,18 +344,18 @@ def embed_patches(model, source, out_dir, *, filter=None, batch_size: int = 256,
 
 
 def _store_options(module, name, model_path, meta, table, size, source, filter,
-                   out: Path, decode: str) -> EmbedOptions:
+                   out: Path | str, decode: str) -> EmbedOptions:
     """The store's embedding space, written into (or checked against) its
     ``embeddings.json``, as the stage's options."""
     from exaslide.augment import IMAGENET_MEAN, IMAGENET_STD
     from exaslide.models import embedding_dim
-    from exaslide.retrieval.store import write_info
+    from exaslide.retrieval.store import has_parts, write_info
 
     patch = _patch_spec(meta, table, size)
     mean = list(meta.get("mean") or IMAGENET_MEAN)
     std = list(meta.get("std") or IMAGENET_STD)
     weights = meta.get("weights")
-    if weights == "random" and any((out / "parts").glob("[!.]*.parquet")):
+    if weights == "random" and has_parts(str(out)):
         raise RetrievalError(f"{out}: already holds embeddings made with random weights of "
                              f"{name}; new random weights would not be comparable: embed "
                              "into a new folder, or use a model file or --pretrained")

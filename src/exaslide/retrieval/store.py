@@ -63,12 +63,20 @@ def write_info(folder: str | os.PathLike, info: dict[str, Any]) -> None:
     model: the keys an index checks too), so a rerun with other settings cannot leave
     the description of the old ones.
 
+    ``folder`` may be an object-store URL (``s3://...``): the file and its ``.sha256``
+    sidecar are then read and written there.
+
     Raises:
         RetrievalError: the folder already holds embeddings of another space.
     """
-    folder = Path(folder)
     if info.get("kind") not in KINDS:
         raise RetrievalError(f"embedding kind must be one of {KINDS}, got {info.get('kind')!r}")
+    from exaslide.storage.urls import is_remote
+
+    if is_remote(str(folder)):
+        _write_remote_info(str(folder), info)
+        return
+    folder = Path(folder)
     path = folder / "embeddings.json"
     if path.exists():
         old = read_info(folder)
@@ -79,6 +87,56 @@ def write_info(folder: str | os.PathLike, info: dict[str, Any]) -> None:
         return
     folder.mkdir(parents=True, exist_ok=True)
     write_json(path, info, checksum=True)
+
+
+def _write_remote_info(url: str, info: dict[str, Any]) -> None:
+    """:func:`write_info` into an object-store folder (the sidecar after the file)."""
+    import hashlib
+
+    from exaslide.jsonio import dumps
+    from exaslide.storage.errors import redact_url, storage_error
+    from exaslide.storage.urls import filesystem
+
+    fs, root = filesystem(url)
+    path = f"{root.rstrip('/')}/embeddings.json"
+    try:
+        try:
+            data = fs.cat_file(path)
+        except FileNotFoundError:
+            data = None
+        if data is not None:
+            sidecar = fs.cat_file(path + ".sha256").decode().split()
+            if hashlib.sha256(data).hexdigest() not in sidecar:
+                raise RetrievalError(f"{redact_url(url)}/embeddings.json: does not match its "
+                                     f"checksum (corrupt or truncated); {REMEDY}")
+            old = json.loads(data)
+            for key in SAME_SPACE_KEYS:
+                if old.get(key) != info.get(key):
+                    raise RetrievalError(f"{redact_url(url)}: holds embeddings with {key}="
+                                         f"{old.get(key)!r}, not {info.get(key)!r}; use "
+                                         "another folder")
+            return
+        text = dumps(info).encode()
+        fs.pipe_file(path, text)
+        fs.pipe_file(path + ".sha256",
+                     f"{hashlib.sha256(text).hexdigest()}  embeddings.json\n".encode())
+    except (RetrievalError, ValueError):
+        raise
+    except Exception as exc:
+        raise storage_error(exc, f"{url}/embeddings.json", "write") from exc
+
+
+def has_parts(folder: str) -> bool:
+    """True when the store ``folder`` (a path or URL) already holds a finished part."""
+    from exaslide.storage.urls import filesystem, is_remote
+
+    if not is_remote(folder):
+        return any((Path(folder) / "parts").glob("[!.]*.parquet"))
+    fs, root = filesystem(folder)
+    try:
+        return bool(fs.glob(f"{root.rstrip('/')}/parts/[!.]*.parquet"))
+    except FileNotFoundError:
+        return False
 
 
 def read_info(folder: str | os.PathLike, unchecked: list[Path] | None = None) -> dict:
