@@ -58,7 +58,7 @@ def cohort(tmp_path_factory):
     env = dict(os.environ, EXASLIDE_CACHE_DIR=str(root / "cache"))
     done = exaslide(*EXTRACT, manifest, "--out", root / "local", env=env)
     assert done.returncode == 0, done.stderr
-    return manifest, files_of(root / "local")
+    return manifest, files_of(root / "local"), root / "local"
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def env(s3_server, tmp_path):
 
 def test_extract_to_s3_equals_local_and_resumes_from_the_remote_status(s3, s3_server, env,
                                                                        cohort, tmp_path):
-    manifest, local = cohort
+    manifest, local, _ = cohort
     out = f"{s3}/run"
     first = exaslide(*EXTRACT, manifest, "--out", out, env=env)
     assert first.returncode == 0, first.stderr
@@ -85,6 +85,9 @@ def test_extract_to_s3_equals_local_and_resumes_from_the_remote_status(s3, s3_se
     again = exaslide(*EXTRACT, manifest, "--out", out, env=env)
     assert again.returncode == 0, again.stderr
     assert "2 already done" in again.stdout
+    # the staging folder is gone, and the disk cache is still a cache
+    assert not (tmp_path / "cache-staging").exists()
+    assert exaslide("cache", "info", env=env).returncode == 0
     leftovers = grep_secrets([tmp_path], first.stdout + first.stderr + again.stdout +
                              again.stderr + json.dumps(remote_files_raw(out, "").keys()
                                                        .__repr__()), s3_server.secrets)
@@ -107,7 +110,7 @@ def remote_files_raw(url: str, prefix: str) -> dict[str, bytes]:
 def test_an_object_corrupted_in_the_bucket_is_detected_and_redone(s3, env, cohort):
     import fsspec
 
-    manifest, local = cohort
+    manifest, local, _ = cohort
     out = f"{s3}/run"
     assert exaslide(*EXTRACT, manifest, "--out", out, env=env).returncode == 0
     fs, root = fsspec.core.url_to_fs(out)
@@ -124,7 +127,7 @@ def test_an_object_corrupted_in_the_bucket_is_detected_and_redone(s3, env, cohor
 def test_the_lease_refuses_a_second_run_and_expires_after_a_killed_one(s3, env, cohort):
     import fsspec
 
-    manifest, _ = cohort
+    manifest, *_ = cohort
     out = f"{s3}/run"
     fs, root = fsspec.core.url_to_fs(out)
     holder = {"owner": "someone", "host": "node7", "pid": 4242, "started": "now",
@@ -144,7 +147,7 @@ def test_the_lease_refuses_a_second_run_and_expires_after_a_killed_one(s3, env, 
 
 
 def test_two_runs_at_once_one_wins(s3, env, cohort, tmp_path):
-    manifest, local = cohort
+    manifest, local, _ = cohort
     out = f"{s3}/run"
     runs = [subprocess.Popen([sys.executable, "-m", "exaslide", *EXTRACT, str(manifest),
                               "--out", out], env=dict(env, EXASLIDE_CACHE_DIR=str(
@@ -159,7 +162,7 @@ def test_two_runs_at_once_one_wins(s3, env, cohort, tmp_path):
 
 
 def test_missing_bucket_and_http_out_are_one_line_errors(s3, env, cohort):
-    manifest, _ = cohort
+    manifest, *_ = cohort
     done = exaslide(*EXTRACT, manifest, "--out", "s3://no-such-bucket-exaslide/run", env=env)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
@@ -179,7 +182,7 @@ def proxy(s3_server):
 
 def test_access_denied_and_throttling_give_one_line_per_slide(s3, env, cohort, proxy,
                                                               s3_server):
-    manifest, local = cohort
+    manifest, local, _ = cohort
     out = f"{s3}/run"
     through = dict(env, AWS_ENDPOINT_URL=proxy.endpoint)
     proxy.always.append(("PUT", "/shards/synth_001", 403, "AccessDenied"))
@@ -203,7 +206,7 @@ def test_access_denied_and_throttling_give_one_line_per_slide(s3, env, cohort, p
 
 def test_a_store_that_goes_away_mid_upload_then_a_rerun_equals_a_clean_run(
         s3, env, cohort, proxy):
-    manifest, local = cohort
+    manifest, local, _ = cohort
     out = f"{s3}/run"
     through = dict(env, AWS_ENDPOINT_URL=proxy.endpoint, AWS_MAX_ATTEMPTS="2")
     proxy.cut_after_bytes = 40_000  # the store stops answering part-way through the shards
@@ -217,7 +220,7 @@ def test_a_store_that_goes_away_mid_upload_then_a_rerun_equals_a_clean_run(
 
 
 def test_mask_to_s3_equals_local(s3, env, cohort, tmp_path):
-    manifest, _ = cohort
+    manifest, *_ = cohort
     done = exaslide("mask", "--manifest", manifest, "--mpp", "8", "--out",
                     tmp_path / "masks", env=env)
     assert done.returncode == 0, done.stderr
@@ -237,7 +240,7 @@ def test_mask_to_s3_equals_local(s3, env, cohort, tmp_path):
 def isolated_cluster(tmp_path: Path, hidden: Path, env: dict, workers: int = 2):
     """A ``dask scheduler`` and ``dask worker`` processes, each worker with its own cache
     and scratch folders and, in its own mount namespace, an empty file system mounted over
-    ``hidden`` (the driver's cache): the workers share nothing with the driver but the
+    ``hidden`` (the driver's staging folder): the workers share nothing with the driver but the
     bucket."""
     dask = Path(sys.executable).with_name("dask")
     if os.geteuid() != 0 or subprocess.run(
@@ -280,14 +283,15 @@ def isolated_cluster(tmp_path: Path, hidden: Path, env: dict, workers: int = 2):
 def test_dask_workers_that_share_only_the_bucket(s3, s3_server, cohort, tmp_path, proxy):
     import fsspec
 
-    manifest, local = cohort
+    manifest, local, _ = cohort
     fs, _ = fsspec.core.url_to_fs(s3)
     fs.put(str(Path(manifest).parent), f"{s3[5:]}/cohort", recursive=True)
     remote_manifest = f"{s3}/cohort/{Path(manifest).name}"
-    driver_cache = tmp_path / "driver-cache"
-    env = client_env(s3_server, EXASLIDE_CACHE_DIR=str(driver_cache))
+    driver_staging = tmp_path / "driver-staging"
+    env = client_env(s3_server, EXASLIDE_CACHE_DIR=str(tmp_path / "driver-cache"),
+                     EXASLIDE_STAGING_DIR=str(driver_staging))
     workers_env = dict(env, AWS_ENDPOINT_URL=proxy.endpoint)  # to see what they upload
-    with isolated_cluster(tmp_path, driver_cache, workers_env) as address:
+    with isolated_cluster(tmp_path, driver_staging, workers_env) as address:
         done = exaslide(*EXTRACT[:-2], remote_manifest, "--out", f"{s3}/run",
                         "--scheduler", address, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -301,7 +305,7 @@ def test_dask_workers_that_share_only_the_bucket(s3, s3_server, cohort, tmp_path
 
 def test_extract_round_trip_on_every_store(object_store, cohort, tmp_path):
     """Write, resume and read back on S3, Azure Blob (Azurite) and GCS (fake-gcs-server)."""
-    manifest, local = cohort
+    manifest, local, _ = cohort
     env = client_env(object_store.server, EXASLIDE_CACHE_DIR=str(tmp_path / "cache"))
     out = f"{object_store.url}/run"
     first = exaslide(*EXTRACT, manifest, "--out", out, env=env)
@@ -369,3 +373,25 @@ def test_embed_from_an_s3_extraction_into_s3_equals_local(s3, env, extracted, tm
     again = exaslide("embed", "patches", model, f"{s3}/extracted", "--out",
                      f"{s3}/store", *args, env=env)
     assert again.returncode == 0 and "already done" in again.stdout, again.stderr
+
+
+@pytest.mark.parametrize("source", ["slides", "shards"])
+def test_training_on_an_s3_extraction_equals_training_on_the_local_one(s3, env, cohort,
+                                                                      tmp_path, source):
+    """``exaslide extract --out s3://...``, then SlidePatchDataset / ShardDataset on the
+    bucket train the model exactly as on the local folder (same weights)."""
+    pytest.importorskip("torch")
+    from exaslide.train import TrainConfig, train
+
+    manifest, _, local_dir = cohort
+    out = f"{s3}/run"
+    done = exaslide(*EXTRACT, manifest, "--out", out, env=env)
+    assert done.returncode == 0, done.stderr
+    results = []
+    for data in (str(local_dir), out + "/"):
+        config = TrainConfig(data=data, out=str(tmp_path / f"train-{len(results)}"),
+                             model="small-cnn", patch_size=None, epochs=1, batch_size=16,
+                             workers=0, max_steps=3, lr=0.001, seed=1, patience=None,
+                             source=source, train_split="val", val_split="val")
+        results.append(train(config, progress=False))
+    assert results[0].weights_digest == results[1].weights_digest

@@ -1,7 +1,8 @@
 """An output folder in an object store (``--out s3://bucket/run``, ``az://``, ``gs://``).
 
-The job engine writes a slide's files locally first (under a staging folder in the cache:
-``<cache>/staging/<hash of the URL>/.partial/<slide_id>/``), then
+The job engine writes a slide's files locally first (under a staging folder beside the
+disk cache, ``<cache>-staging/<hash of the URL>/.partial/<slide_id>/``: see
+:func:`staging_folder`), then
 :meth:`RemoteOutput.commit` uploads them (whole, or in multipart parts for large files:
 the fsspec implementation decides) and writes the slide's status object last, so a reader
 that finds ``status/<slide_id>.json`` saying ``done`` finds every output it lists.
@@ -54,12 +55,22 @@ def _etag(info: dict) -> str | None:
     return None
 
 
+#: the variable that sets where runs into object stores stage their files
+STAGING_ENV = "EXASLIDE_STAGING_DIR"
+
+
 def staging_folder(url: str) -> Path:
-    """The local folder where a run into ``url`` stages its files before the upload."""
+    """The local folder where a run into ``url`` stages its files before the upload:
+    ``$EXASLIDE_STAGING_DIR/<hash of the URL>``, by default beside the disk cache
+    (``~/.cache/exaslide-staging/...``; the cache folder itself holds only the cache's
+    files), on the same disk."""
     from exaslide.storage import cache_key, default_cache_dir
 
     name = hashlib.sha256(cache_key(url).encode()).hexdigest()[:16]
-    return default_cache_dir() / "staging" / name
+    if os.environ.get(STAGING_ENV):
+        return Path(os.environ[STAGING_ENV]).expanduser() / name
+    cache = default_cache_dir()
+    return cache.with_name(f"{cache.name}-staging") / name
 
 
 @dataclass(frozen=True)
@@ -203,6 +214,7 @@ class RemoteOutput:
                     self.partial_root.rmdir()
                 with contextlib.suppress(OSError):
                     self.out.rmdir()
+                    self.out.parent.rmdir()
         finally:
             lease.__exit__(None, None, None)
 
