@@ -106,6 +106,8 @@ def _codes(exc: BaseException) -> set[str]:
             codes.add(next(g for g in match.groups() if g).lower())
         if isinstance(exc, PermissionError):
             codes.add("403")
+        elif isinstance(exc, FileNotFoundError):
+            codes.add("404")
         exc = exc.__cause__ or exc.__context__
     return codes
 
@@ -126,7 +128,11 @@ def describe(exc: BaseException, url: str, action: str = "") -> str:
     elif codes & _THROTTLED:
         why = ("the store kept throttling the requests (503/429) after the retries; "
                "rerun later or with fewer workers (a rerun resumes)")
-    elif codes & _NO_OBJECT or isinstance(exc, FileNotFoundError):
+    elif codes & {"400", "badrequest"}:  # a HEAD's error has no body, hence no code
+        why = ("the store refused the request (400 Bad Request): expired or malformed "
+               "credentials, or the wrong region or endpoint; renew the credentials and "
+               "check the region and endpoint settings")
+    elif codes & _NO_OBJECT:
         why = "no such object (404)"
     else:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

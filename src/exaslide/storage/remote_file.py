@@ -371,7 +371,9 @@ class RemoteFile(io.RawIOBase):
         if getattr(exc, "status", None) == 416:
             return StorageError(f"{self.url}: truncated remote file: the server refuses {where} "
                                 f"of a file it reports as {self.size} bytes (HTTP 416)")
-        return StorageError(f"{self.url}: cannot read {where}: {type(exc).__name__}: {exc}")
+        from exaslide.storage.errors import describe
+
+        return StorageError(describe(exc, self.url, f"read {where}"))
 
     def _checked(self, data: bytes, start: int, end: int) -> bytes:
         """The body of a range request, after checking its length."""
