@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/extract.py
 	$(BIN)/python bench/index_scale.py
 	$(BIN)/python bench/loader.py
+	$(BIN)/python bench/remote.py
 
 clean:
 	rm -rf $(VENV) demo-out demo_out build dist src/*.egg-info .pytest_cache .ruff_cache
