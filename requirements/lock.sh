@@ -63,4 +63,4 @@ lock() {  # lock NAME EXTRA DESCRIPTION
 }
 
 lock cpu viewer "the core (pip install exaslide) and the viewer extra, exaslide[viewer]"
-lock all all "every extra, exaslide[all] (eval, train, retrieval, encoders, viewer)"
+lock all all "every extra, exaslide[all] (eval, train, retrieval, encoders, viewer, cloud)"
