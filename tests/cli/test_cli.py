@@ -117,11 +117,21 @@ def test_killed_cohort_run_leaves_no_partial_file_and_resumes(tmp_path):
                              str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    # a slide is finished when its status file exists (written after all its outputs:
-    # a kill between its summary and its status leaves it to be redone); not its
-    # temporary sibling, ".<slide>.<random>.tmp.json", which is written first
+    # a slide is finished when its status file says done (written after all its
+    # outputs; "committing", written before they are moved into place, and a kill
+    # between its summary and its status leave it to be redone); not its temporary
+    # sibling, ".<slide>.<random>.tmp.json", which is written first
     def statuses():
-        return list(out.glob("status/[!.]*.json"))
+        import json
+
+        done = []
+        for path in out.glob("status/[!.]*.json"):
+            try:
+                if json.loads(path.read_text()).get("status") == "done":
+                    done.append(path)
+            except (OSError, ValueError):
+                pass
+        return done
 
     while not statuses() and time.monotonic() < deadline:
         time.sleep(0.02)
