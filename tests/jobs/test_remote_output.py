@@ -395,3 +395,29 @@ def test_training_on_an_s3_extraction_equals_training_on_the_local_one(s3, env, 
                              source=source, train_split="val", val_split="val")
         results.append(train(config, progress=False))
     assert results[0].weights_digest == results[1].weights_digest
+
+
+def test_a_forged_remote_status_cannot_delete_objects_outside_the_slide(s3, env, cohort):
+    """A status object lists the files a redo deletes: names that escape the folder, hide,
+    belong to another slide or are status files are refused (and kept)."""
+    import fsspec
+
+    manifest, *_ = cohort
+    out = f"{s3}/run"
+    assert exaslide(*EXTRACT, manifest, "--out", out, env=env).returncode == 0
+    fs, root = fsspec.core.url_to_fs(out)
+    bucket = root.split("/")[0]
+    fs.pipe_file(f"{bucket}/victim.txt", b"keep me")
+    fs.pipe_file(f"{root}/.hidden", b"keep me")
+    status = json.loads(fs.cat_file(f"{root}/status/synth_000.json"))
+    status["status"] = "failed"  # so that the rerun redoes (and first clears) the slide
+    status["outputs"] = {"../victim.txt": 7, ".hidden": 7, "status/synth_001.json": 1,
+                         "index/synth_001.parquet": 1}
+    fs.pipe_file(f"{root}/status/synth_000.json", json.dumps(status).encode())
+    done = exaslide(*EXTRACT, manifest, "--out", out, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "not deleting" in done.stderr
+    fs.invalidate_cache()
+    for kept in (f"{bucket}/victim.txt", f"{root}/.hidden", f"{root}/status/synth_001.json",
+                 f"{root}/index/synth_001.parquet"):
+        assert fs.exists(kept), kept
