@@ -118,3 +118,38 @@ def test_presigned_urls_read_and_leave_no_signature(uploaded, s3_server, slide, 
     assert not grep_secrets([out, tmp_path / "cache"], done.stdout + done.stderr +
                             again.stdout + again.stderr, secrets)
     assert Path(tmp_path / "cache").is_dir()
+
+
+def test_an_azure_sas_url_reads_and_leaves_no_signature(az, azure_server, slide, tmp_path):
+    """A blob URL with a SAS token (Azurite) is read over HTTP like any URL; the token is
+    in no file exaslide writes and no line it prints."""
+    from datetime import UTC, datetime, timedelta
+
+    from azure.storage.blob import BlobSasPermissions, generate_blob_sas
+
+    from object_stores import AZURE_ACCOUNT, AZURE_KEY
+
+    container = az[len("az://"):]
+    client = azure_server.client()
+    for path in (slide.path, slide.path.with_suffix(".xml")):
+        with open(path, "rb") as fh:
+            client.get_blob_client(container, path.name).upload_blob(fh)
+    expiry = datetime.now(UTC) + timedelta(hours=1)
+    signed = {}
+    for name in ("slide.tif", "slide.xml"):
+        token = generate_blob_sas(AZURE_ACCOUNT, container, name, account_key=AZURE_KEY,
+                                  permission=BlobSasPermissions(read=True), expiry=expiry)
+        signed[name] = f"{azure_server.endpoint}/{AZURE_ACCOUNT}/{container}/{name}?{token}"
+    sig = dict(parse_qsl(urlsplit(signed["slide.tif"]).query))["sig"]
+    manifest = write_manifest(tmp_path / "cohort.csv", [
+        {"slide_id": "sas", "path": signed["slide.tif"], "annotation": signed["slide.xml"],
+         "label": "tumour", "split": "train"}])
+    out = tmp_path / "out"
+    done = run(azure_server, tmp_path, "extract", manifest, "--out", out, "--patch-size", 64,
+               "--min-tissue", "0.3", "--scheduler", "inline")
+    assert done.returncode == 0, done.stderr
+    assert "1 done" in done.stdout
+    status = (out / "status" / "sas.json").read_text()
+    assert f"/{container}/slide.tif" in status and "sig=" not in status
+    assert not grep_secrets([out, tmp_path / "cache"], done.stdout + done.stderr,
+                            (sig, AZURE_KEY))
