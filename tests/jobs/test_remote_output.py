@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from exaslide.synth import SynthSpec, make_cohort
-from object_stores import FaultProxy, client_env, grep_secrets, reset_fsspec
+from object_stores import client_env, grep_secrets
 
 EXTRACT = ["extract", "--patch-size", "64", "--materialize", "png", "--shard-size", "60",
            "--min-tissue", "0.3", "--scheduler", "inline"]
@@ -172,20 +172,22 @@ def test_missing_bucket_and_http_out_are_one_line_errors(s3, env, cohort):
     assert done.returncode == 2 and "cannot be an output folder" in done.stderr
 
 
-@pytest.fixture
-def proxy(s3_server):
-    proxy = FaultProxy(s3_server.endpoint)
-    yield proxy
-    proxy.close()
-    reset_fsspec("s3")
+def small_model(path: Path, size: int, level: int) -> Path:
+    """A small-cnn with random weights saved for ``size``-px patches at ``level``."""
+    from exaslide.models import create_model, save_model
+
+    return save_model(path, create_model("small-cnn", num_classes=2),
+                      {"classes": ["normal", "tumour"],
+                       "patch": {"size": size, "level": level, "mpp": None},
+                       "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]})
 
 
-def test_access_denied_and_throttling_give_one_line_per_slide(s3, env, cohort, proxy,
+def test_access_denied_and_throttling_give_one_line_per_slide(s3, env, cohort, s3_proxy,
                                                               s3_server):
     manifest, local, _ = cohort
     out = f"{s3}/run"
-    through = dict(env, AWS_ENDPOINT_URL=proxy.endpoint)
-    proxy.always.append(("PUT", "/shards/synth_001", 403, "AccessDenied"))
+    through = dict(env, AWS_ENDPOINT_URL=s3_proxy.endpoint)
+    s3_proxy.always.append(("PUT", "/shards/synth_001", 403, "AccessDenied"))
     done = exaslide(*EXTRACT, manifest, "--out", out, env=through)
     assert done.returncode != 0
     failed = [line for line in done.stdout.splitlines() + done.stderr.splitlines()
@@ -195,25 +197,25 @@ def test_access_denied_and_throttling_give_one_line_per_slide(s3, env, cohort, p
     assert not grep_secrets([], done.stdout + done.stderr, s3_server.secrets)
     assert "1 done" in done.stdout  # the batch went on
 
-    proxy.always.clear()
+    s3_proxy.always.clear()
     for _ in range(3):  # throttled three times, then served: the retries get through
-        proxy.fail.append(("PUT", "/shards/synth_001", 503, "SlowDown"))
+        s3_proxy.fail.append(("PUT", "/shards/synth_001", 503, "SlowDown"))
     done = exaslide(*EXTRACT, manifest, "--out", out, env=through)
     assert done.returncode == 0, done.stderr
-    assert sum(status == 503 for _, _, status in proxy.requests) == 3
+    assert sum(status == 503 for _, _, status in s3_proxy.requests) == 3
     assert remote_files(out) == local
 
 
 def test_a_store_that_goes_away_mid_upload_then_a_rerun_equals_a_clean_run(
-        s3, env, cohort, proxy):
+        s3, env, cohort, s3_proxy):
     manifest, local, _ = cohort
     out = f"{s3}/run"
-    through = dict(env, AWS_ENDPOINT_URL=proxy.endpoint, AWS_MAX_ATTEMPTS="2")
-    proxy.cut_after_bytes = 40_000  # the store stops answering part-way through the shards
+    through = dict(env, AWS_ENDPOINT_URL=s3_proxy.endpoint, AWS_MAX_ATTEMPTS="2")
+    s3_proxy.cut_after_bytes = 40_000  # the store stops answering part-way through the shards
     done = exaslide(*EXTRACT, manifest, "--out", out, env=through, timeout=300)
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
-    proxy.cut_after_bytes = None  # the store is back
+    s3_proxy.cut_after_bytes = None  # the store is back
     again = exaslide(*EXTRACT, manifest, "--out", out, env=through, timeout=300)
     assert again.returncode == 0, again.stderr
     assert remote_files(out) == local
@@ -280,7 +282,7 @@ def isolated_cluster(tmp_path: Path, hidden: Path, env: dict, workers: int = 2):
             proc.wait()
 
 
-def test_dask_workers_that_share_only_the_bucket(s3, s3_server, cohort, tmp_path, proxy):
+def test_dask_workers_that_share_only_the_bucket(s3, s3_server, cohort, tmp_path, s3_proxy):
     import fsspec
 
     manifest, local, _ = cohort
@@ -290,7 +292,7 @@ def test_dask_workers_that_share_only_the_bucket(s3, s3_server, cohort, tmp_path
     driver_staging = tmp_path / "driver-staging"
     env = client_env(s3_server, EXASLIDE_CACHE_DIR=str(tmp_path / "driver-cache"),
                      EXASLIDE_STAGING_DIR=str(driver_staging))
-    workers_env = dict(env, AWS_ENDPOINT_URL=proxy.endpoint)  # to see what they upload
+    workers_env = dict(env, AWS_ENDPOINT_URL=s3_proxy.endpoint)  # to see what they upload
     with isolated_cluster(tmp_path, driver_staging, workers_env) as address:
         done = exaslide(*EXTRACT[:-2], remote_manifest, "--out", f"{s3}/run",
                         "--scheduler", address, env=env, timeout=300)
@@ -300,7 +302,7 @@ def test_dask_workers_that_share_only_the_bucket(s3, s3_server, cohort, tmp_path
     # the workers could not see the driver's staging folder: they sent their files
     # through the bucket
     assert any(method == "PUT" and "/run/.partial/" in path
-               for method, path, _ in proxy.requests)
+               for method, path, _ in s3_proxy.requests)
 
 
 def test_extract_round_trip_on_every_store(object_store, cohort, tmp_path):
@@ -320,12 +322,7 @@ def test_extract_round_trip_on_every_store(object_store, cohort, tmp_path):
 def test_infer_with_a_model_in_s3_into_s3_equals_local(s3, env, tmp_path, synth_slide):
     import fsspec
 
-    from exaslide.models import create_model, save_model
-
-    model = save_model(tmp_path / "model.pt", create_model("small-cnn", num_classes=2),
-                       {"classes": ["normal", "tumour"],
-                        "patch": {"size": 32, "level": 2, "mpp": None},
-                        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]})
+    model = small_model(tmp_path / "model.pt", size=32, level=2)
     fs, _ = fsspec.core.url_to_fs(s3)
     for path in (model, Path(f"{model}.sha256")):
         fs.put_file(str(path), f"{s3[5:]}/models/{path.name}")
@@ -350,12 +347,7 @@ def test_infer_with_a_model_in_s3_into_s3_equals_local(s3, env, tmp_path, synth_
 def test_embed_from_an_s3_extraction_into_s3_equals_local(s3, env, extracted, tmp_path):
     import fsspec
 
-    from exaslide.models import create_model, save_model
-
-    model = save_model(tmp_path / "model.pt", create_model("small-cnn", num_classes=2),
-                       {"classes": ["normal", "tumour"],
-                        "patch": {"size": 64, "level": 0, "mpp": None},
-                        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]})
+    model = small_model(tmp_path / "model.pt", size=64, level=0)
     fs, _ = fsspec.core.url_to_fs(s3)
     fs.put(str(extracted), f"{s3[5:]}/extracted", recursive=True)
     args = ["--split", "val", "--workers", "0", "--batch-size", "64"]

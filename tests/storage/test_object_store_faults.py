@@ -15,7 +15,7 @@ import pytest
 
 from exaslide.manifest import write_manifest
 from exaslide.synth import SynthSpec, write_synthetic_slide
-from object_stores import S3_KEY_ID, FaultProxy, client_env, grep_secrets, reset_fsspec
+from object_stores import S3_KEY_ID, client_env, grep_secrets
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +33,6 @@ def uploaded(s3, slide):
     return s3
 
 
-@pytest.fixture
-def proxy(s3_server):
-    proxy = FaultProxy(s3_server.endpoint)
-    yield proxy
-    proxy.close()
-    reset_fsspec("s3")
-
-
 def run(server, tmp_path, *args, **env):
     return subprocess.run([sys.executable, "-m", "exaslide", *map(str, args)],
                           capture_output=True, text=True, timeout=180,
@@ -56,31 +48,31 @@ def one_line(done) -> str:
     return lines[0]
 
 
-def test_expired_credentials_are_one_line(uploaded, s3_server, proxy, tmp_path):
+def test_expired_credentials_are_one_line(uploaded, s3_server, s3_proxy, tmp_path):
     """S3 answers an expired token with 400 (and the code ExpiredToken in the body, which
     a HEAD request has none of)."""
-    proxy.always.append(("HEAD", "/slide.tif", 400, "ExpiredToken"))
+    s3_proxy.always.append(("HEAD", "/slide.tif", 400, "ExpiredToken"))
     done = run(s3_server, tmp_path, "info", f"{uploaded}/slide.tif",
-               AWS_ENDPOINT_URL=proxy.endpoint)
+               AWS_ENDPOINT_URL=s3_proxy.endpoint)
     line = one_line(done)
     assert f"{uploaded}/slide.tif" in line and "expired or malformed credentials" in line
-    proxy.always[:] = [("GET", "/slide.xml", 400, "ExpiredToken")]
+    s3_proxy.always[:] = [("GET", "/slide.xml", 400, "ExpiredToken")]
     done = run(s3_server, tmp_path, "mask", f"{uploaded}/slide.tif", "--annotations",
                f"{uploaded}/slide.xml", "--mpp", 8, "--out", tmp_path / "mask",
-               AWS_ENDPOINT_URL=proxy.endpoint)
+               AWS_ENDPOINT_URL=s3_proxy.endpoint)
     line = one_line(done)
     assert f"{uploaded}/slide.xml" in line and "credentials have expired" in line
 
 
-def test_throttling_past_the_retries_is_one_line_and_bounded(uploaded, s3_server, proxy,
+def test_throttling_past_the_retries_is_one_line_and_bounded(uploaded, s3_server, s3_proxy,
                                                               tmp_path):
-    proxy.always.append(("*", "/slide.tif", 503, "SlowDown"))
+    s3_proxy.always.append(("*", "/slide.tif", 503, "SlowDown"))
     started = time.monotonic()
     done = run(s3_server, tmp_path, "info", f"{uploaded}/slide.tif",
-               AWS_ENDPOINT_URL=proxy.endpoint, AWS_MAX_ATTEMPTS="3")
+               AWS_ENDPOINT_URL=s3_proxy.endpoint, AWS_MAX_ATTEMPTS="3")
     line = one_line(done)
     assert f"{uploaded}/slide.tif" in line and "throttling" in line
-    throttled = sum(status == 503 for _, _, status in proxy.requests)
+    throttled = sum(status == 503 for _, _, status in s3_proxy.requests)
     assert 1 <= throttled <= 3 * 6  # a bounded number of tries (s3fs retries botocore's)
     assert time.monotonic() - started < 120
 
