@@ -346,7 +346,9 @@ class _Run:
     def failed(self, slide_id: str, exc: BaseException, expected: dict | None) -> None:
         message = error_message(exc, self.store.name)
         logger.debug("%s failed: %s", slide_id, message, exc_info=exc)
-        if isinstance(exc, JobError) and "lost its output lease" in str(exc):
+        from exaslide.jobs.lease import LeaseLostError
+
+        if isinstance(exc, LeaseLostError):
             self.record(Outcome(slide_id, "failed", error=message))
             return  # another run owns the folder now: write nothing into it
         try:  # a failed slide has no outputs: none that look finished, none half-moved

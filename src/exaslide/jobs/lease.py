@@ -44,6 +44,11 @@ TTL_SECONDS = 60.0
 SETTLE_SECONDS = 0.5
 
 
+class LeaseLostError(JobError):
+    """This run's output lease was taken over by another run: it must write nothing
+    more into the folder."""
+
+
 def ttl_seconds() -> float:
     """``$EXASLIDE_LEASE_SECONDS`` or :data:`TTL_SECONDS` (at least 2 s)."""
     text = os.environ.get("EXASLIDE_LEASE_SECONDS")
@@ -163,7 +168,7 @@ class ObjectLease:
     def check(self) -> None:
         """Raise :class:`JobError` when the lease was lost (nothing may be written)."""
         if self.lost:
-            raise JobError(f"{self.url}: this run lost its output lease to another run; "
+            raise LeaseLostError(f"{self.url}: this run lost its output lease to another run; "
                            "it stopped writing (rerun when the other run is done)")
 
     def __exit__(self, *exc) -> None:

@@ -285,6 +285,8 @@ class RemoteOutput:
     def write_status(self, slide_id: str, status: dict) -> None:
         from exaslide.jsonio import dumps
 
+        if self._lease is not None:
+            self._lease.check()  # a run that lost the folder writes nothing more
         name = f"{STATUS_DIR}/{slide_id}.json"
         try:
             self.fs.pipe_file(self._path(name), dumps(status).encode())
@@ -296,6 +298,9 @@ class RemoteOutput:
     def write_summary(self, name: str, rows: list) -> None:
         from exaslide.jsonio import dumps
 
+        if self._lease is not None and self._lease.lost:
+            logger.warning("%s: not writing %s (the output lease was lost)", self.name, name)
+            return
         try:
             self.fs.pipe_file(self._path(name), dumps(rows).encode())
         except Exception as exc:
@@ -312,10 +317,9 @@ class RemoteOutput:
         if not isinstance(outputs, dict) or not isinstance(checks, dict):
             return False
         for name, size in outputs.items():
-            info = self._listing.get(name)
-            check = checks.get(name) or {}
-            if info is None or info.get("size") != size or \
-                    _etag(info) != check.get("etag"):
+            info, check = self._listing.get(name), checks.get(name)
+            if info is None or not isinstance(check, dict) or info.get("size") != size \
+                    or _etag(info) != check.get("etag"):
                 return False
         return True
 
