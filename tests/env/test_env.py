@@ -44,7 +44,8 @@ def test_json_has_every_documented_key(clean_env):
     from exaslide.extras import installed_extras
 
     assert report["extras"] == installed_extras()  # make test: all True (exaslide[all])
-    assert set(report["extras"]) == {"eval", "train", "retrieval", "encoders", "viewer"}
+    assert set(report["extras"]) == {"eval", "train", "retrieval", "encoders", "viewer",
+                                     "cloud"}
     torch = report["torch"]
     assert set(torch) == {"version", "cuda_build", "cuda_available", "cudnn", "nccl", "gpus",
                           "error"}
