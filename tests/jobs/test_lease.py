@@ -64,3 +64,16 @@ def test_a_bad_lease_time_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("EXASLIDE_LEASE_SECONDS", "0.1")
     with pytest.raises(JobError, match="2 to 86400"):
         ttl_seconds()
+
+
+@pytest.mark.parametrize("body", [
+    b"not json", b"[1, 2]", b'{"owner": "x", "expires": "tomorrow"}',
+    b'{"owner": "x", "expires": NaN}', b'{"owner": "x", "expires": 1e308}',
+    b'{"owner": "x", "expires": {"a": 1}}',
+])
+def test_a_forged_or_garbled_lease_is_replaced_not_trusted(s3, body):
+    out = f"{s3}/run"
+    fs, root = fsspec.core.url_to_fs(out)
+    fs.pipe_file(f"{root}/.exaslide.lock.json", body)
+    with lease(out) as held:
+        assert json.loads(fs.cat_file(f"{root}/.exaslide.lock.json"))["owner"] == held.token

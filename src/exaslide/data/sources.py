@@ -102,7 +102,6 @@ def read_index_table(source, filter=None):
     import pyarrow.dataset as ds
 
     from exaslide.patches.index import open_index, schema
-    from exaslide.storage.urls import is_remote
 
     if isinstance(source, pa.Table):
         table = source

@@ -38,7 +38,7 @@ from typing import Any
 from exaslide.atomic import commit
 from exaslide.errors import ExaslideError
 from exaslide.jobs.lock import OutputLock
-from exaslide.jobs.remote import PartialTarget, RemoteOutput
+from exaslide.jobs.remote import PARTIAL_DIR, PartialTarget, RemoteOutput
 from exaslide.jobs.stage import JobError, RunShape, SlideContext, Stage, output_path
 from exaslide.jobs.status import (
     STATUS_DIR,
@@ -53,7 +53,6 @@ from exaslide.naming import remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
 
-PARTIAL_DIR = ".partial"  # the same name as exaslide.jobs.remote.PARTIAL_DIR
 #: Seconds between rewrites of the run's summary file (and at the end of the run): one
 #: rewrite per slide would cost O(slides^2) (~70 ms for the last of 1,000 slides).
 SUMMARY_INTERVAL = 1.0

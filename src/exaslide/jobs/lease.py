@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import secrets
 import socket
@@ -40,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 #: seconds a lease lives without renewal (a killed run's folder is free after this)
 TTL_SECONDS = 60.0
+#: the longest time to live ``EXASLIDE_LEASE_SECONDS`` may set
+MAX_TTL_SECONDS = 86400.0
 #: seconds between writing a lease and reading it back to see who won
 SETTLE_SECONDS = 0.5
 
@@ -47,6 +50,19 @@ SETTLE_SECONDS = 0.5
 class LeaseLostError(JobError):
     """This run's output lease was taken over by another run: it must write nothing
     more into the folder."""
+
+
+def _expires(holder: dict) -> float:
+    """A lease's expiry time; 0 (expired) when it is no number, NaN, or further ahead than
+    the longest time to live allows (an edited or forged lease is replaced, not
+    trusted)."""
+    try:
+        value = float(holder.get("expires") or 0)
+    except (TypeError, ValueError, OverflowError):
+        return 0.0
+    if math.isnan(value) or value > time.time() + MAX_TTL_SECONDS + 60:
+        return 0.0
+    return value
 
 
 def ttl_seconds() -> float:
@@ -59,7 +75,7 @@ def ttl_seconds() -> float:
     except ValueError:
         raise JobError(f"EXASLIDE_LEASE_SECONDS={text!r} is not a number of seconds") \
             from None
-    if not 2 <= value <= 86400:
+    if not 2 <= value <= MAX_TTL_SECONDS:
         raise JobError(f"EXASLIDE_LEASE_SECONDS={text!r}: give 2 to 86400 seconds")
     return value
 
@@ -113,7 +129,7 @@ class ObjectLease:
         for name in names:
             holder = self._read(name)
             if holder and holder.get("owner") != self.token and \
-                    float(holder.get("expires") or 0) > now:
+                    _expires(holder) > now:
                 found.append(holder)
         return found
 
@@ -128,7 +144,7 @@ class ObjectLease:
             f"pid {h.get('pid')} on {h.get('host')}"
             f"{'' if h.get('rank') is None else ' rank ' + str(h.get('rank'))}, since "
             f"{h.get('started')}, lease until "
-            f"{time.strftime('%H:%M:%S', time.localtime(float(h.get('expires') or 0)))}"
+            f"{time.strftime('%H:%M:%S', time.localtime(min(_expires(h), 4e9)))}"
             for h in holders)
         return OutputLockedError(
             f"{self.url}: another exaslide run is writing here ({text}); wait for it to "

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from exaslide.jobs.stage import JobError, check_output_name
 from exaslide.jobs.status import STATUS_DIR, to_jsonable
+from exaslide.storage.info import etag_of
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +47,6 @@ def _sha256(path: str) -> str:
         while chunk := fh.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _etag(info: dict) -> str | None:
-    for key in ("ETag", "etag", "md5Hash", "generation"):
-        if info.get(key):
-            return str(info[key]).strip('"')
-    return None
 
 
 #: the variable that sets where runs into object stores stage their files
@@ -319,7 +313,7 @@ class RemoteOutput:
         for name, size in outputs.items():
             info, check = self._listing.get(name), checks.get(name)
             if info is None or not isinstance(check, dict) or info.get("size") != size \
-                    or _etag(info) != check.get("etag"):
+                    or etag_of(info) != check.get("etag"):
                 return False
         return True
 
@@ -372,7 +366,7 @@ class RemoteOutput:
                 raise JobError(f"{self.name}/{names[name]}: uploaded {info.get('size')} "
                                f"bytes of {local}")
             sizes[name] = local
-            checks[name]["etag"] = _etag(info)
+            checks[name]["etag"] = etag_of(info)
             self._listing[names[name]] = info
         if self._lease is not None:
             self._lease.check()

@@ -47,6 +47,11 @@ class RemoteInfo:
                 "last_modified": self.last_modified, "version": self.version}
 
 
+def etag_of(info: dict) -> str | None:
+    """The ETag (or the store's checksum) in an fsspec ``info`` dict of any backend."""
+    return _first(info, _ETAG_KEYS)
+
+
 def _first(info: dict, keys: tuple[str, ...]) -> str | None:
     for key in keys:
         value = info.get(key)
@@ -100,4 +105,4 @@ def remote_info(url: str, fs=None, path: str | None = None, **storage_options) -
         raise StorageError(f"{url}: is a directory; give the file itself")
     size = info.get("size")
     return RemoteInfo(url=url, size=int(size) if size is not None else None,
-                      etag=_first(info, _ETAG_KEYS), last_modified=_first(info, _MODIFIED_KEYS))
+                      etag=etag_of(info), last_modified=_first(info, _MODIFIED_KEYS))
