@@ -79,8 +79,13 @@ def recorded_digests(path: str | os.PathLike) -> list[str]:
     return digests
 
 
+def sidecar_text(name: str, digests: list[str]) -> str:
+    """A sidecar's text: one ``sha256sum`` line per digest for the file ``name``."""
+    return "".join(f"{d}  {name}\n" for d in digests)
+
+
 def _write_sidecar(path: Path, digests: list[str]) -> None:
-    write_text(sidecar_path(path), "".join(f"{d}  {path.name}\n" for d in digests))
+    write_text(sidecar_path(path), sidecar_text(path.name, digests))
 
 
 @contextlib.contextmanager

@@ -93,6 +93,7 @@ def _write_remote_info(url: str, info: dict[str, Any]) -> None:
     """:func:`write_info` into an object-store folder (the sidecar after the file)."""
     import hashlib
 
+    from exaslide.integrity import SUFFIX, sidecar_text
     from exaslide.jsonio import dumps
     from exaslide.storage.errors import redact_url, storage_error
     from exaslide.storage.urls import filesystem
@@ -105,7 +106,7 @@ def _write_remote_info(url: str, info: dict[str, Any]) -> None:
         except FileNotFoundError:
             data = None
         if data is not None:
-            sidecar = fs.cat_file(path + ".sha256").decode().split()
+            sidecar = fs.cat_file(path + SUFFIX).decode().split()
             if hashlib.sha256(data).hexdigest() not in sidecar:
                 raise RetrievalError(f"{redact_url(url)}/embeddings.json: does not match its "
                                      f"checksum (corrupt or truncated); {REMEDY}")
@@ -118,8 +119,8 @@ def _write_remote_info(url: str, info: dict[str, Any]) -> None:
             return
         text = dumps(info).encode()
         fs.pipe_file(path, text)
-        fs.pipe_file(path + ".sha256",
-                     f"{hashlib.sha256(text).hexdigest()}  embeddings.json\n".encode())
+        fs.pipe_file(path + SUFFIX, sidecar_text("embeddings.json",
+                                                 [hashlib.sha256(text).hexdigest()]).encode())
     except (RetrievalError, ValueError):
         raise
     except Exception as exc:
